@@ -1,0 +1,5 @@
+import sys
+
+from facezoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""Pooling heads that turn the last IResNet map (B, C, H, W) into a vector (B, D).
+
+* :class:`FlattenPool` -- insightface's baseline: flatten the whole 512x7x7 map (needs the fixed map size).
+* :class:`GlobalAvgPool` -- GAP: mean over H, W.
+* :class:`GaussianWeightedPool` -- GWP (Bhatta et al., "Revisiting Linearization of Spatial Maps in SoTA Face
+  Recognition Backbone"): the map times a fixed, centre-weighted Gaussian kernel, then GAP.
+* :class:`GlobalDepthwiseConv` -- GDC (MobileFaceNet): a learned depthwise HxW conv + BatchNorm, then flatten.
+
+The pools hold no learnable spatial weights except GDC. Pools whose behaviour depends on the input size are marked
+as FX leaf modules, so ``torch.fx`` (and timm's feature extraction) treats them as single calls.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import to_2tuple
+from timm.models import register_notrace_module
+
+__all__ = [
+    "gaussian_kernel",
+    "gwp_sigma_for_size",
+    "GaussianWeightedPool",
+    "GlobalAvgPool",
+    "FlattenPool",
+    "GlobalDepthwiseConv",
+    "create_face_pool",
+    "POOL_TYPES",
+    "count_linear_params",
+]
+
+#: The paper's setting: sigma 3 on the 7x7 map of a 112x112 input.
+GWP_REF_SIZE = 7
+GWP_REF_SIGMA = 3.0
+
+#: global_pool names understood by :func:`create_face_pool`; '' means "no pooling" (the map passes through).
+POOL_TYPES = ("flatten", "avg", "gwp", "gdc")
+
+
+def gwp_sigma_for_size(size: int, ref_sigma: float = GWP_REF_SIGMA, ref_size: int = GWP_REF_SIZE) -> float:
+    """Sigma for a map side of ``size``: scaled with the map, ``sigma = ref_sigma * size / ref_size``.
+
+    This keeps the Gaussian covering the same fraction of the aligned face at any input size (a 128x128 input gives
+    an 8x8 map and sigma 3 * 8/7), so a GWP model trained at 112x112 weights the same facial regions elsewhere.
+    """
+    return ref_sigma * size / ref_size
+
+
+def gaussian_kernel(
+        size: Union[int, Tuple[int, int]],
+        sigma: Optional[Union[float, Tuple[float, float]]] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The normalized Gaussian attention kernel of the GWP paper (eq. 2-3), shape (H, W), summing to 1.
+
+    ``G[y, x] = exp(-((x - xc)^2 + (y - yc)^2) / (2 sigma^2))`` with the centre ``(size - 1) / 2`` (index
+    ``size // 2`` for odd sizes such as 7, as in the paper; the exact middle for even sizes, keeping the kernel
+    symmetric), then divided by its sum. ``sigma`` defaults to :func:`gwp_sigma_for_size` per axis.
+    """
+    h, w = to_2tuple(size)
+    if sigma is None:
+        sigma = (gwp_sigma_for_size(h), gwp_sigma_for_size(w))
+    sy, sx = to_2tuple(sigma)
+    if h < 1 or w < 1 or sy <= 0 or sx <= 0:
+        raise ValueError(f"gaussian_kernel needs a positive size and sigma, got size={(h, w)} sigma={(sy, sx)}")
+    ys = torch.arange(h, device=device, dtype=torch.float64) - (h - 1) / 2.0
+    xs = torch.arange(w, device=device, dtype=torch.float64) - (w - 1) / 2.0
+    g = torch.exp(-(ys[:, None] ** 2) / (2 * sy ** 2) - (xs[None, :] ** 2) / (2 * sx ** 2))
+    g = g / g.sum()
+    return g.to(dtype=dtype or torch.get_default_dtype())
+
+
+@register_notrace_module
+class GaussianWeightedPool(nn.Module):
+    """Gaussian Weighted Pooling: ``mean_{h,w}(x * G)`` with the fixed kernel ``G`` of :func:`gaussian_kernel`.
+
+    This is eq. 4 of the paper followed by its global average pooling, so the output is the Gaussian-weighted
+    average of the map divided by ``H * W`` (the authors' formulation; pretrained ``fc`` weights expect that scale).
+    ``G`` is a non-persistent buffer: it follows ``.to()``, exports to ONNX, is not trained and is not stored in
+    checkpoints. For a map of another size than the buffer, the kernel is rebuilt for that size with the scaled sigma
+    of :func:`gwp_sigma_for_size` (the rule that lets GWP models take other input sizes).
+    """
+
+    def __init__(
+            self,
+            size: Union[int, Tuple[int, int]] = GWP_REF_SIZE,
+            sigma: Optional[float] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.size = to_2tuple(size)
+        self.sigma = sigma
+        self.register_buffer("kernel", torch.empty(self.size, device=device, dtype=dtype), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)compute the kernel, e.g. after ``to_empty()`` left the non-persistent buffer uninitialized."""
+        if self.kernel.device.type == "meta":
+            return
+        with torch.no_grad():
+            self.kernel.copy_(gaussian_kernel(self.size, self.sigma, device=self.kernel.device))
+
+    def kernel_for(self, height: int, width: int) -> torch.Tensor:
+        """The kernel for an (height, width) map: the buffer at the built size, else a rescaled one."""
+        if height == self.kernel.shape[0] and width == self.kernel.shape[1]:
+            return self.kernel
+        sigma = self.sigma
+        if sigma is None:
+            return gaussian_kernel((height, width), device=self.kernel.device, dtype=self.kernel.dtype)
+        # an explicit sigma was given for the built size: scale it with the map like the default rule does
+        sy = sigma * height / self.size[0]
+        sx = sigma * width / self.size[1]
+        return gaussian_kernel((height, width), (sy, sx), device=self.kernel.device, dtype=self.kernel.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        weights = self.kernel_for(height, width).to(dtype=x.dtype).reshape(-1, 1) / (height * width)
+        return torch.matmul(x.flatten(2), weights).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, sigma={self.sigma if self.sigma is not None else gwp_sigma_for_size(self.size[0])}"
+
+
+class GlobalAvgPool(nn.Module):
+    """GAP: mean over the spatial axes, (B, C, H, W) -> (B, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def _check_map_size(name: str, x: torch.Tensor, size: Tuple[int, int]) -> None:
+    if x.shape[-2] != size[0] or x.shape[-1] != size[1]:
+        raise ValueError(
+            f"{name} head needs a {size[0]}x{size[1]} feature map (112x112 input for IResNet), got "
+            f"{x.shape[-2]}x{x.shape[-1]}; use a '_gap' or '_gwp' model for other input sizes")
+
+
+@register_notrace_module
+class FlattenPool(nn.Module):
+    """insightface's baseline 'pooling': flatten the fixed-size map, (B, C, H, W) -> (B, C*H*W)."""
+
+    def __init__(self, size: Union[int, Tuple[int, int]] = 7) -> None:
+        super().__init__()
+        self.size = to_2tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map_size("flatten", x, self.size)
+        return torch.flatten(x, 1)
+
+
+@register_notrace_module
+class GlobalDepthwiseConv(nn.Module):
+    """GDC (MobileFaceNet, Chen et al. 2018): depthwise HxW conv over the whole map + BatchNorm, then flatten.
+
+    Unlike GWP the spatial weights are learned, one HxW kernel per channel.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            size: Union[int, Tuple[int, int]] = 7,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.size = to_2tuple(size)
+        dd = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv2d(channels, channels, self.size, groups=channels, bias=False, **dd)
+        self.bn = nn.BatchNorm2d(channels, eps=1e-5, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map_size("gdc", x, self.size)
+        return torch.flatten(self.bn(self.conv(x)), 1)
+
+
+def create_face_pool(
+        pool_type: str,
+        channels: int,
+        map_size: Tuple[int, int] = (7, 7),
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+) -> Tuple[nn.Module, int]:
+    """Build the pooling named ``pool_type`` and return it with its output width (fc input features)."""
+    if pool_type == "flatten":
+        return FlattenPool(map_size), channels * map_size[0] * map_size[1]
+    if pool_type == "avg":
+        return GlobalAvgPool(), channels
+    if pool_type == "gwp":
+        return GaussianWeightedPool(map_size, device=device, dtype=dtype), channels
+    if pool_type == "gdc":
+        return GlobalDepthwiseConv(channels, map_size, device=device, dtype=dtype), channels
+    raise ValueError(f"unknown global_pool {pool_type!r}; expected one of {POOL_TYPES} (or '' for no pooling)")
+
+
+def count_linear_params(module: nn.Module) -> int:
+    """Parameters held by ``nn.Linear`` layers (the paper's 'Params. Linear' column)."""
+    return sum(p.numel() for m in module.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False))
+

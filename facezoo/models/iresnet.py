@@ -1,0 +1,480 @@
+"""IResNet face backbones (insightface layout) with flatten / GAP / GWP / GDC heads, as timm models.
+
+Model names are ``iresnet{18,34,50,100,200}[_gap|_gwp|_gdc][_k7]``:
+
+* no head suffix -- insightface's baseline: the 512x7x7 map is flattened into ``Linear(25088, E)``;
+* ``_gap`` / ``_gwp`` -- global average / Gaussian Weighted Pooling, then ``Linear(512, E)`` (Bhatta et al.);
+* ``_gdc`` -- MobileFaceNet's global depthwise conv, then ``Linear(512, E)``;
+* ``_k7`` -- a 7x7 first conv (stride 1, padding 3) instead of 3x3, as in the GWP authors' code.
+
+Module names and state_dict keys are exactly those of insightface ``arcface_torch/backbones/iresnet.py``, so its
+``backbone.pth`` files (and the GWP authors', whose GWP/GAP models add no keys) load without renaming. The model
+outputs the E-dim embedding (not L2-normalized); ``num_classes=N`` adds a linear classifier on top of it.
+
+Follows the shape of timm's own model files: blocks, model class, checkpoint filter, cfgs, entrypoints.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from facezoo.layers import POOL_TYPES, create_face_pool
+
+__all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "model_names", "checkpoint_filter_fn", "describe_state_dict"]
+
+#: blocks per stage for each depth, as insightface
+DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 14, 3),
+    100: (3, 13, 30, 3),
+    200: (6, 26, 60, 6),
+}
+#: model-name suffix -> global_pool type
+HEADS: Dict[str, str] = {"": "flatten", "_gap": "avg", "_gwp": "gwp", "_gdc": "gdc"}
+_WIDTHS = (64, 128, 256, 512)
+_BN_EPS = 1e-5
+
+
+def model_names() -> List[str]:
+    """All registered IResNet model names, ordered by depth, head, stem."""
+    return [f"iresnet{d}{h}{k}" for d in DEPTHS for h in HEADS for k in ("", "_k7")]
+
+
+def conv3x3(in_chs: int, out_chs: int, stride: int = 1, **dd: Any) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False, **dd)
+
+
+class IBasicBlock(nn.Module):
+    """insightface's pre-activation residual unit: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN (+ shortcut)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            downsample: Optional[nn.Module] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(in_chs, eps=_BN_EPS, **dd)
+        self.conv1 = conv3x3(in_chs, out_chs, **dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, eps=_BN_EPS, **dd)
+        self.prelu = nn.PReLU(out_chs, **dd)
+        self.conv2 = conv3x3(out_chs, out_chs, stride, **dd)
+        self.bn3 = nn.BatchNorm2d(out_chs, eps=_BN_EPS, **dd)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + shortcut
+
+
+def make_stage(in_chs: int, out_chs: int, num_blocks: int, **dd: Any) -> nn.Sequential:
+    """A stage whose first block halves the resolution with a (conv1x1 stride 2, BN) shortcut."""
+    downsample = nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=2, bias=False, **dd),
+        nn.BatchNorm2d(out_chs, eps=_BN_EPS, **dd),
+    )
+    blocks = [IBasicBlock(in_chs, out_chs, stride=2, downsample=downsample, **dd)]
+    blocks += [IBasicBlock(out_chs, out_chs, **dd) for _ in range(1, num_blocks)]
+    return nn.Sequential(*blocks)
+
+
+class FixedGammaBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose scale is the constant 1 (insightface's ``features`` layer).
+
+    insightface sets ``features.weight`` to 1 with ``requires_grad=False``. Here it is a buffer: it stays in the
+    state_dict under the same key (checkpoints load both ways) but is not a Parameter, so every Parameter trains.
+    """
+
+    def __init__(self, num_features: int, eps: float = _BN_EPS, device=None, dtype=None) -> None:
+        super().__init__(num_features, eps=eps, affine=True, device=device, dtype=dtype)
+        del self.weight
+        self.register_buffer("weight", torch.ones(num_features, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if isinstance(getattr(self, "weight", None), torch.Tensor):
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class IResNet(nn.Module):
+    """insightface IResNet with a choice of spatial head (flatten / avg / gwp / gdc) and stem kernel (3 / 7).
+
+    forward_features -> (B, 512, H/16, W/16) after ``bn2``; forward_head pools, applies dropout, ``fc`` and the
+    fixed-gamma BatchNorm1d ``features`` to give the E-dim embedding, then the optional ``classifier``.
+    """
+
+    def __init__(
+            self,
+            layers: Sequence[int] = DEPTHS[50],
+            global_pool: str = "flatten",
+            stem_kernel: int = 3,
+            embed_dim: int = 512,
+            num_classes: int = 0,
+            in_chans: int = 3,
+            drop_rate: float = 0.0,
+            img_size: Union[int, Tuple[int, int]] = 112,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """
+        Args:
+            layers: blocks per stage (see ``DEPTHS``).
+            global_pool: spatial head: 'flatten' (insightface baseline), 'avg', 'gwp' or 'gdc'.
+            stem_kernel: first conv kernel, 3 (insightface) or 7 (GWP authors); stride 1 either way.
+            embed_dim: embedding size E (insightface's ``num_features``).
+            num_classes: 0 (default) outputs the embedding; N > 0 adds ``Linear(E, N)`` on top.
+            in_chans: input channels.
+            drop_rate: dropout before ``fc`` (insightface's ``dropout``).
+            img_size: input size the head is built for (flatten/gdc/gwp use the map size img_size / 16).
+        """
+        super().__init__()
+        if global_pool not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        if stem_kernel not in (3, 7):
+            raise ValueError(f"stem_kernel must be 3 or 7, got {stem_kernel!r}")
+        if len(layers) != 4:
+            raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
+        dd = dict(device=device, dtype=dtype)
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.embed_dim = embed_dim
+        self.num_features = _WIDTHS[-1]
+        self.head_hidden_size = embed_dim
+        self.stem_kernel = stem_kernel
+        self.pool_type = global_pool  # the head the fc was built for
+        self.global_pool = global_pool  # the pooling in use ('' = none, forward returns the map)
+        self.grad_checkpointing = False
+        map_size = (img_size[0] // 16, img_size[1] // 16)
+
+        # stem
+        self.conv1 = nn.Conv2d(in_chans, 64, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(64, eps=_BN_EPS, **dd)
+        self.prelu = nn.PReLU(64, **dd)
+        # stages
+        chs = 64
+        self.feature_info = [dict(num_chs=64, reduction=1, module="prelu")]
+        for i, (width, n) in enumerate(zip(_WIDTHS, layers)):
+            self.add_module(f"layer{i + 1}", make_stage(chs, width, n, **dd))
+            chs = width
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"layer{i + 1}"))
+        self.bn2 = nn.BatchNorm2d(chs, eps=_BN_EPS, **dd)
+        # head
+        self.pool, pooled_dim = create_face_pool(global_pool, chs, map_size, **dd)
+        self.dropout = nn.Dropout(p=drop_rate, inplace=True)
+        self.fc = nn.Linear(pooled_dim, embed_dim, **dd)
+        self.features = FixedGammaBatchNorm1d(embed_dim, **dd)
+        self.classifier = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """insightface init: conv N(0, 0.1), BatchNorm 1/0, the rest PyTorch defaults; GWP kernel recomputed."""
+        for m in self.modules():
+            if m.__class__ is IResNet:
+                continue
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, 0.1)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                m.reset_parameters()
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^conv1|^bn1|^prelu",
+            blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)",
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return "classifier" if name_only else self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier on top of the embedding; optionally change or remove ('') the pooling.
+
+        The embedding layers (``fc``, ``features``) are kept. Pooling can switch between 'avg' and 'gwp' (same fc
+        shape: the paper's "GWP model without its kernel" ablation), or be removed with ''; 'flatten' and 'gdc'
+        models keep their own head.
+        """
+        if global_pool is not None:
+            self._set_global_pool(global_pool)
+        if num_classes > 0 and self.global_pool == "":
+            raise ValueError("num_classes > 0 needs a pooled embedding; global_pool='' returns the feature map")
+        self.num_classes = num_classes
+        dd = get_device_dtype(self)
+        self.classifier = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.classifier.train(self.training)
+
+    def _set_global_pool(self, global_pool: str) -> None:
+        if global_pool == self.global_pool:
+            return
+        interchangeable = {"avg", "gwp"}
+        if global_pool == "" or global_pool == self.pool_type:
+            self.global_pool = global_pool
+            return
+        if global_pool in interchangeable and self.pool_type in interchangeable:
+            dd = get_device_dtype(self)
+            self.pool, _ = create_face_pool(global_pool, self.num_features, getattr(self.pool, "size", (7, 7)), **dd)
+            self.pool_type = self.global_pool = global_pool
+            return
+        raise ValueError(
+            f"cannot switch a {self.pool_type!r} head to global_pool={global_pool!r}: the fc layer is built for "
+            f"{self.pool_type!r}; allowed: '', {self.pool_type!r}" + (", 'avg', 'gwp'" if self.pool_type in
+                                                                      interchangeable else ""))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prelu(self.bn1(self.conv1(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        else:
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
+            x = self.layer4(x)
+        return self.bn2(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x
+        x = self.pool(x)
+        x = self.dropout(x)
+        x = self.features(self.fc(x))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns the stem and stage outputs (indices 0..4, as ``feature_info``).
+
+        ``norm=True`` applies ``bn2`` to the last stage's intermediate.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(5, indices)
+        x = self.prelu(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        if stop_early:
+            stages = stages[:max_index]
+        for i, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.bn2(x) if norm and i == 4 else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == 4:
+            x = self.bn2(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted intermediate (and the head) to save compute."""
+        take_indices, max_index = feature_take_indices(5, indices)
+        for i in range(max(max_index, 0) + 1, 5):
+            setattr(self, f"layer{i}", nn.Sequential())
+        if prune_norm or max_index < 4:
+            self.bn2 = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+# --- checkpoint loading ---------------------------------------------------------------------------------------------
+
+_ADAFACE_PREFIXES = ("input_layer.", "body.", "output_layer.")
+
+
+def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
+    keys = list(state_dict)
+    if any(k.startswith(_ADAFACE_PREFIXES) for k in keys):
+        return ("an AdaFace/TFace/CVLface 'IR' checkpoint (input_layer/body/output_layer keys), a different "
+                "architecture from insightface's IResNet")
+    if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
+        return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
+    blocks = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        blocks.append(max(idx) + 1 if idx else 0)
+    depth = next((d for d, b in DEPTHS.items() if tuple(blocks) == b), None)
+    depth_name = f"iresnet{depth}" if depth else f"an IResNet with blocks {tuple(blocks)}"
+    k = state_dict["conv1.weight"].shape[-1]
+    fc_in = state_dict["fc.weight"].shape[1]
+    if "pool.conv.weight" in state_dict:
+        head = "_gdc"
+    elif fc_in == 512:
+        head = "_gwp (or _gap: same keys)"
+    else:
+        head = ""
+    stem = "_k7" if k == 7 else ""
+    if head.startswith("_gwp"):
+        return f"{depth_name}_gwp{stem} (or {depth_name}_gap{stem}: same keys)"
+    return f"{depth_name}{head}{stem}"
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str, torch.Tensor]:
+    """Make insightface / GWP-author checkpoints loadable and explain mismatches.
+
+    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers, strips ``module.`` (DataParallel/DDP) and
+    ``backbone.`` prefixes, drops the GWP kernel if a checkpoint carries one, fills BatchNorm counters that old
+    checkpoints lack, and raises a ``ValueError`` naming the missing and unexpected keys and the model the
+    checkpoint looks like when it does not fit ``model``.
+    """
+    for container in ("state_dict", "model", "backbone"):
+        if container in state_dict and isinstance(state_dict[container], dict):
+            state_dict = state_dict[container]
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    expected = model.state_dict()
+    for k in list(out):
+        if k.startswith("pool.") and k not in expected:
+            del out[k]  # a stored GWP kernel: facezoo recomputes it
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in out:
+            out[k] = torch.zeros((), dtype=torch.long)
+    if model.num_classes > 0 and "classifier.weight" not in out:
+        # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
+        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit this model: missing keys {_short(missing)}, unexpected keys "
+            f"{_short(unexpected)}. The checkpoint looks like {describe_state_dict(out)}.")
+    mismatched = [f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in out and tuple(out[k].shape) != tuple(v.shape)]
+    if mismatched:
+        raise ValueError(
+            f"checkpoint shapes do not fit this model: {_short(mismatched)}. "
+            f"The checkpoint looks like {describe_state_dict(out)}.")
+    return out
+
+
+def _short(items: List[str], limit: int = 8) -> str:
+    if not items:
+        return "[]"
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ... (%d more)' % (len(items) - limit) if len(items) > limit else ''}]"
+
+
+# --- configs and entrypoints ----------------------------------------------------------------------------------------
+
+def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
+    return build_model_with_cfg(
+        IResNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
+        **kwargs,
+    )
+
+
+def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 0,
+        "input_size": (3, 112, 112),
+        "pool_size": (7, 7),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "conv1",
+        "classifier": "classifier",
+        "fixed_input_size": fixed_input_size,
+        "license": "mit",
+        **kwargs,
+    }
+
+
+_PAPERS = {
+    "flatten": ("arXiv:1801.07698", "ArcFace: Additive Angular Margin Loss for Deep Face Recognition"),
+    "avg": ("arXiv:1801.07698", "ArcFace (IResNet) with global average pooling"),
+    "gwp": ("GWP", "Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone"),
+    "gdc": ("arXiv:1804.07573", "MobileFaceNets (GDC head) on IResNet"),
+}
+
+default_cfgs = generate_default_cfgs({
+    name: _cfg(
+        fixed_input_size=HEADS[head] in ("flatten", "gdc"),
+        paper_ids=_PAPERS[HEADS[head]][0],
+        paper_name=_PAPERS[HEADS[head]][1],
+    )
+    for depth in DEPTHS for head in HEADS for name in (f"iresnet{depth}{head}", f"iresnet{depth}{head}_k7")
+})
+
+
+_HEAD_DOC = {
+    "flatten": "flatten head (insightface baseline, Linear(25088, E))",
+    "avg": "global average pooling head",
+    "gwp": "Gaussian Weighted Pooling head (GWP paper)",
+    "gdc": "global depthwise conv head (MobileFaceNet GDC)",
+}
+
+
+def _make_entrypoint(depth: int, head: str, stem_kernel: int) -> Callable[..., IResNet]:
+    """Build the ``iresnet{depth}{head}[_k7]`` entrypoint (timm registers it by its ``__name__``)."""
+    name = f"iresnet{depth}{head}{'_k7' if stem_kernel == 7 else ''}"
+    model_args = dict(layers=DEPTHS[depth], global_pool=HEADS[head], stem_kernel=stem_kernel)
+
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> IResNet:
+        return _create_iresnet(name, pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f"IResNet-{depth}, {_HEAD_DOC[HEADS[head]]}, {stem_kernel}x{stem_kernel} stem."
+    return entrypoint
+
+
+for _depth in DEPTHS:
+    for _head in HEADS:
+        for _stem_kernel in (3, 7):
+            _fn = _make_entrypoint(_depth, _head, _stem_kernel)
+            globals()[_fn.__name__] = register_model(_fn)
+            __all__.append(_fn.__name__)
+del _depth, _head, _stem_kernel, _fn
