@@ -1,0 +1,15 @@
+"""Face data: training sources, verification sets, IJB, alignment and transforms; no mxnet needed."""
+from __future__ import annotations
+
+from facezoo.data.align import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from facezoo.data.ijb import IJBAlignedImages, IJBMeta, read_ijb
+from facezoo.data.image import DataError, decode_rgb, encode_image
+from facezoo.data.verification import (UnsafePickleError, load_bin, load_pairs_dataset, write_bin,
+                                       write_pairs_dataset)
+
+__all__ = [
+    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity",
+    "IJBAlignedImages", "IJBMeta", "read_ijb",
+    "DataError", "decode_rgb", "encode_image",
+    "UnsafePickleError", "load_bin", "load_pairs_dataset", "write_bin", "write_pairs_dataset",
+]

@@ -1,0 +1,70 @@
+"""Image bytes <-> uint8 RGB tensors, with errors that say where the bytes came from.
+
+One decoder for every reader (libjpeg-turbo / libpng through ``torchvision.io``), so the benchmark's raw
+decode bound and the datasets measure the same thing.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png
+
+# torchvision >= 0.29 warns that torchvision.io's codecs will move to TorchCodec; they are still the fastest
+# in-memory JPEG decoder here (libjpeg-turbo, ~3x PIL), so silence only that notice.
+_TV_NOTICE = "The image decoding and encoding capabilities of TorchVision are deprecated"
+
+__all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw"]
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file and where in it."""
+
+
+def decode_rgb(data: Union[bytes, bytearray, memoryview], where: str = "<bytes>") -> torch.Tensor:
+    """Decode JPEG/PNG/GIF/WEBP bytes to a uint8 RGB tensor (3, H, W); ``where`` goes into the error."""
+    if len(data) == 0:
+        raise DataError(f"{where}: empty image data")
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
+            return decode_image(buf, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(f"{where}: cannot decode image ({len(data)} bytes, starts {bytes(data[:8])!r}): {exc}") from exc
+
+
+def to_uint8_chw(image: Union[torch.Tensor, np.ndarray, Image.Image]) -> torch.Tensor:
+    """Accept a PIL image, an HWC uint8 array, or a CHW uint8 tensor and return a CHW uint8 RGB tensor."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 image array, got shape {image.shape}")
+        arr = np.ascontiguousarray(image, dtype=np.uint8)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+        return image
+    raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+def encode_image(image: Union[torch.Tensor, np.ndarray, Image.Image], format: str = "jpeg", quality: int = 95) -> bytes:
+    """Encode an RGB image as JPEG (default, quality 95 like insightface's packers) or PNG bytes."""
+    chw = to_uint8_chw(image)
+    fmt = format.lower()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
+        if fmt in ("jpeg", "jpg"):
+            return encode_jpeg(chw, quality=quality).numpy().tobytes()
+        if fmt == "png":
+            return encode_png(chw).numpy().tobytes()
+    raise ValueError(f"unknown image format {format!r}; expected 'jpeg' or 'png'")
