@@ -4,6 +4,8 @@ from __future__ import annotations
 from facezoo.data.align import ARCFACE_TEMPLATE, align_face, estimate_similarity
 from facezoo.data.ijb import IJBAlignedImages, IJBMeta, read_ijb
 from facezoo.data.image import DataError, decode_rgb, encode_image
+from facezoo.data.sources import (FaceDataset, HFFaceDataset, HFFaceIterable, ImageFolderFaces, RecordIODataset,
+                                  open_face_source)
 from facezoo.data.verification import (UnsafePickleError, load_bin, load_pairs_dataset, write_bin,
                                        write_pairs_dataset)
 
@@ -11,5 +13,6 @@ __all__ = [
     "ARCFACE_TEMPLATE", "align_face", "estimate_similarity",
     "IJBAlignedImages", "IJBMeta", "read_ijb",
     "DataError", "decode_rgb", "encode_image",
+    "FaceDataset", "HFFaceDataset", "HFFaceIterable", "ImageFolderFaces", "RecordIODataset", "open_face_source",
     "UnsafePickleError", "load_bin", "load_pairs_dataset", "write_bin", "write_pairs_dataset",
 ]

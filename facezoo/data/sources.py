@@ -1,0 +1,404 @@
+"""Training sources with one interface: ``len(ds)``, ``ds[i] -> (image, int label)``, ``ds.num_classes``.
+
+The image is ``transform(uint8 RGB tensor (3, H, W))``, or the tensor itself without a transform. Sources:
+MXNet RecordIO (:class:`RecordIODataset`), identity folders (:class:`ImageFolderFaces`), Hugging Face datasets
+(:class:`HFFaceDataset`, :class:`HFFaceIterable` for streaming) and :class:`facezoo.data.SyntheticFaces`.
+
+Bad records raise :class:`DataError` naming the file and where. Training may pass ``on_error='skip'``: the
+sample is replaced by the next readable one and every skip is counted (``ds.skipped``, per process) and logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+from tqdm.auto import tqdm
+
+from facezoo.data.image import DataError, decode_rgb
+from facezoo.data.recordio import _HEADER, MAGIC, RecordReader, read_index, read_property, resolve_rec_paths, unpack
+
+__all__ = ["FaceDataset", "RecordIODataset", "ImageFolderFaces", "HFFaceDataset", "HFFaceIterable",
+           "open_face_source", "IMAGE_EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+Transform = Optional[Callable[[torch.Tensor], Any]]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+_MAX_SKIP_TRIES = 64
+
+
+class FaceDataset(Dataset):
+    """Base of the map-style sources: subclasses implement ``__len__``, ``load(i) -> (uint8 CHW, label)`` and set
+    ``num_classes``; this class applies the transform and the ``on_error`` policy."""
+
+    num_classes: int
+
+    def __init__(self, transform: Transform = None, on_error: str = "raise") -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.transform = transform
+        self.on_error = on_error
+        self.skipped = 0
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _note_skip(self, index: int, exc: Exception) -> None:
+        self.skipped += 1
+        if self.skipped <= 10 or self.skipped % 100 == 0:
+            logger.warning("skipping unreadable sample %d (%s); %d skipped so far in process %d",
+                           index, exc, self.skipped, os.getpid())
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {n}")
+        index %= n
+        try:
+            image, label = self.load(index)
+        except DataError as exc:
+            if self.on_error == "raise":
+                raise
+            self._note_skip(index, exc)
+            for step in range(1, min(_MAX_SKIP_TRIES, n)):
+                j = (index + step) % n
+                try:
+                    image, label = self.load(j)
+                    break
+                except DataError as exc2:
+                    self._note_skip(j, exc2)
+            else:
+                raise DataError(f"{type(self).__name__}: {_MAX_SKIP_TRIES} unreadable samples in a row from index "
+                                f"{index}; the source looks broken") from exc
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+class RecordIODataset(FaceDataset):
+    """Face images from an MXNet RecordIO ``.rec`` (+ ``.idx`` beside it), as insightface packs MS1MV2/V3,
+    Glint360K and WebFace4M/42M. ``path``: the ``.rec`` file or its folder.
+
+    Handles split records, multi-float labels (the first is the class), the insightface header record at key 0
+    (and files without it, e.g. shuffled for DALI), and the ``property`` file for ``num_classes``. Each process
+    (DataLoader worker) opens its own file handle.
+    """
+
+    def __init__(self, path: PathLike, transform: Transform = None, on_error: str = "raise",
+                 num_classes: Optional[int] = None) -> None:
+        super().__init__(transform, on_error)
+        self.rec_path, self.idx_path = resolve_rec_paths(path)
+        self.reader = RecordReader(self.rec_path)
+        keys, offsets = read_index(self.idx_path)
+        if len(keys) == 0:
+            raise DataError(f"{self.idx_path}: empty index")
+        order = np.argsort(keys, kind="stable")
+        self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
+        self.header: Optional[tuple[int, int]] = None
+        first = self._offset_of(0) if keys.min() == 0 else None
+        if first is not None:
+            head, data = unpack(self.reader.read_at(first, 0), where=f"{self.rec_path}: record key 0 at byte offset {first}")
+            if head.flag >= 2 and len(data) == 0:
+                self.header = (int(head.label[0]), int(head.label[1]))
+        if self.header is not None:
+            a = self.header[0]
+            self.keys = np.arange(1, a, dtype=np.int64)
+            pos = np.searchsorted(self._sorted_keys, self.keys)
+            bad = (pos >= len(self._sorted_keys)) | (self._sorted_keys[np.minimum(pos, len(self._sorted_keys) - 1)] != self.keys)
+            if bad.any():
+                raise DataError(f"{self.idx_path}: header record says images are keys 1..{a - 1}, but key "
+                                f"{int(self.keys[bad][0])} is not in the index ({int(bad.sum())} missing)")
+            self.offsets = self._sorted_offsets[pos]
+        else:
+            self.keys, self.offsets = keys, offsets
+        prop = read_property(self.rec_path.parent)
+        if num_classes is not None:
+            self._num_classes: Optional[int] = int(num_classes)
+        elif prop is not None:
+            self._num_classes = prop[0]
+        elif self.header is not None and self.header[1] > self.header[0]:
+            self._num_classes = self.header[1] - self.header[0]
+        else:
+            self._num_classes = None  # found by scanning the labels on first use
+
+    def _offset_of(self, key: int) -> Optional[int]:
+        i = int(np.searchsorted(self._sorted_keys, key))
+        if i < len(self._sorted_keys) and self._sorted_keys[i] == key:
+            return int(self._sorted_offsets[i])
+        return None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        if self._num_classes is None:
+            labels = self.labels()
+            self._num_classes = int(labels.max()) + 1 if len(labels) else 0
+        return self._num_classes
+
+    def _where(self, i: int) -> str:
+        return f"{self.rec_path}: record key {int(self.keys[i])} at byte offset {int(self.offsets[i])}"
+
+    def read_record(self, i: int) -> tuple[Any, bytes]:
+        """Header and encoded image bytes of image ``i`` (no decoding)."""
+        key, off = int(self.keys[i]), int(self.offsets[i])
+        return unpack(self.reader.read_at(off, key), where=self._where(i))
+
+    @staticmethod
+    def _label(head: Any) -> int:
+        lab = head.label if head.flag == 0 else head.label[0]
+        return int(lab)
+
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        head, data = self.read_record(i)
+        return decode_rgb(data, where=self._where(i)), self._label(head)
+
+    def label(self, i: int) -> int:
+        """Label of image ``i``, reading only its header."""
+        off = int(self.offsets[i])
+        head = self.reader._pread(8 + _HEADER.size, off)
+        if len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC and (int.from_bytes(head[4:8], "little") >> 29) == 0:
+            flag, lab = _HEADER.unpack_from(head, 8)[:2]
+            if flag == 0:
+                return int(lab)
+            more = self.reader._pread(4, off + 8 + _HEADER.size)
+            if len(more) == 4:
+                return int(np.frombuffer(more, "<f4")[0])
+        return self._label(self.read_record(i)[0])
+
+    def labels(self, progress: bool = True) -> np.ndarray:
+        """All labels (int64), reading only record headers; used when neither ``property`` nor a header record
+        gives ``num_classes``."""
+        return np.fromiter((self.label(i) for i in tqdm(range(len(self)), desc=f"scan labels {self.rec_path.name}",
+                                                         disable=not progress or len(self) < 10000)),
+                           dtype=np.int64, count=len(self))
+
+
+class ImageFolderFaces(FaceDataset):
+    """Aligned faces in ``root/<identity>/*.jpg``; identities are sorted folder names -> labels 0..C-1."""
+
+    def __init__(self, root: PathLike, transform: Transform = None, on_error: str = "raise",
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
+        super().__init__(transform, on_error)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: identity folder root not found")
+        exts = tuple(e.lower() for e in extensions)
+        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples: list[tuple[str, int]] = []
+        for c in self.classes:
+            files = sorted(e.name for e in os.scandir(self.root / c) if e.is_file() and e.name.lower().endswith(exts))
+            self.samples.extend((os.path.join(c, f), self.class_to_idx[c]) for f in files)
+        if not self.samples:
+            raise FileNotFoundError(f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders")
+        self.num_classes = len(self.classes)
+        self.targets = [s[1] for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        rel, label = self.samples[i]
+        path = self.root / rel
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read image: {exc}") from exc
+        return decode_rgb(data, where=str(path)), label
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face
+
+_LABEL_NAMES = ("label", "labels", "identity", "id", "class", "person", "target")
+
+
+def _load_hf(source: Any, split: Optional[str], streaming: bool) -> Any:
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+        return source
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        ds = source
+    else:
+        p = Path(source)
+        if p.is_dir() and ((p / "state.json").exists() or (p / "dataset_dict.json").exists()):
+            ds = datasets.load_from_disk(str(p))
+            if streaming:
+                ds = ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else \
+                    datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in ds.items()})
+        elif p.is_file() and p.suffix in (".parquet", ".arrow"):
+            ds = datasets.load_dataset(p.suffix[1:], data_files=str(p), streaming=streaming)
+        else:  # a folder of data files or a Hub id
+            ds = datasets.load_dataset(str(source), streaming=streaming)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        name = split or ("train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None))
+        if name is None or name not in ds:
+            raise KeyError(f"{source}: choose a split with split=; available: {list(ds)}")
+        ds = ds[name]
+    return ds
+
+
+def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], source: Any) -> tuple[str, str]:
+    import datasets
+
+    feats = ds.features
+    if feats is None:
+        raise ValueError(f"{source}: the dataset has no feature schema; pass image_column= and label_column=")
+    if image_column is None:
+        imgs = [k for k, v in feats.items() if isinstance(v, datasets.Image)]
+        if not imgs:
+            raise ValueError(f"{source}: no Image column among {list(feats)}; pass image_column=")
+        image_column = imgs[0]
+    if label_column is None:
+        cls = [k for k, v in feats.items() if isinstance(v, datasets.ClassLabel)]
+        named = [k for k in _LABEL_NAMES if k in feats]
+        if not cls and not named:
+            raise ValueError(f"{source}: no label column (ClassLabel or one of {list(_LABEL_NAMES)}) among "
+                             f"{list(feats)}; pass label_column=")
+        label_column = cls[0] if cls else named[0]
+    for c in (image_column, label_column):
+        if c not in feats:
+            raise ValueError(f"{source}: no column {c!r}; columns are {list(feats)}")
+    return image_column, label_column
+
+
+def _cell_image(cell: Any, where: str) -> torch.Tensor:
+    if isinstance(cell, dict):
+        if cell.get("bytes") is not None:
+            return decode_rgb(cell["bytes"], where=where)
+        if cell.get("path"):
+            try:
+                return decode_rgb(Path(cell["path"]).read_bytes(), where=f"{where} ({cell['path']})")
+            except OSError as exc:
+                raise DataError(f"{where}: cannot read {cell['path']}: {exc}") from exc
+    raise DataError(f"{where}: empty image cell")
+
+
+def _cell_label(value: Any, where: str) -> int:
+    if value is None:
+        raise DataError(f"{where}: missing label")
+    if isinstance(value, (list, tuple, np.ndarray)):
+        value = value[0]
+    return int(value)
+
+
+class HFFaceDataset(FaceDataset):
+    """A Hugging Face dataset with an image column and a label column, as a map-style training source.
+
+    ``source``: a ``datasets.Dataset``, a ``save_to_disk`` folder, a ``.parquet``/``.arrow`` file, a folder of data
+    files, or a Hub id. Columns are detected (first ``Image`` feature; first ``ClassLabel`` or a column named
+    ``label``/``identity``/...) unless given. Images are decoded from their stored bytes (no PIL round trip).
+    """
+
+    def __init__(self, source: Any, split: Optional[str] = None, transform: Transform = None,
+                 image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 on_error: str = "raise", num_classes: Optional[int] = None) -> None:
+        import datasets
+        import pyarrow.compute as pc
+
+        super().__init__(transform, on_error)
+        ds = _load_hf(source, split, streaming=False)
+        if not isinstance(ds, datasets.Dataset):
+            raise TypeError(f"{source}: streamed datasets are iterable-only; use HFFaceIterable")
+        self.source = str(source) if not isinstance(source, datasets.Dataset) else (ds.info.dataset_name or "dataset")
+        self.image_column, self.label_column = _columns(ds, image_column, label_column, self.source)
+        feat = ds.features[self.label_column]
+        if num_classes is not None:
+            self.num_classes = int(num_classes)
+        elif isinstance(feat, datasets.ClassLabel):
+            self.num_classes = feat.num_classes
+        else:
+            col = ds.data.column(self.label_column)
+            self.num_classes = int(pc.max(col).as_py()) + 1 if len(col) else 0
+        self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
+            [self.image_column, self.label_column])
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        row = self.ds[int(i)]
+        where = f"{self.source}: row {i} column {self.image_column}"
+        return _cell_image(row[self.image_column], where), _cell_label(row[self.label_column], f"{self.source}: row {i}")
+
+
+class HFFaceIterable(IterableDataset):
+    """A streamed (or iterable) Hugging Face dataset as a training source: yields ``(image, int label)``.
+
+    DataLoader workers each read their own shards (``datasets`` splits shards by worker). ``num_classes`` comes
+    from a ``ClassLabel`` feature or must be given. ``on_error='skip'`` skips and counts unreadable rows.
+    """
+
+    def __init__(self, source: Any, split: Optional[str] = None, transform: Transform = None,
+                 image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 on_error: str = "raise", num_classes: Optional[int] = None) -> None:
+        import datasets
+
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        ds = _load_hf(source, split, streaming=True)
+        if isinstance(ds, datasets.Dataset):
+            ds = ds.to_iterable_dataset()
+        self.source = str(source)
+        self.image_column, self.label_column = _columns(ds, image_column, label_column, self.source)
+        feat = ds.features[self.label_column]
+        if num_classes is not None:
+            self.num_classes = int(num_classes)
+        elif isinstance(feat, datasets.ClassLabel):
+            self.num_classes = feat.num_classes
+        else:
+            raise ValueError(f"{source}: label column {self.label_column!r} is not a ClassLabel, so a streamed "
+                             "dataset cannot know num_classes without reading it all; pass num_classes=")
+        self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
+            [self.image_column, self.label_column])
+        self.transform = transform
+        self.on_error = on_error
+        self.skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to ``datasets`` so shuffling changes per epoch."""
+        self.ds.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        for i, row in enumerate(self.ds):
+            try:
+                image = _cell_image(row[self.image_column], f"{self.source}: streamed row {i}")
+                label = _cell_label(row[self.label_column], f"{self.source}: streamed row {i}")
+            except DataError as exc:
+                if self.on_error == "raise":
+                    raise
+                self.skipped += 1
+                if self.skipped <= 10 or self.skipped % 100 == 0:
+                    logger.warning("skipping unreadable row (%s); %d skipped so far in process %d", exc,
+                                   self.skipped, os.getpid())
+                continue
+            yield (self.transform(image) if self.transform is not None else image), label
+
+
+def open_face_source(source: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
+                     **kwargs: Any) -> Union[FaceDataset, HFFaceIterable]:
+    """Open any training source by what it is: ``'synthetic'``, a ``.rec`` file or folder with one, a folder of
+    identity folders, a Hugging Face dataset (folder, parquet file, Hub id; ``streaming=True`` for iterable)."""
+    if isinstance(source, str) and source == "synthetic":
+        from facezoo.data.synthetic import SyntheticFaces
+
+        return SyntheticFaces(transform=transform, **kwargs)
+    p = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if p is not None and (p.suffix == ".rec" or (p.is_dir() and ((p / "train.rec").exists() or any(p.glob("*.rec"))))):
+        return RecordIODataset(p, transform=transform, on_error=on_error, **kwargs)
+    if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
+        entries = list(os.scandir(p))
+        data_files = [e for e in entries if e.is_file() and e.name.endswith((".parquet", ".arrow", ".csv", ".json", ".jsonl"))]
+        if not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir():
+            return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
+    if streaming:
+        return HFFaceIterable(source, transform=transform, on_error=on_error, **kwargs)
+    return HFFaceDataset(source, transform=transform, on_error=on_error, **kwargs)

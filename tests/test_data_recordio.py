@@ -1,0 +1,201 @@
+"""MXNet RecordIO reading and writing without mxnet: format details, split records, corrupt files, workers."""
+from __future__ import annotations
+
+import logging
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from facezoo.data import DataError, RecordIODataset, encode_image
+from facezoo.data.recordio import MAGIC, IRHeader, RecordReader, RecordWriter, pack, read_index, unpack, write_face_records
+
+MAGIC_FLOAT = float(np.frombuffer(struct.pack("<I", MAGIC), "<f4")[0])
+
+
+def _images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
+
+
+def _write(folder, labels, header=True, seed=0):
+    ims = _images(len(labels), seed=seed)
+    info = write_face_records(folder, ((encode_image(im, "png"), lab) for im, lab in zip(ims, labels)),
+                              insightface_header=header)
+    return ims, info
+
+
+def test_record_byte_layout():
+    # one plain record: magic, lrec = length (cflag 0), payload, zero padding to 4 bytes
+    payload = pack(IRHeader(0, 3.0, 7, 0), b"abcde")
+    assert payload[:24] == struct.pack("<IfQQ", 0, 3.0, 7, 0) and payload[24:] == b"abcde"
+    multi = pack(IRHeader(0, [1.0, 2.0]), b"xy")
+    assert struct.unpack_from("<I", multi)[0] == 2 and multi[24:32] == np.array([1, 2], "<f4").tobytes()
+    head, data = unpack(multi)
+    assert head.flag == 2 and head.label.tolist() == [1.0, 2.0] and data == b"xy"
+
+
+def test_writer_bytes(tmp_path):
+    with RecordWriter(tmp_path / "a.rec", tmp_path / "a.idx") as w:
+        w.write_idx(5, b"abcde")
+        w.write_idx(9, b"1234")
+    raw = (tmp_path / "a.rec").read_bytes()
+    assert raw == struct.pack("<II", MAGIC, 5) + b"abcde\0\0\0" + struct.pack("<II", MAGIC, 4) + b"1234"
+    assert (tmp_path / "a.idx").read_text() == "5\t0\n9\t16\n"
+
+
+def test_roundtrip_insightface_layout(tmp_path):
+    labels = [0, 0, 1, 1, 1, 2]
+    ims, info = _write(tmp_path, labels)
+    assert info["images"] == 6 and info["num_classes"] == 3
+    assert (tmp_path / "property").read_text().strip() == "3,112,112"
+    ds = RecordIODataset(tmp_path)
+    assert ds.header == (7, 10) and len(ds) == 6 and ds.num_classes == 3
+    for i in range(6):
+        im, lab = ds[i]
+        assert im.dtype == torch.uint8 and im.shape == (3, 16, 16)
+        assert torch.equal(im, ims[i]) and lab == labels[i] and isinstance(lab, int)
+    # identity records: label [start, end) of each identity's image keys
+    keys, offs = read_index(tmp_path / "train.idx")
+    reader = RecordReader(tmp_path / "train.rec")
+    ranges = [unpack(reader.read_at(int(offs[k]), k))[0].label.tolist() for k in range(7, 10)]
+    assert ranges == [[1, 3], [3, 6], [6, 7]]
+    # num_classes without property comes from the header record
+    (tmp_path / "property").unlink()
+    assert RecordIODataset(tmp_path / "train.rec").num_classes == 3
+    with pytest.raises(IndexError):
+        ds[6]
+
+
+def test_file_without_header_record(tmp_path):
+    labels = [4, 1, 4, 0, 2]
+    ims, _ = _write(tmp_path, labels, header=False)
+    (tmp_path / "property").unlink()
+    ds = RecordIODataset(tmp_path / "train.rec")
+    assert ds.header is None and len(ds) == 5
+    assert ds.num_classes == 5  # scanned: max label + 1
+    assert [ds[i][1] for i in range(5)] == labels
+    assert torch.equal(ds[3][0], ims[3])
+
+
+def test_split_records_and_multi_float_labels(tmp_path):
+    # the float whose bytes are the magic sits at an aligned offset: dmlc splits the record there
+    ims = _images(3)
+    items = [(encode_image(ims[0], "png"), [0.0, MAGIC_FLOAT]),
+             (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT, MAGIC_FLOAT, 0.5]),
+             (encode_image(ims[2], "png"), 1)]
+    info = write_face_records(tmp_path, items)
+    assert info["split_records"] == 3
+    raw = (tmp_path / "train.rec").read_bytes()
+    _, offs = read_index(tmp_path / "train.idx")
+    flags = []
+    pos = int(offs[2])  # second image: parts with cflag 1, 2, 3
+    while True:
+        magic, lrec = struct.unpack_from("<II", raw, pos)
+        assert magic == MAGIC
+        flags.append(lrec >> 29)
+        if lrec >> 29 in (0, 3):
+            break
+        pos += 8 + ((lrec & (2**29 - 1)) + 3) // 4 * 4
+    assert flags == [1, 2, 3]
+    ds = RecordIODataset(tmp_path)
+    assert [ds[i][1] for i in range(3)] == [0, 1, 1]
+    for i in range(3):
+        assert torch.equal(ds[i][0], ims[i])
+    head, _ = ds.read_record(1)
+    assert head.flag == 4 and np.array_equal(head.label.view("<u4")[1:3], [MAGIC, MAGIC])
+    assert ds.label(1) == 1
+
+
+def test_hand_assembled_split_record(tmp_path):
+    # independent of our writer: payload = P1 + magic + P2, stored as cflag 1 and cflag 3 parts
+    img = encode_image(_images(1)[0], "png")
+    p1 = struct.pack("<IfQQ", 0, 3.0, 0, 0)  # 24 bytes, aligned
+    p2 = img
+    rec = struct.pack("<II", MAGIC, (1 << 29) | len(p1)) + p1
+    rec += struct.pack("<II", MAGIC, (3 << 29) | len(p2)) + p2 + b"\0" * (-len(p2) % 4)
+    (tmp_path / "h.rec").write_bytes(rec)
+    (tmp_path / "h.idx").write_text("0\t0\n")
+    payload = RecordReader(tmp_path / "h.rec").read_at(0, 0)
+    assert payload == p1 + struct.pack("<I", MAGIC) + p2
+    head, data = unpack(payload)
+    assert head.label == 3.0 and data.startswith(struct.pack("<I", MAGIC))
+
+
+def _corrupt_file(tmp_path):
+    ims, _ = _write(tmp_path, [0, 0, 1, 1, 2], seed=1)
+    keys, offs = read_index(tmp_path / "train.idx")
+    return ims, {int(k): int(o) for k, o in zip(keys, offs)}
+
+
+@pytest.mark.parametrize("kind", ["magic", "past_end", "undecodable", "truncated"])
+def test_corrupt_records_name_file_key_offset(tmp_path, kind):
+    _, off = _corrupt_file(tmp_path)
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    lines = idx.read_text().splitlines()
+    if kind == "magic":
+        lines[2] = f"2\t{off[2] + 4}"
+        match, key, o = "wrong magic", 2, off[2] + 4
+    elif kind == "past_end":
+        lines[2] = f"2\t{rec.stat().st_size + 100}"
+        match, key, o = "past the end", 2, rec.stat().st_size + 100
+    elif kind == "undecodable":
+        raw = bytearray(rec.read_bytes())
+        raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # clobber the PNG signature
+        rec.write_bytes(bytes(raw))
+        match, key, o = "cannot decode", 2, off[2]
+    else:  # truncated: cut the file in the middle of the last image
+        raw = rec.read_bytes()
+        rec.write_bytes(raw[:off[5] + 40])
+        lines = lines[:6]
+        match, key, o = "truncated", 5, off[5]
+    idx.write_text("\n".join(lines) + "\n")
+    ds = RecordIODataset(tmp_path)
+    i = key - 1
+    with pytest.raises(DataError, match=match) as err:
+        ds[i]
+    msg = str(err.value)
+    assert "train.rec" in msg and f"record key {key}" in msg and f"byte offset {o}" in msg
+    for j in range(len(ds)):
+        if j != i:
+            ds[j]  # the others still read
+
+
+def test_skip_mode_counts_and_logs(tmp_path, caplog):
+    ims, off = _corrupt_file(tmp_path)
+    idx = tmp_path / "train.idx"
+    lines = idx.read_text().splitlines()
+    lines[2] = f"2\t{off[2] + 4}"
+    idx.write_text("\n".join(lines) + "\n")
+    ds = RecordIODataset(tmp_path, on_error="skip")
+    with caplog.at_level(logging.WARNING, logger="facezoo.data.sources"):
+        im, lab = ds[1]
+    assert torch.equal(im, ims[2]) and lab == 1  # replaced by the next readable sample
+    assert ds.skipped == 1
+    assert "1 skipped so far" in caplog.text and "record key 2" in caplog.text
+    with pytest.raises(ValueError, match="on_error"):
+        RecordIODataset(tmp_path, on_error="ignore")
+
+
+def test_missing_index_and_bad_index_lines(tmp_path):
+    _write(tmp_path, [0, 1])
+    (tmp_path / "train.idx").write_text("0\t0\nnot-a-line\n")
+    with pytest.raises(DataError, match=r"train\.idx:2"):
+        RecordIODataset(tmp_path)
+    (tmp_path / "train.idx").unlink()
+    with pytest.raises(FileNotFoundError, match="index file"):
+        RecordIODataset(tmp_path)
+
+
+def test_dataloader_workers_and_transform(tmp_path):
+    labels = [i // 3 for i in range(24)]
+    ims, _ = _write(tmp_path, labels, seed=2)
+    ds = RecordIODataset(tmp_path, transform=lambda x: x.float() / 255)
+    ds[0]  # opens a handle in the parent; workers must not share it
+    loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=False)
+    xs, ys = zip(*loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert torch.allclose(x, ims.float() / 255) and y.tolist() == labels
+    assert ds.num_classes == 8
