@@ -42,7 +42,7 @@ class CombinedMarginLoss(MarginHead):
         m3: additive cosine margin (CosFace), >= 0.
         straight_through: True (default, insightface) back-propagates the target as if no margin were applied
             (d logit / d cosine = s); False uses the exact derivative of cos(m1*theta + m2), kept finite at
-            cosine = +-1 by bounding sin(theta) below by 1e-3.
+            cosine = +-1 by bounding sin(theta) below by 0.01 (acts only for cosine > 0.99995).
         overflow: what happens when m1*theta + m2 passes pi, where cos(m1*theta + m2) stops decreasing.
             ``"wrap"`` (default, current insightface): nothing special, the cosine wraps. ``"threshold"``
             (older insightface / most ArcFace code): for theta > pi - m2 use ``cos(theta) - m2 * sin(m2)``
