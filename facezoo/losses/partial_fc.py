@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from facezoo.losses.base import MarginHead
 from facezoo.losses.distributed import (
@@ -35,6 +36,36 @@ from facezoo.losses.distributed import (
 
 SPEC_KEY = "shard_spec"
 SPEC_FIELDS = ("num_classes", "world_size", "rank", "class_start", "num_local")
+
+
+class _L2Normalize(torch.autograd.Function):
+    """Rows divided by max(norm, eps) (as ``F.normalize``); the backward divides by max(norm, grad_eps).
+
+    The derivative of x / |x| is (I - y y^T) / |x|: unbounded for an embedding of (near) zero norm, which turns
+    into Inf in a half-precision backbone. Flooring the norm at ``grad_eps`` in the backward only keeps that
+    gradient bounded; it is the exact derivative for every row with norm >= grad_eps.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float, grad_eps: float) -> torch.Tensor:
+        norm = x.norm(dim=1, keepdim=True)
+        y = x / norm.clamp_min(eps)
+        ctx.save_for_backward(y, norm)
+        ctx.grad_eps = grad_eps
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        y, norm = ctx.saved_tensors
+        out = y * (y * grad).sum(dim=1, keepdim=True)
+        out.neg_().add_(grad).div_(norm.clamp_min(ctx.grad_eps))
+        return out, None, None
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12, grad_eps: float = 1e-2) -> torch.Tensor:
+    """Row-wise L2 normalization with a bounded backward for near-zero rows (see ``_L2Normalize``)."""
+    return _L2Normalize.apply(x, eps, grad_eps)
 
 
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -75,7 +106,9 @@ class PartialFC(nn.Module):
     Every rank must call forward with the same number of steps (it runs collectives); local batch sizes may
     differ. Logits, softmax and loss are float32 even under ``torch.autocast``. The loss is the mean over the
     global batch, identical on every rank; per row it is ``logsumexp - target`` (insightface clamps the
-    probability at 1e-30, i.e. caps a row's loss at 69; facezoo does not). Do not wrap this module in DDP.
+    probability at 1e-30, i.e. caps a row's loss at 69; facezoo does not). Embeddings and centers are
+    normalized as ``F.normalize`` does, but the backward floors the norm at 0.01 so that a zero-norm embedding
+    gets a bounded gradient instead of ~1e12 (exact for norms >= 0.01). Do not wrap this module in DDP.
     """
 
     def __init__(
@@ -180,7 +213,7 @@ class PartialFC(nn.Module):
             weight = self.weight
             if self.num_sample < self.num_local:
                 weight = weight[self.sample(local, in_shard)]
-            logits = F.linear(F.normalize(emb), F.normalize(weight.float())).clamp(-1, 1)
+            logits = F.linear(l2_normalize(emb), l2_normalize(weight.float())).clamp(-1, 1)
             head = self.margin_loss
             reg = None
             if isinstance(head, MarginHead):
