@@ -48,6 +48,16 @@ def gwp_sigma_for_size(size: int, ref_sigma: float = GWP_REF_SIGMA, ref_size: in
     return ref_sigma * size / ref_size
 
 
+def _gaussian_2d(
+        height: int, width: int, sigma_y: float, sigma_x: float, device: torch.device, dtype: torch.dtype,
+) -> torch.Tensor:
+    """The normalized kernel (scriptable core of :func:`gaussian_kernel`)."""
+    ys = torch.arange(height, device=device, dtype=torch.float64) - (height - 1) / 2.0
+    xs = torch.arange(width, device=device, dtype=torch.float64) - (width - 1) / 2.0
+    g = torch.exp(-(ys[:, None] ** 2) / (2 * sigma_y ** 2) - (xs[None, :] ** 2) / (2 * sigma_x ** 2))
+    return (g / g.sum()).to(dtype)
+
+
 def gaussian_kernel(
         size: Union[int, Tuple[int, int]],
         sigma: Optional[Union[float, Tuple[float, float]]] = None,
@@ -66,11 +76,7 @@ def gaussian_kernel(
     sy, sx = to_2tuple(sigma)
     if h < 1 or w < 1 or sy <= 0 or sx <= 0:
         raise ValueError(f"gaussian_kernel needs a positive size and sigma, got size={(h, w)} sigma={(sy, sx)}")
-    ys = torch.arange(h, device=device, dtype=torch.float64) - (h - 1) / 2.0
-    xs = torch.arange(w, device=device, dtype=torch.float64) - (w - 1) / 2.0
-    g = torch.exp(-(ys[:, None] ** 2) / (2 * sy ** 2) - (xs[None, :] ** 2) / (2 * sx ** 2))
-    g = g / g.sum()
-    return g.to(dtype=dtype or torch.get_default_dtype())
+    return _gaussian_2d(h, w, float(sy), float(sx), torch.device(device or "cpu"), dtype or torch.get_default_dtype())
 
 
 @register_notrace_module
@@ -80,8 +86,8 @@ class GaussianWeightedPool(nn.Module):
     This is eq. 4 of the paper followed by its global average pooling, so the output is the Gaussian-weighted
     average of the map divided by ``H * W`` (the authors' formulation; pretrained ``fc`` weights expect that scale).
     ``G`` is a non-persistent buffer: it follows ``.to()``, exports to ONNX, is not trained and is not stored in
-    checkpoints. For a map of another size than the buffer, the kernel is rebuilt for that size with the scaled sigma
-    of :func:`gwp_sigma_for_size` (the rule that lets GWP models take other input sizes).
+    checkpoints. For a map of another size than the buffer, the kernel is rebuilt for that size with sigma scaled
+    like the map (:func:`gwp_sigma_for_size`): the rule that lets GWP models take other input sizes.
     """
 
     def __init__(
@@ -91,9 +97,12 @@ class GaussianWeightedPool(nn.Module):
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
+        """``sigma`` is for the built ``size``; None means the paper's 3 on a 7x7 map, scaled with the size."""
         super().__init__()
         self.size = to_2tuple(size)
-        self.sigma = sigma
+        # sigma per axis at the built size; other map sizes scale it with the map
+        self.sigma_y = float(sigma) if sigma is not None else gwp_sigma_for_size(self.size[0])
+        self.sigma_x = float(sigma) if sigma is not None else gwp_sigma_for_size(self.size[1])
         self.register_buffer("kernel", torch.empty(self.size, device=device, dtype=dtype), persistent=False)
         self.reset_parameters()
 
@@ -102,19 +111,15 @@ class GaussianWeightedPool(nn.Module):
         if self.kernel.device.type == "meta":
             return
         with torch.no_grad():
-            self.kernel.copy_(gaussian_kernel(self.size, self.sigma, device=self.kernel.device))
+            self.kernel.copy_(self.kernel_for(self.size[0], self.size[1], rebuild=True))
 
-    def kernel_for(self, height: int, width: int) -> torch.Tensor:
-        """The kernel for an (height, width) map: the buffer at the built size, else a rescaled one."""
-        if height == self.kernel.shape[0] and width == self.kernel.shape[1]:
+    def kernel_for(self, height: int, width: int, rebuild: bool = False) -> torch.Tensor:
+        """The kernel for an (height, width) map: the buffer at the built size, else one rebuilt for that size."""
+        if not rebuild and height == self.kernel.shape[0] and width == self.kernel.shape[1]:
             return self.kernel
-        sigma = self.sigma
-        if sigma is None:
-            return gaussian_kernel((height, width), device=self.kernel.device, dtype=self.kernel.dtype)
-        # an explicit sigma was given for the built size: scale it with the map like the default rule does
-        sy = sigma * height / self.size[0]
-        sx = sigma * width / self.size[1]
-        return gaussian_kernel((height, width), (sy, sx), device=self.kernel.device, dtype=self.kernel.dtype)
+        sigma_y = self.sigma_y * height / self.size[0]
+        sigma_x = self.sigma_x * width / self.size[1]
+        return _gaussian_2d(height, width, sigma_y, sigma_x, self.kernel.device, self.kernel.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
@@ -122,7 +127,7 @@ class GaussianWeightedPool(nn.Module):
         return torch.matmul(x.flatten(2), weights).flatten(1)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, sigma={self.sigma if self.sigma is not None else gwp_sigma_for_size(self.size[0])}"
+        return f"size={self.size}, sigma=({self.sigma_y:g}, {self.sigma_x:g})"
 
 
 class GlobalAvgPool(nn.Module):

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
+    register_notrace_module
 from timm.models._features import feature_take_indices
 
 from facezoo.layers import POOL_TYPES, create_face_pool
@@ -91,6 +92,7 @@ def make_stage(in_chs: int, out_chs: int, num_blocks: int, **dd: Any) -> nn.Sequ
     return nn.Sequential(*blocks)
 
 
+@register_notrace_module  # a torch.nn leaf for torch.fx, like the BatchNorm1d it extends
 class FixedGammaBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose scale is the constant 1 (insightface's ``features`` layer).
 
@@ -121,7 +123,8 @@ class IResNet(nn.Module):
     def __init__(
             self,
             layers: Sequence[int] = DEPTHS[50],
-            global_pool: str = "flatten",
+            head: str = "flatten",
+            global_pool: Optional[str] = None,
             stem_kernel: int = 3,
             embed_dim: int = 512,
             num_classes: int = 0,
@@ -134,7 +137,10 @@ class IResNet(nn.Module):
         """
         Args:
             layers: blocks per stage (see ``DEPTHS``).
-            global_pool: spatial head: 'flatten' (insightface baseline), 'avg', 'gwp' or 'gdc'.
+            head: spatial head the embedding layer is built for: 'flatten' (insightface baseline), 'avg', 'gwp'
+                or 'gdc'.
+            global_pool: None (use ``head``), '' (no pooling: forward returns the 512-channel map), or a pooling
+                type compatible with ``head`` (see ``reset_classifier``), as timm's ``global_pool`` argument.
             stem_kernel: first conv kernel, 3 (insightface) or 7 (GWP authors); stride 1 either way.
             embed_dim: embedding size E (insightface's ``num_features``).
             num_classes: 0 (default) outputs the embedding; N > 0 adds ``Linear(E, N)`` on top.
@@ -143,8 +149,8 @@ class IResNet(nn.Module):
             img_size: input size the head is built for (flatten/gdc/gwp use the map size img_size / 16).
         """
         super().__init__()
-        if global_pool not in POOL_TYPES:
-            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        if head not in POOL_TYPES:
+            raise ValueError(f"head must be one of {POOL_TYPES}, got {head!r}")
         if stem_kernel not in (3, 7):
             raise ValueError(f"stem_kernel must be 3 or 7, got {stem_kernel!r}")
         if len(layers) != 4:
@@ -158,8 +164,8 @@ class IResNet(nn.Module):
         self.num_features = _WIDTHS[-1]
         self.head_hidden_size = embed_dim
         self.stem_kernel = stem_kernel
-        self.pool_type = global_pool  # the head the fc was built for
-        self.global_pool = global_pool  # the pooling in use ('' = none, forward returns the map)
+        self.pool_type = head  # the pooling the fc was built for
+        self.global_pool = head  # the pooling in use ('' = none, forward returns the map)
         self.grad_checkpointing = False
         map_size = (img_size[0] // 16, img_size[1] // 16)
 
@@ -176,12 +182,16 @@ class IResNet(nn.Module):
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"layer{i + 1}"))
         self.bn2 = nn.BatchNorm2d(chs, eps=_BN_EPS, **dd)
         # head
-        self.pool, pooled_dim = create_face_pool(global_pool, chs, map_size, **dd)
+        self.pool, pooled_dim = create_face_pool(head, chs, map_size, **dd)
         self.dropout = nn.Dropout(p=drop_rate, inplace=True)
         self.fc = nn.Linear(pooled_dim, embed_dim, **dd)
         self.features = FixedGammaBatchNorm1d(embed_dim, **dd)
         self.classifier = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        if global_pool is not None:
+            self._set_global_pool(global_pool)
+            if num_classes > 0 and self.global_pool == "":
+                raise ValueError("num_classes > 0 needs a pooled embedding; global_pool='' returns the feature map")
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -461,7 +471,7 @@ _HEAD_DOC = {
 def _make_entrypoint(depth: int, head: str, stem_kernel: int) -> Callable[..., IResNet]:
     """Build the ``iresnet{depth}{head}[_k7]`` entrypoint (timm registers it by its ``__name__``)."""
     name = f"iresnet{depth}{head}{'_k7' if stem_kernel == 7 else ''}"
-    model_args = dict(layers=DEPTHS[depth], global_pool=HEADS[head], stem_kernel=stem_kernel)
+    model_args = dict(layers=DEPTHS[depth], head=HEADS[head], stem_kernel=stem_kernel)
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> IResNet:
         return _create_iresnet(name, pretrained, **dict(model_args, **kwargs))
