@@ -10,9 +10,9 @@ Reproduces insightface's ``eval/verification.py`` number for number, without skl
   fold accuracies, ``accuracy_std`` = their population std (``np.std``); the ROC is the mean over folds of the
   test-fold TPR/FPR at every threshold.
 * TAR@FAR (insightface ``calculate_val``, thresholds ``np.arange(0, 4, 0.001)``): per fold, the train FAR curve
-  is inverted at the target FAR; if the target is never reached the threshold is 0. See :func:`threshold_at_far`
-  for how repeated FAR values (which crash the reference's ``interp1d(kind='slinear')`` on current SciPy) are
-  handled.
+  is inverted at the target FAR by linear interpolation; if the target is never reached the threshold is 0.
+  See :func:`threshold_at_far` for how repeated FAR values (which crash the reference's
+  ``interp1d(kind='slinear')`` on current SciPy) are handled.
 
 Counting is done with sorted distances and ``searchsorted`` (exact integer counts), so every number equals the
 reference's per-threshold loop bit for bit.
@@ -100,25 +100,21 @@ def _rates(tp: np.ndarray, fp: np.ndarray, n_same: np.ndarray, n_diff: np.ndarra
 
 
 def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
-    """Threshold at which the (non-decreasing) FAR curve reaches ``far_target``, by linear interpolation.
+    """Threshold at which the (non-decreasing) train FAR curve reaches ``far_target``: ``np.interp``.
 
     The reference uses ``scipy.interpolate.interp1d(far, thresholds, kind='slinear')``, which needs distinct FAR
-    values (current SciPy raises "Expect x to not have duplicates"; the FAR curve almost always repeats values).
-    Rule used here: with ``i`` the first grid index whose FAR is ``>= far_target``, interpolate linearly between
-    grid points ``i - 1`` and ``i`` (so an exact hit returns the first threshold reaching that FAR). This equals
-    ``interp1d(kind='slinear')`` whenever the FAR values are distinct (the only case where the reference runs on
-    current SciPy) and ``interp1d(kind='linear')`` (which tolerates repeats) in every case. Returns 0.0 when
-    ``max(far) < far_target``, as the reference.
+    values: current SciPy raises "Expect x to not have duplicates", and a FAR curve nearly always repeats values
+    (0 for all small thresholds). Rule used here: ``np.interp(far_target, far, thresholds)``, i.e. linear
+    interpolation where, among grid thresholds with equal FAR, the last one counts (an exact hit returns the
+    largest threshold whose train FAR equals the target; between two FAR values it interpolates between the last
+    threshold below the target and the first one above). This equals the reference's ``slinear`` whenever the FAR
+    values are distinct (the only case where it runs) and SciPy's ``interp1d(kind='linear')`` always. Returns 0.0
+    when ``max(far) < far_target``, as the reference.
     """
     far = np.asarray(far, dtype=np.float64)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
     if far.size == 0 or np.max(far) < far_target:
         return 0.0
-    i = int(np.searchsorted(far, far_target, side="left"))
-    if i == 0:
-        return float(thresholds[0])
-    f_lo, f_hi, t_lo, t_hi = far[i - 1], far[i], thresholds[i - 1], thresholds[i]
-    return float(t_lo + (t_hi - t_lo) * (far_target - f_lo) / (f_hi - f_lo))
+    return float(np.interp(far_target, far, np.asarray(thresholds, dtype=np.float64)))
 
 
 def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_target: float = 1e-3
