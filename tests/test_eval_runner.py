@@ -1,0 +1,195 @@
+"""The evaluation runner and ``facezoo eval`` end to end on fixtures built here: tiny .bin, HF pairs, IJB folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import facezoo  # noqa: F401
+from facezoo.cli import main
+from facezoo.data import ARCFACE_TEMPLATE, encode_image, write_bin, write_pairs_dataset
+from facezoo.data.synthetic import render_face, synthetic_pairs
+from facezoo.eval import extract, ijb, runner, verification
+from facezoo.eval.report import markdown_table
+
+MODEL = "test_resnet"  # a tiny non-facezoo timm model (160x160 input: exercises the resize)
+
+
+@pytest.fixture(scope="module")
+def bins(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bins")
+    for i, name in enumerate(("lfw", "cfp_fp")):
+        images, issame = synthetic_pairs(12, seed=i, difficulty=0.5)
+        write_bin(root / f"{name}.bin", images, issame)
+    images, issame = synthetic_pairs(12, seed=7, difficulty=0.5)
+    write_pairs_dataset(root / "agedb_30", images, issame)  # a HF dataset of image pairs
+    return root
+
+
+def _write_ijb(root, n_subjects=6):
+    """insightface's IJB layout: meta files, loose_crop images, landmarks; plus the 1:N CSVs."""
+    crop, meta = root / "loose_crop", root / "meta"
+    crop.mkdir(parents=True)
+    meta.mkdir()
+    tid_lines, lmk_lines, csv = [], [], {"G1": [], "G2": [], "probe": []}
+    tmpl, img = 1, 1
+    gallery, probes = {}, {}
+    rng = np.random.default_rng(0)
+    for s in range(n_subjects):
+        for role, sizes in (("gallery", (2, 1)), ("probe", (2,)), ("probe", (1, 1))):
+            for m, k in enumerate(sizes):
+                for _ in range(k):
+                    name = f"{img}.jpg"
+                    face = render_face(3, 1000 + s, img, difficulty=0.3)
+                    (crop / name).write_bytes(encode_image(torch.from_numpy(face).permute(2, 0, 1), format="jpeg"))
+                    tid_lines.append(f"{name} {tmpl} {tmpl * 10 + m}")
+                    lmk = (ARCFACE_TEMPLATE + rng.normal(0, 0.5, (5, 2))).reshape(-1)
+                    lmk_lines.append(name + " " + " ".join(f"{v:.3f}" for v in lmk) + f" {rng.uniform(0.5, 1):.4f}")
+                    key = ("G1" if s % 2 == 0 else "G2") if role == "gallery" else "probe"
+                    csv[key].append(f"{tmpl},{s},{name}")
+                    img += 1
+            (gallery if role == "gallery" else probes).setdefault(s, []).append(tmpl)
+            tmpl += 1
+    pairs = [f"{p} {gallery[g][0]} {int(g == s)}" for s in probes for p in probes[s] for g in gallery]
+    (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_lines) + "\n")
+    (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk_lines) + "\n")
+    (meta / "ijbc_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
+    for key, fname in (("G1", "ijbc_1N_gallery_G1.csv"), ("G2", "ijbc_1N_gallery_G2.csv"),
+                       ("probe", "ijbc_1N_probe_mixed.csv")):
+        (meta / fname).write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(csv[key]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ijb_root(tmp_path_factory):
+    return _write_ijb(tmp_path_factory.mktemp("ijb") / "IJBC")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return timm.create_model(MODEL, num_classes=0).eval()
+
+
+def test_extract_matches_manual_flip_tta(model):
+    images, _ = synthetic_pairs(6, seed=1)
+    emb = extract.extract_embeddings(model, images, batch_size=5, progress=False)
+    x = torch.nn.functional.interpolate(images.float() / 255, size=(160, 160), mode="bilinear", align_corners=False)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = (model(x).double() + model(x.flip(3)).double()).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert emb.dtype == np.float64 and emb.shape == (12, model.num_features)
+
+
+def test_non_2d_model_output_is_a_clear_error():
+    m = timm.create_model(MODEL, num_classes=0, global_pool="").eval()  # (B, C, H, W) output
+    images, _ = synthetic_pairs(1, seed=1)
+    with pytest.raises(ValueError, match=r"model output has shape \(2, \d+, \d+, \d+\), expected 2-D"):
+        extract.extract_features(m, images, progress=False)
+
+
+def test_run_verification_sets_in_process(model, bins):
+    sets = runner.load_verification_sets(bins, ["lfw", "agedb_30"], progress=False)
+    model.train()
+    res = runner.run_verification_sets(model, sets, batch_size=16, progress=False)
+    assert model.training  # the training loop's mode is restored
+    for name, (images, issame) in sets.items():
+        model.eval()
+        emb = extract.extract_embeddings(model, images, batch_size=16, progress=False)
+        assert res[name]["fold_accuracies"] == verification.evaluate(emb, issame)["fold_accuracies"]
+        assert res[name]["xnorm"] > 0 and len(res[name]["roc"]["fpr"]) == 400
+
+
+def test_missing_set_names_paths(bins):
+    with pytest.raises(FileNotFoundError, match=r"'calfw' not found; looked for .*calfw.bin"):
+        runner.load_verification_sets(bins, ["calfw"])
+
+
+def test_cli_end_to_end(bins, ijb_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["eval", MODEL, "--bins", str(bins), "--targets", "lfw,cfp_fp,agedb_30", "--ijb", str(ijb_root),
+               "--target", "IJBC", "--ijb-modes", "default,no_flip", "--ijb-1n", "--batch-size", "16",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"] == MODEL and doc["facezoo_version"] == facezoo.__version__ and doc["date"]
+    assert set(doc["verification"]) == {"lfw", "cfp_fp", "agedb_30"}
+    accs = [doc["verification"][n]["accuracy"] for n in ("lfw", "cfp_fp", "agedb_30")]
+    assert doc["verification_average"] == pytest.approx(np.mean(accs))
+    assert set(doc["ijb"]["modes"]) == {"default", "no_flip"}
+    tar = doc["ijb"]["modes"]["default"]["tar_at_far"]
+    assert list(tar) == ["1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1"] and all(0 <= v <= 1 for v in tar.values())
+    assert set(doc["ijb"]["one_to_n"]) == {"mixed", "G1", "G2"}
+    assert doc["ijb"]["num_pairs"] == 12 * 6 and doc["ijb"]["num_images"] == 6 * 7
+    md = (out / "results.md").read_text()
+    assert "| Model | LFW | CFP-FP | AgeDB-30 | Average |" in md
+    assert f"{100 * doc['verification']['lfw']['accuracy']:.2f} ± " in md
+    assert "IJB-C TAR@FAR=1e-6" in md and "| G1 |" in md
+    assert md == markdown_table(doc)
+    assert (out / "roc.png").stat().st_size > 5000 and (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "results.json" in capsys.readouterr().out
+
+
+def test_checkpoint_roundtrip_and_ijb_numbers(model, bins, ijb_root, tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    loaded = runner.load_model(MODEL, checkpoint=str(ckpt))
+    images, issame = synthetic_pairs(4, seed=3)
+    np.testing.assert_allclose(extract.extract_embeddings(loaded, images, progress=False),
+                               extract.extract_embeddings(model, images, progress=False), atol=1e-6)
+
+    out = tmp_path / "out"
+    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--ijb", str(ijb_root), "--out", str(out), "--quiet",
+                 "--ijb-1n"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    from facezoo.data.ijb import IJBAlignedImages, read_ijb
+
+    meta = read_ijb(ijb_root, "IJBC")
+    feats, flips = extract.extract_features(model, IJBAlignedImages(meta), progress=False)
+    ref = ijb.evaluate(feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels, faceness=meta.faceness,
+                       flip_features=flips)
+    for far, tar in ref["tar_at_far"].items():
+        assert doc["ijb"]["modes"]["default"]["tar_at_far"][f"1e{int(np.log10(far))}"] == pytest.approx(tar)
+    mixed = doc["ijb"]["one_to_n"]["mixed"]
+    assert 0 <= mixed["cmc"]["1"] <= mixed["cmc"]["5"] <= 1
+
+
+def test_cli_bad_arguments(bins, tmp_path):
+    with pytest.raises(SystemExit, match="--bins DIR and/or --ijb ROOT"):
+        main(["eval", MODEL])
+    with pytest.raises(SystemExit, match="unknown --ijb-modes"):
+        main(["eval", MODEL, "--bins", str(bins), "--ijb-modes", "fast"])
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        main(["eval", MODEL, "--bins", str(bins), "--checkpoint", str(tmp_path / "nope.pth")])
+
+
+def test_odd_bin_and_bad_ijb_meta(tmp_path, ijb_root):
+    import pickle
+    import shutil
+
+    from facezoo.data import DataError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    images, issame = synthetic_pairs(2, seed=0)
+    with open(bad / "lfw.bin", "wb") as f:  # 3 images for 2 pairs
+        pickle.dump(([encode_image(im) for im in images[:3]], [True, False]), f)
+    with pytest.raises(ValueError, match=r"lfw.bin"):
+        main(["eval", MODEL, "--bins", str(bad), "--targets", "lfw", "--out", str(tmp_path / "o"), "--quiet"])
+
+    broken = tmp_path / "IJBC"
+    shutil.copytree(ijb_root, broken)
+    pairs = broken / "meta" / "ijbc_template_pair_label.txt"
+    lines = pairs.read_text().splitlines()
+    lines[4] = "9999 1 0"
+    pairs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"ijbc_template_pair_label.txt:5: template 9999 has no images"):
+        main(["eval", MODEL, "--ijb", str(broken), "--out", str(tmp_path / "o"), "--quiet"])
