@@ -209,6 +209,17 @@ def test_model_forward_fx(model_name):
     torch.testing.assert_close(fx_out, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("model_name", ["iresnet18_gwp_k7", "iresnet18_gdc"])
+def test_model_forward_fx_torchscript(model_name):
+    with timm.set_scriptable(True):
+        model = timm.create_model(model_name).eval()
+    scripted = torch.jit.script(_fx_model(model))
+    x = torch.randn(1, *_input_size(model))
+    with torch.inference_mode():
+        out = torch.cat(tuple(scripted(x).values()))
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("model_name", SUBSET[:3])
 def test_model_backward_fx(model_name):
     model = timm.create_model(model_name, num_classes=42).train()
@@ -233,8 +244,11 @@ def test_reset_classifier_keeps_pool_and_switches_avg_gwp():
         assert not torch.allclose(model.forward_head(model.forward_features(x), pre_logits=True), expected)
     with pytest.raises(ValueError, match="flatten"):
         timm.create_model("iresnet18", device="meta").reset_classifier(0, "avg")
-    with pytest.raises(ValueError, match="pooled embedding"):
-        timm.create_model("iresnet18_gwp", device="meta").reset_classifier(3, "")
+    bypassed = timm.create_model("iresnet18_gwp").eval()
+    bypassed.reset_classifier(3, "")
+    assert bypassed(x).shape == (2, 512, 7, 7)  # no pooling: the head (classifier included) is bypassed
+    bypassed.reset_classifier(3, "gwp")
+    assert bypassed(x).shape == (2, 3)
 
 
 def test_init_weights_after_to_empty_restores_gaussian():

@@ -13,7 +13,6 @@ outputs the E-dim embedding (not L2-normalized); ``num_classes=N`` adds a linear
 
 Follows the shape of timm's own model files: blocks, model class, checkpoint filter, cfgs, entrypoints.
 """
-from __future__ import annotations
 
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -190,8 +189,6 @@ class IResNet(nn.Module):
         self.init_weights()
         if global_pool is not None:
             self._set_global_pool(global_pool)
-            if num_classes > 0 and self.global_pool == "":
-                raise ValueError("num_classes > 0 needs a pooled embedding; global_pool='' returns the feature map")
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -225,13 +222,12 @@ class IResNet(nn.Module):
         """Replace the classifier on top of the embedding; optionally change or remove ('') the pooling.
 
         The embedding layers (``fc``, ``features``) are kept. Pooling can switch between 'avg' and 'gwp' (same fc
-        shape: the paper's "GWP model without its kernel" ablation), or be removed with ''; 'flatten' and 'gdc'
-        models keep their own head.
+        shape: the paper's "GWP model without its kernel" ablation), or be removed with '' (forward then returns the
+        feature map and the whole head, classifier included, is bypassed until a pooling is set again); 'flatten'
+        and 'gdc' models keep their own head.
         """
         if global_pool is not None:
             self._set_global_pool(global_pool)
-        if num_classes > 0 and self.global_pool == "":
-            raise ValueError("num_classes > 0 needs a pooled embedding; global_pool='' returns the feature map")
         self.num_classes = num_classes
         dd = get_device_dtype(self)
         self.classifier = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
