@@ -254,3 +254,35 @@ def test_l2_normalize_matches_f_normalize_and_bounds_the_zero_norm_gradient():
     torch.testing.assert_close(a.grad[2:], b.grad[2:])  # exact for norms >= 0.01
     assert b.grad[0].abs().max() > 1e11  # F.normalize: 1 / 1e-12
     assert a.grad[:2].abs().max() <= g.abs().max() * 2 / 1e-2
+
+
+class InsightfaceArcFace(torch.nn.Module):
+    """insightface CombinedMarginLoss, ArcFace branch (in place under no_grad on the logits it receives)."""
+
+    def __init__(self, s=64.0, m2=0.5):
+        super().__init__()
+        self.s, self.m2 = s, m2
+
+    def forward(self, logits, labels):
+        index_positive = torch.where(labels != -1)[0]
+        target_logit = logits[index_positive, labels[index_positive].view(-1)]
+        with torch.no_grad():
+            target_logit.arccos_()
+            logits.arccos_()
+            logits[index_positive, labels[index_positive].view(-1)] = target_logit + self.m2
+            logits.cos_()
+        return logits * self.s
+
+
+def test_insightface_head_module_works_inside_partial_fc():
+    emb, labels = data(seed=4)
+    torch.manual_seed(0)
+    ours = PartialFC(ArcFace(), E, C, compensate_ddp_average=False)
+    theirs = PartialFC(InsightfaceArcFace(), E, C)
+    theirs.load_state_dict(ours.state_dict())
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    l1, l2 = ours(e1, labels), theirs(e2, labels)
+    (l1 + l2).backward()
+    torch.testing.assert_close(l1, l2, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-4, atol=1e-6 * e2.grad.abs().max().item())
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-6 * ours.weight.grad.abs().max().item())

@@ -58,9 +58,10 @@ class _L2Normalize(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         y, norm = ctx.saved_tensors
-        out = y * (y * grad).sum(dim=1, keepdim=True)
-        out.neg_().add_(grad).div_(norm.clamp_min(ctx.grad_eps))
-        return out, None, None
+        # (grad - y <y, grad>) / norm with one [rows, dim] allocation (einsum's row dot products need no temporary)
+        dot = torch.einsum("ij,ij->i", y, grad).unsqueeze(1)
+        out = torch.addcmul(grad, y, dot, value=-1)
+        return out.div_(norm.clamp_min(ctx.grad_eps)), None, None
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12, grad_eps: float = 1e-2) -> torch.Tensor:
