@@ -72,6 +72,8 @@ def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 1
     if accelerator is not None:
         rank, world = accelerator.process_index, accelerator.num_processes
         device = accelerator.device
+        if n < world:  # too few items to give every process a shard: each embeds everything
+            rank, world = 0, 1
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     device = torch.device(device)

@@ -26,7 +26,7 @@ import torch
 from facezoo.eval._arrays import ArrayLike, to_numpy
 from facezoo.eval.roc import DEFAULT_FARS, auc, tar_at_far
 
-_CHUNK_ROWS = 2048
+_CHUNK_ELEMENTS = 1 << 25  # float64 staging buffer of image rows (256 MiB): index_add_ has a large per-call cost
 
 
 def image_features(features: ArrayLike, flip_features: Optional[ArrayLike] = None,
@@ -88,9 +88,10 @@ def image_to_template_features(features: ArrayLike, templates: ArrayLike, medias
     rows = torch.from_numpy(t_inv.astype(np.int64))
     src = torch.from_numpy(f) if f.dtype in (np.float32, np.float64) else torch.from_numpy(f.astype(np.float32))
     out = torch.zeros(len(unique_templates), f.shape[1], dtype=torch.float64)
-    buf = torch.empty(min(_CHUNK_ROWS, f.shape[0]), f.shape[1], dtype=torch.float64)  # cache-sized, reused
-    for a in range(0, f.shape[0], _CHUNK_ROWS):
-        b = buf[: min(_CHUNK_ROWS, f.shape[0] - a)]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, f.shape[1]))
+    buf = torch.empty(min(chunk, f.shape[0]), f.shape[1], dtype=torch.float64)
+    for a in range(0, f.shape[0], chunk):
+        b = buf[: min(chunk, f.shape[0] - a)]
         b.copy_(src[a:a + len(b)])
         b.mul_(weights[a:a + len(b), None])
         out.index_add_(0, rows[a:a + len(b)], b)
@@ -136,13 +137,14 @@ def _compact(rows: np.ndarray, n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def pair_scores(template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike,
-                max_block_bytes: int = 1 << 28) -> np.ndarray:
+                max_block_bytes: int = 1 << 30) -> np.ndarray:
     """Dot product of template rows ``rows1[i]`` and ``rows2[i]`` for every pair (float64).
 
     When the pairs are dense over the templates they use (IJB-C: ~3.5k enrolment templates against ~19.6k
-    others, 23% of all combinations), scores come from blocked matrix products ``F[u1] @ F[u2].T`` (BLAS) that
-    compute up to 64x more dot products than needed but never gather a row per pair; sparse pair lists use a
-    chunked gather + row-wise dot. Both equal the reference's row-wise dot to float64 rounding.
+    others, 23% of all combinations), scores come from matrix products ``F[u1] @ F[u2].T`` (BLAS; in blocks of at
+    most ``max_block_bytes``) that compute up to 64x more dot products than needed but never gather a feature row
+    per pair; sparse pair lists use a chunked gather + row-wise dot (chunks of ``max_block_bytes / 2``). Both equal
+    the reference's row-wise dot to float64 rounding.
     """
     feats = torch.from_numpy(np.ascontiguousarray(to_numpy(template_features, np.float64)))
     r1 = to_numpy(rows1).astype(np.int64, copy=False).reshape(-1)
@@ -156,20 +158,23 @@ def pair_scores(template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike
     if len(u1) > len(u2):  # block over the smaller side
         u1, i1, u2, i2 = u2, i2, u1, i1
     if len(u1) * len(u2) <= 64 * n:
-        order = np.argsort(i1.astype(np.uint16) if len(u1) <= 1 << 16 else i1, kind="stable")  # radix sort
-        i1s = i1[order]
         f2t = feats[torch.from_numpy(u2)].T.contiguous()
         block = max(1, int(max_block_bytes // (8 * len(u2))))
+        if block >= len(u1):  # one product holds every needed score
+            s = (feats[torch.from_numpy(u1)] @ f2t).numpy().ravel()
+            return np.take(s, i1 * len(u2) + i2)
+        order = np.argsort(i1.astype(np.uint16) if len(u1) <= 1 << 16 else i1, kind="stable")  # radix sort
+        i1s = i1[order]
         starts = np.searchsorted(i1s, np.r_[np.arange(0, len(u1), block), len(u1)])
         for b, (p0, p1) in enumerate(zip(starts[:-1], starts[1:])):
             if p0 == p1:
                 continue
             a = b * block
-            s = (feats[torch.from_numpy(u1[a:a + block])] @ f2t).numpy()
+            s = (feats[torch.from_numpy(u1[a:a + block])] @ f2t).numpy().ravel()
             sel = order[p0:p1]
-            scores[sel] = s[i1s[p0:p1] - a, i2[sel]]
+            scores[sel] = np.take(s, (i1s[p0:p1] - a) * len(u2) + i2[sel])
         return scores
-    step = max(1, int(max_block_bytes // (16 * feats.shape[1])))
+    step = max(1, min(1 << 15, int(max_block_bytes // (16 * feats.shape[1]))))
     b1 = torch.empty(min(step, n), feats.shape[1], dtype=torch.float64)
     b2 = torch.empty_like(b1)
     t1, t2 = torch.from_numpy(r1), torch.from_numpy(r2)
