@@ -6,6 +6,8 @@ from facezoo.data.ijb import IJBAlignedImages, IJBMeta, read_ijb
 from facezoo.data.image import DataError, decode_rgb, encode_image
 from facezoo.data.sources import (FaceDataset, HFFaceDataset, HFFaceIterable, ImageFolderFaces, RecordIODataset,
                                   open_face_source)
+from facezoo.data.synthetic import SyntheticFaces, synthetic_pairs
+from facezoo.data.transforms import create_face_transform
 from facezoo.data.verification import (UnsafePickleError, load_bin, load_pairs_dataset, write_bin,
                                        write_pairs_dataset)
 
@@ -14,5 +16,6 @@ __all__ = [
     "IJBAlignedImages", "IJBMeta", "read_ijb",
     "DataError", "decode_rgb", "encode_image",
     "FaceDataset", "HFFaceDataset", "HFFaceIterable", "ImageFolderFaces", "RecordIODataset", "open_face_source",
+    "SyntheticFaces", "synthetic_pairs", "create_face_transform",
     "UnsafePickleError", "load_bin", "load_pairs_dataset", "write_bin", "write_pairs_dataset",
 ]

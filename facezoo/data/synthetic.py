@@ -24,6 +24,8 @@ from torch.utils.data import Dataset
 __all__ = ["SyntheticFaces", "render_face", "synthetic_pairs", "VERIFY_IDENTITY_OFFSET"]
 
 VERIFY_IDENTITY_OFFSET = 1 << 30
+_CAST = 0.3   # per-channel colour cast std (white balance): hides skin/hair tone from raw pixels
+_GRAY = 0.15  # probability of a greyscale photo
 SIZE = 112
 _CENTER = np.array([56.0, 63.0])
 _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
@@ -346,8 +348,10 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
         arr = _blur(b) if u[12] > 0.6 else arr * (1 - w) + b * w
     ang = 2 * math.pi * u[13]
     k = 0.45 * d * u[15]
-    gain = (0.75 + 0.5 * u[14]) * (1 + (k * math.cos(ang)) * _XX + (k * math.sin(ang)) * _YY)
-    cast = np.array([1 + 0.12 * d * n[11], 1 + 0.12 * d * n[12], 1 + 0.12 * d * n[13]], dtype=np.float32)
+    gain = (1 + 0.3 * d * (2 * u[14] - 1)) * (1 + (k * math.cos(ang)) * _XX + (k * math.sin(ang)) * _YY)
+    cast = np.array([1 + _CAST * d * n[11], 1 + _CAST * d * n[12], 1 + _CAST * d * n[13]], dtype=np.float32)
+    if u[18] < _GRAY * d:  # some photos are greyscale
+        arr[:] = arr.mean(2, keepdims=True)
     bank = _noise_bank()
     off = int(u[16] * (len(bank) - SIZE * SIZE * 3))
     arr *= gain[:, :, None] * cast
@@ -395,7 +399,7 @@ class SyntheticFaces(Dataset):
         index %= n
         label, sample = divmod(index, self.images_per_identity)
         arr = render_face(self.seed, self.identity_offset + label, sample, self.difficulty)
-        image = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -408,7 +412,7 @@ def synthetic_pairs(num_pairs: int = 1000, seed: int = 0, num_identities: Option
         raise ValueError("num_pairs must be >= 1")
     ids = num_identities or max(2, num_pairs // 2)
     rng = np.random.default_rng([seed, 3, num_pairs, ids])
-    images = torch.empty(2 * num_pairs, 3, SIZE, SIZE, dtype=torch.uint8)
+    images = np.empty((2 * num_pairs, 3, SIZE, SIZE), dtype=np.uint8)
     issame = torch.zeros(num_pairs, dtype=torch.bool)
     counter = np.zeros(ids, dtype=np.int64)
     for p in range(num_pairs):
@@ -418,6 +422,6 @@ def synthetic_pairs(num_pairs: int = 1000, seed: int = 0, num_identities: Option
         for j, ident in enumerate((a, b)):
             arr = render_face(seed, identity_offset + ident, 1_000_000 + int(counter[ident]), difficulty)
             counter[ident] += 1
-            images[2 * p + j] = torch.from_numpy(arr).permute(2, 0, 1)
+            images[2 * p + j] = arr.transpose(2, 0, 1)
         issame[p] = same
-    return images, issame
+    return torch.from_numpy(images), issame
