@@ -6,7 +6,6 @@ model's input size when it differs, and normalized with the model's mean/std (``
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -14,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
-
-_LOG = logging.getLogger(__name__)
 
 Images = Union[torch.Tensor, np.ndarray, Dataset]
 
