@@ -28,11 +28,12 @@ def decode_rgb(data: Union[bytes, bytearray, memoryview], where: str = "<bytes>"
     """Decode JPEG/PNG/GIF/WEBP bytes to a uint8 RGB tensor (3, H, W); ``where`` goes into the error."""
     if len(data) == 0:
         raise DataError(f"{where}: empty image data")
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
-            return decode_image(buf, mode=ImageReadMode.RGB)
+            # read-only buffers are fine: the decoder only reads them (saves a copy per image)
+            warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+            return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode image ({len(data)} bytes, starts {bytes(data[:8])!r}): {exc}") from exc
 

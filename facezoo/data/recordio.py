@@ -49,7 +49,7 @@ def pack(header: IRHeader, data: bytes = b"") -> bytes:
     return _HEADER.pack(label.size, 0.0, header.id, header.id2) + label.tobytes() + data
 
 
-def unpack(payload: bytes, where: str = "<record>") -> tuple[IRHeader, bytes]:
+def unpack(payload: Union[bytes, memoryview], where: str = "<record>") -> tuple[IRHeader, Union[bytes, memoryview]]:
     """``mxnet.recordio.unpack``: split a payload into its header and the image bytes."""
     if len(payload) < _HEADER.size:
         raise DataError(f"{where}: payload of {len(payload)} bytes is shorter than the {_HEADER.size}-byte IRHeader")
@@ -123,8 +123,18 @@ class RecordReader:
         os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
         return os.read(fd, n)
 
-    def read_at(self, offset: int, key: Union[int, str] = "?") -> bytes:
-        """Read the (possibly split) record starting at byte ``offset``; errors name file, key and offset."""
+    def read_at(self, offset: int, key: Union[int, str] = "?", span: int = 0) -> Union[bytes, memoryview]:
+        """Read the (possibly split) record starting at byte ``offset``; errors name file, key and offset.
+
+        ``span`` (bytes up to the next record, from the index) lets a plain record come back from one read,
+        as a zero-copy memoryview."""
+        if span >= 8 and 0 <= offset and offset + 8 <= self.size:
+            buf = self._pread(span, offset)
+            if len(buf) >= 8:
+                magic, lrec = struct.unpack_from("<II", buf)
+                length = lrec & _LEN_MASK
+                if magic == MAGIC and lrec >> 29 == 0 and 8 + length <= len(buf):
+                    return memoryview(buf)[8:8 + length]
         where = f"{self.path}: record key {key} at byte offset {offset}"
         if offset < 0 or offset + 8 > self.size:
             raise DataError(f"{where}: offset is past the end of the file ({self.size} bytes)")

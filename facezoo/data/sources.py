@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+from collections import namedtuple
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -30,6 +32,7 @@ PathLike = Union[str, os.PathLike]
 Transform = Optional[Callable[[torch.Tensor], Any]]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 _MAX_SKIP_TRIES = 64
+_SCALAR = namedtuple("_SCALAR", ["flag", "label"])
 
 
 class FaceDataset(Dataset):
@@ -117,6 +120,11 @@ class RecordIODataset(FaceDataset):
             self.offsets = self._sorted_offsets[pos]
         else:
             self.keys, self.offsets = keys, offsets
+        # bytes from each image record to the next record in the file: one read per plain record
+        starts = np.unique(self._sorted_offsets)
+        ends = np.append(starts[1:], self.reader.size)
+        pos = np.clip(np.searchsorted(starts, self.offsets), 0, len(starts) - 1)
+        self.spans = np.clip(ends[pos] - self.offsets, 0, 1 << 24)
         prop = read_property(self.rec_path.parent)
         if num_classes is not None:
             self._num_classes: Optional[int] = int(num_classes)
@@ -146,10 +154,19 @@ class RecordIODataset(FaceDataset):
     def _where(self, i: int) -> str:
         return f"{self.rec_path}: record key {int(self.keys[i])} at byte offset {int(self.offsets[i])}"
 
+    def _read(self, i: int) -> tuple[Any, Union[bytes, memoryview]]:
+        key, off = int(self.keys[i]), int(self.offsets[i])
+        payload = self.reader.read_at(off, key, int(self.spans[i]))
+        if len(payload) >= 24 and payload[0] == 0 and payload[1] == 0 and payload[2] == 0 and payload[3] == 0:
+            # fast path: scalar label (flag 0), the common case
+            return _SCALAR(0, struct.unpack_from("<f", payload, 4)[0]), payload[24:]
+        return unpack(payload, where=self._where(i))
+
     def read_record(self, i: int) -> tuple[Any, bytes]:
         """Header and encoded image bytes of image ``i`` (no decoding)."""
         key, off = int(self.keys[i]), int(self.offsets[i])
-        return unpack(self.reader.read_at(off, key), where=self._where(i))
+        head, data = unpack(self.reader.read_at(off, key), where=self._where(i))
+        return head, bytes(data)
 
     @staticmethod
     def _label(head: Any) -> int:
@@ -157,8 +174,12 @@ class RecordIODataset(FaceDataset):
         return int(lab)
 
     def load(self, i: int) -> tuple[torch.Tensor, int]:
-        head, data = self.read_record(i)
-        return decode_rgb(data, where=self._where(i)), self._label(head)
+        head, data = self._read(i)
+        try:
+            image = decode_rgb(data)
+        except DataError as exc:
+            raise DataError(f"{self._where(i)}: {exc}") from None
+        return image, self._label(head)
 
     def label(self, i: int) -> int:
         """Label of image ``i``, reading only its header."""
