@@ -25,15 +25,19 @@ from facezoo.data.synthetic import SyntheticFaces
 
 
 def build_rec(folder: Path, n: int, unique: int = 1000) -> list[bytes]:
+    """Write the .rec; return the JPEG bytes of every record, read back from it (distinct buffers, shuffled order)."""
     faces = SyntheticFaces(num_identities=unique // 10, images_per_identity=10, seed=0)
     jpegs = [encode_image(faces[i][0], "jpeg", 95) for i in range(unique)]
     per_id = 20
     items = ((jpegs[i % unique], i // per_id) for i in range(n))
     write_face_records(folder, items, num_classes=(n + per_id - 1) // per_id)
-    return [jpegs[i % unique] for i in range(n)]
+    ds = RecordIODataset(folder)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(2)).tolist()
+    return [ds.read_record(i)[1] for i in order]
 
 
 def decode_bound(jpegs: list[bytes], seconds: float = 4.0) -> float:
+    """The same JPEG bytes, already in memory, decoded in a loop by the same decoder."""
     torch.set_num_threads(1)
     for b in jpegs[:200]:
         decode_rgb(b)
@@ -62,6 +66,18 @@ def loader_rate(folder: Path, workers: int, images: int, batch: int = 256) -> fl
     return seen / (time.perf_counter() - start)
 
 
+def dataset_rate(folder: Path, images: int) -> float:
+    """``RecordIODataset[i]`` in a loop (shuffled keys), no DataLoader: the reader's own overhead over the bound."""
+    ds = RecordIODataset(folder)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)).tolist()
+    for i in order[:200]:
+        ds[i]
+    start = time.perf_counter()
+    for k in range(images):
+        ds[order[k % len(order)]]
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20000)
@@ -78,6 +94,9 @@ def main() -> None:
         print(f"built {args.images}-image .rec ({size / 2**20:.1f} MiB, mean JPEG {size / args.images / 1024:.1f} KiB) "
               f"in {time.time() - t0:.1f}s; {cores} cores")
         single = decode_bound(jpegs)
+        alone = dataset_rate(folder, min(args.measure, 8000))
+        print(f"single process: decode bound {single:,.0f} img/s, RecordIODataset[i] loop {alone:,.0f} img/s "
+              f"(ratio {alone / single:.2f})")
         print(f"\n| workers | bound (decode from memory) img/s | RecordIODataset+DataLoader img/s | per worker img/s "
               f"| ratio |")
         print("|---|---|---|---|---|")

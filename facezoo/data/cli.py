@@ -46,7 +46,8 @@ def _info(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``facezoo data {convert,synth,info}``."""
     data = subparsers.add_parser("data", help="face data: convert formats, write synthetic sets, inspect",
-                                 description=__doc__)
+                                 description="Convert between .rec, Hugging Face datasets and .bin; write synthetic "
+                                             "training/verification sets; inspect a data source.")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 

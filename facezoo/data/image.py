@@ -17,6 +17,20 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png
 # in-memory JPEG decoder here (libjpeg-turbo, ~3x PIL), so silence only that notice.
 _TV_NOTICE = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
+
+def _find_decode_op():  # the op behind torchvision.io.decode_image, without its per-call notice and logging
+    try:
+        op = torch.ops.image.decode_image
+        probe = encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8))
+        return op if op(probe, ImageReadMode.RGB.value, False).shape == (3, 2, 2) else None
+    except Exception:  # pragma: no cover - other torchvision versions: use the public function
+        return None
+
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
+    _DECODE_OP = _find_decode_op()
+
 __all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw"]
 
 
@@ -30,10 +44,14 @@ def decode_rgb(data: Union[bytes, bytearray, memoryview], where: str = "<bytes>"
         raise DataError(f"{where}: empty image data")
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
             # read-only buffers are fine: the decoder only reads them (saves a copy per image)
             warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-            return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            buf = torch.frombuffer(data, dtype=torch.uint8)
+        if _DECODE_OP is not None:
+            return _DECODE_OP(buf, ImageReadMode.RGB.value, False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
+            return decode_image(buf, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
         raise DataError(f"{where}: cannot decode image ({len(data)} bytes, starts {bytes(data[:8])!r}): {exc}") from exc
 
