@@ -2,9 +2,9 @@
 
 For each depth the baseline (flatten, insightface) and the GAP / GWP / GDC variants run in the same process, in
 interleaved rounds (so machine noise hits all of them alike), and the table gives each head's ratio to the baseline.
-Peak memory is measured per model in a fresh subprocess: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
-peak resident set size (VmHWM, reset just before the model is built) minus the RSS at that point: weights plus
-the activations of one forward pass.
+Peak memory is weights plus the activation peak of one forward pass (CUDA: ``torch.cuda.max_memory_allocated``;
+CPU: weight bytes + the peak of live tensor bytes from the profiler's allocator records, which is deterministic,
+unlike RSS).
 
     python benchmarks/bench_models.py                       # depths 18 34 50 100, batch 8, CPU
     python benchmarks/bench_models.py --depths 50 --batch-size 64 --device cuda
@@ -12,15 +12,17 @@ the activations of one forward pass.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Dict, List
 
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler (memory measurement) quiet
+
 import timm
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import facezoo  # noqa: F401
 
@@ -68,37 +70,43 @@ def measure_throughput(names: List[str], batch_size: int, rounds: int, iters: in
     return best
 
 
-def _proc_status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def peak_memory_child(name: str, batch_size: int, device: str) -> None:
-    """Run in a subprocess: print the peak memory (bytes) of building the model and one forward."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _proc_status_bytes("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-    model = build(name, device, False)
-    with torch.inference_mode():
-        model(torch.randn(batch_size, 3, 112, 112, device=device))
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _proc_status_bytes("VmHWM") - base
-    print(json.dumps({"peak_bytes": peak}))
+def activation_peak_cpu(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes of tensors allocated during one forward, from the profiler's allocator records.
+
+    Each op's own allocations count from its start, frees from their time stamps; the running sum's maximum is the
+    activation peak. Deterministic (it counts tensors, not pages), unlike RSS.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(x)
+    events = []
+    for e in prof.events():
+        change = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if change:
+            events.append((e.time_range.start if change > 0 else e.time_range.end, change))
+    live = peak = 0
+    for _, change in sorted(events):
+        live += change
+        peak = max(peak, live)
+    return peak
 
 
 def measure_peak_memory(name: str, batch_size: int, device: str) -> int:
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", name, "--batch-size", str(batch_size), "--device", device],
-        capture_output=True, text=True, check=True).stdout
-    return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
+    """Weights + activation peak of one forward at ``batch_size`` (CUDA: ``max_memory_allocated``)."""
+    model = build(name, device, False)
+    x = torch.randn(batch_size, 3, 112, 112, device=device)
+    with torch.inference_mode():
+        model(x[:1])  # warm-up
+        if not device.startswith("cuda"):
+            return weight_bytes(model) + activation_peak_cpu(model, x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        model(x)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
 
 
 def main() -> int:
@@ -111,12 +119,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory subprocesses")
-    p.add_argument("--memory-child", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = p.parse_args()
-    if args.memory_child:
-        peak_memory_child(args.memory_child, args.batch_size, args.device)
-        return 0
 
     torch.manual_seed(0)
     suffix = "_k7" if args.stem == "k7" else ""
