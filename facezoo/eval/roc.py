@@ -32,17 +32,28 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike, drop_intermediate: bool = Tr
         raise ValueError("roc_curve needs both positive (label 1) and negative pairs")
     if np.isnan(s).any():
         raise ValueError(f"{int(np.isnan(s).sum())} scores are NaN")
-    # Counts at each distinct score t (descending): pairs with score >= t from one sort of all scores, positives by
-    # locating each (of the few) positive scores among the distinct thresholds. The same integers as sklearn's
-    # stable argsort + cumsum, without permuting the labels.
-    s_desc = np.sort(s)[::-1]
-    idx = np.r_[np.flatnonzero(np.diff(s_desc)), s_desc.size - 1]
-    thresholds = s_desc[idx]
-    pos_at = thresholds.size - 1 - np.searchsorted(thresholds[::-1], s[y])
-    tps = np.cumsum(np.bincount(pos_at, minlength=thresholds.size))
-    fps = (1 + idx) - tps
-    if drop_intermediate and len(fps) > 2:
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+    # One ROC point per distinct score, in descending order. Work with the per-threshold increments (group sizes
+    # and positives per group) rather than sklearn's permuted labels and cumulative sums: the same integers, from one
+    # ascending sort, one comparison pass and a search of the (few) positive scores.
+    s_asc = np.sort(s)
+    is_last = np.empty(s_asc.size, dtype=bool)
+    np.not_equal(s_asc[1:], s_asc[:-1], out=is_last[:-1])
+    is_last[-1] = True
+    last = np.flatnonzero(is_last)  # ascending index of each distinct value's last occurrence
+    start = np.empty_like(last)
+    start[0] = 0
+    start[1:] = last[:-1] + 1
+    thresholds = s_asc[last[::-1]]  # descending
+    count_ge = s_asc.size - start[::-1]  # pairs scoring >= each threshold
+    tp_inc = np.bincount(thresholds.size - 1 - np.searchsorted(thresholds[::-1], s[y]), minlength=thresholds.size)
+    tps = np.cumsum(tp_inc)
+    fps = count_ge - tps
+    if drop_intermediate and thresholds.size > 2:
+        # sklearn keeps a point when the second difference of fps or tps there is non-zero, i.e. when the
+        # increment changes between this group and the next
+        fp_inc = (last - start + 1)[::-1] - tp_inc
+        inner = (fp_inc[2:] != fp_inc[1:-1]) | (tp_inc[2:] != tp_inc[1:-1])
+        keep = np.flatnonzero(np.r_[True, inner, True])
         fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
     fps = fps.astype(np.float64)
     tps = tps.astype(np.float64)
