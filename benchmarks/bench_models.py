@@ -17,9 +17,10 @@ import argparse
 import contextlib
 import os
 import platform
+import statistics
 import sys
 import time
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import timm
 import torch
@@ -49,9 +50,9 @@ def sync(device: str) -> None:
 
 
 def interleaved_rates(fns: Dict[str, Callable[[], object]], items_per_call: int, rounds: int, iters: int,
-                      device: str) -> Dict[str, float]:
-    """Items/s of each callable, timed in interleaved rounds (noise hits all alike); the best round counts."""
-    best = {n: 0.0 for n in fns}
+                      device: str) -> Dict[str, List[float]]:
+    """Items/s of each callable in every round; rounds interleave the callables, so noise hits all alike."""
+    rates: Dict[str, List[float]] = {n: [] for n in fns}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(rounds):
@@ -61,12 +62,20 @@ def interleaved_rates(fns: Dict[str, Callable[[], object]], items_per_call: int,
             for _ in range(iters):
                 fn()
             sync(device)
-            best[n] = max(best[n], items_per_call * iters / (time.perf_counter() - t0))
-    return best
+            rates[n].append(items_per_call * iters / (time.perf_counter() - t0))
+    return rates
+
+
+def summarize(rates: Dict[str, List[float]], baseline: str) -> Dict[str, Tuple[float, float]]:
+    """(best images/s, median over rounds of the per-round ratio to the baseline) for each callable.
+
+    The per-round ratio compares runs made seconds apart, and its median ignores rounds hit by a burst of load.
+    """
+    return {n: (max(r), statistics.median(a / b for a, b in zip(r, rates[baseline]))) for n, r in rates.items()}
 
 
 def measure_throughput(names: List[str], batch_size: int, rounds: int, iters: int, device: str,
-                       channels_last: bool, amp: bool, head_only: bool = False) -> Dict[str, float]:
+                       channels_last: bool, amp: bool, head_only: bool = False) -> Dict[str, List[float]]:
     """Images/s of each model's forward, or of its head alone (``forward_head`` on a 512x7x7 map)."""
     models = {n: build(n, device, channels_last) for n in names}
     if head_only:
@@ -142,8 +151,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--head-batch-size", type=int, default=256, help="batch for the head-alone timing")
     p.add_argument("--noise", type=float, default=0.03, help="relative timing noise tolerated for whole models")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best counts)")
-    p.add_argument("--iters", type=int, default=2, help="forward passes per round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--iters", type=int, default=1, help="forward passes per round and model")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
@@ -160,29 +169,31 @@ def main() -> int:
     head_ips = measure_throughput(list(heads.values()), args.head_batch_size, args.rounds, 10 * args.iters,
                                   args.device, False, args.amp, head_only=True)
     print(f"\nHead alone (forward_head on a (B,512,7,7) map, batch {args.head_batch_size}):\n")
-    print("| head | images/s | ratio to baseline |")
+    print("| head | images/s (best round) | ratio to baseline (median of rounds) |")
     print("|---|---:|---:|")
+    head_stats = summarize(head_ips, heads["baseline"])
     for head, name in heads.items():
-        print(f"| {head} | {head_ips[name]:,.0f} | {head_ips[name] / head_ips[heads['baseline']]:.2f} |")
+        print(f"| {head} | {head_stats[name][0]:,.0f} | {head_stats[name][1]:.2f} |")
 
     print(f"\nWhole model (batch {args.batch_size}):\n")
-    print("| depth | head | images/s | ratio to baseline | peak memory (MiB) | memory ratio |")
+    print("| depth | head | images/s (best round) | ratio to baseline (median of rounds) | peak memory (MiB) "
+          "| memory ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     slower = []
-    if head_ips[heads["gwp"]] < head_ips[heads["baseline"]]:
-        slower.append(("gwp head", head_ips[heads["gwp"]] / head_ips[heads["baseline"]]))
+    if head_stats[heads["gwp"]][1] < 1:
+        slower.append(("gwp head", head_stats[heads["gwp"]][1]))
     for depth in args.depths:
         names = {h: f"iresnet{depth}{s}{suffix}" for h, s in HEADS.items()}
         ips = measure_throughput(list(names.values()), args.batch_size, args.rounds, args.iters, args.device,
                                  args.channels_last, args.amp)
         mem = {} if args.no_memory else {h: measure_peak_memory(n, args.batch_size, args.device)
                                          for h, n in names.items()}
-        base_ips = ips[names["baseline"]]
+        stats = summarize(ips, names["baseline"])
         for head, name in names.items():
-            ratio = ips[name] / base_ips
+            best, ratio = stats[name]
             mem_txt = f"{mem[head] / 2 ** 20:.0f}" if mem else "-"
             mem_ratio = f"{mem[head] / mem['baseline']:.3f}" if mem else "-"
-            print(f"| {depth} | {head} | {ips[name]:.1f} | {ratio:.3f} | {mem_txt} | {mem_ratio} |", flush=True)
+            print(f"| {depth} | {head} | {best:.1f} | {ratio:.3f} | {mem_txt} | {mem_ratio} |", flush=True)
             if head == "gwp" and ratio < 1 - args.noise:
                 slower.append((name, ratio))
     if slower:
