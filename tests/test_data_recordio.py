@@ -199,3 +199,40 @@ def test_dataloader_workers_and_transform(tmp_path):
     x, y = torch.cat(xs), torch.cat(ys)
     assert torch.allclose(x, ims.float() / 255) and y.tolist() == labels
     assert ds.num_classes == 8
+
+
+def test_batch_read_equals_single_items(tmp_path):
+    # __getitems__ (what DataLoader calls) = [ds[i] ...]: plain records on the fast path, split records and
+    # multi-float labels through the checked path, negative indices, out-of-range errors
+    ims = _images(5, seed=3)
+    items = [(encode_image(ims[0], "png"), 0), (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT]),
+             (encode_image(ims[2], "jpeg"), 1), (encode_image(ims[3], "png"), [2.0, 0.5]),
+             (encode_image(ims[4], "png"), 2)]
+    assert write_face_records(tmp_path, items)["split_records"] == 1
+    ds = RecordIODataset(tmp_path, transform=lambda x: x[:, :8])
+    order = [4, 1, 0, 3, 2, -1, 1]
+    batch = ds.__getitems__(order)
+    single = [ds[i] for i in order]
+    assert [lab for _, lab in batch] == [2, 1, 0, 2, 1, 2, 1] == [lab for _, lab in single]
+    assert all(type(lab) is int for _, lab in batch)
+    for (a, _), (b, _) in zip(batch, single):
+        assert a.shape == (3, 8, 16) and torch.equal(a, b)
+    assert torch.equal(batch[0][0], ims[4][:, :8]) and ds.__getitems__([]) == []
+    with pytest.raises(IndexError, match="index 5 out of range"):
+        ds.__getitems__([0, 5])
+
+
+def test_batch_read_errors_and_skips(tmp_path, caplog):
+    ims, off = _corrupt_file(tmp_path)
+    rec = tmp_path / "train.rec"
+    raw = bytearray(rec.read_bytes())
+    raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # key 2 (item 1) no longer decodes
+    rec.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"train\.rec: record key 2 at byte offset \d+: .*cannot decode"):
+        RecordIODataset(tmp_path).__getitems__([0, 1, 2])
+    ds = RecordIODataset(tmp_path, on_error="skip")
+    with caplog.at_level(logging.WARNING, logger="facezoo.data.sources"):
+        batch = ds.__getitems__([0, 1, 2])
+    assert ds.skipped == 1 and "record key 2" in caplog.text
+    assert [lab for _, lab in batch] == [0, 1, 1]  # item 1 replaced by the next readable one, as ds[1] does
+    assert torch.equal(batch[1][0], ims[2]) and torch.equal(batch[2][0], ims[2])

@@ -64,8 +64,17 @@ def test_hf_dataset_local_sources(tmp_path):
         for i in (0, 3):
             im, lab = hf[i]
             assert torch.equal(im, ims[i]) and lab == labels[i]
+        batch = hf.__getitems__([5, 0, -2])  # one Arrow take for the DataLoader's batch
+        assert [lab for _, lab in batch] == [1, 0, 0] and torch.equal(batch[0][0], ims[5])
+        assert torch.equal(batch[2][0], ims[4])
     plain = HFFaceDataset(_hf(ims, labels, classlabel=False))
     assert plain.num_classes == 3  # max label + 1
+    bad = ds.cast_column("img", datasets.Image(decode=False)).map(
+        lambda r, i: {"img": {"bytes": b"junk" if i == 2 else r["img"]["bytes"], "path": None}}, with_indices=True)
+    with pytest.raises(DataError, match="row 2 column img"):
+        HFFaceDataset(bad).__getitems__([0, 2])
+    skip = HFFaceDataset(bad, on_error="skip")
+    assert [lab for _, lab in skip.__getitems__([1, 2])] == [2, 2] and skip.skipped == 1
     assert isinstance(open_face_source(tmp_path / "disk"), HFFaceDataset)
     with pytest.raises(ValueError, match="Image column"):
         HFFaceDataset(datasets.Dataset.from_dict({"label": [1]}))

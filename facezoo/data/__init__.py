@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from facezoo.data.align import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from facezoo.data.collate import collate_faces
 from facezoo.data.ijb import IJBAlignedImages, IJBMeta, read_ijb
 from facezoo.data.image import DataError, decode_rgb, encode_image
 from facezoo.data.sources import (FaceDataset, HFFaceDataset, HFFaceIterable, ImageFolderFaces, RecordIODataset,
@@ -12,7 +13,7 @@ from facezoo.data.verification import (UnsafePickleError, load_bin, load_pairs_d
                                        write_pairs_dataset)
 
 __all__ = [
-    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity",
+    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity", "collate_faces",
     "IJBAlignedImages", "IJBMeta", "read_ijb",
     "DataError", "decode_rgb", "encode_image",
     "FaceDataset", "HFFaceDataset", "HFFaceIterable", "ImageFolderFaces", "RecordIODataset", "open_face_source",

@@ -31,6 +31,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
     _DECODE_OP = _find_decode_op()
 
+_RGB = ImageReadMode.RGB.value
+
 __all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw"]
 
 
@@ -39,16 +41,19 @@ class DataError(ValueError):
 
 
 def decode_rgb(data: Union[bytes, bytearray, memoryview], where: str = "<bytes>") -> torch.Tensor:
-    """Decode JPEG/PNG/GIF/WEBP bytes to a uint8 RGB tensor (3, H, W); ``where`` goes into the error."""
+    """Decode JPEG/PNG/GIF/WEBP bytes to a uint8 RGB tensor (3, H, W); ``where`` goes into the error.
+
+    A writable buffer (``bytearray``, or a memoryview of one, as the RecordIO reader returns) is decoded in place;
+    read-only ``bytes`` are copied once into a ``bytearray`` (~0.3 us for a face JPEG), which is cheaper than
+    silencing PyTorch's non-writable-buffer warning on every call."""
     if len(data) == 0:
         raise DataError(f"{where}: empty image data")
+    if type(data) is not bytearray and (type(data) is not memoryview or data.readonly):
+        data = bytearray(data)
     try:
-        with warnings.catch_warnings():
-            # read-only buffers are fine: the decoder only reads them (saves a copy per image)
-            warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-            buf = torch.frombuffer(data, dtype=torch.uint8)
+        buf = torch.frombuffer(data, dtype=torch.uint8)
         if _DECODE_OP is not None:
-            return _DECODE_OP(buf, ImageReadMode.RGB.value, False)
+            return _DECODE_OP(buf, _RGB, False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
             return decode_image(buf, mode=ImageReadMode.RGB)

@@ -28,6 +28,7 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 _HEADER = struct.Struct("<IfQQ")
+_HAS_PREADV = hasattr(os, "preadv")
 PathLike = Union[str, os.PathLike]
 
 
@@ -123,18 +124,29 @@ class RecordReader:
         os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
         return os.read(fd, n)
 
+    def read_into(self, buf: memoryview, offset: int) -> int:
+        """Read ``len(buf)`` bytes (fewer at the end of the file) at ``offset`` into a writable buffer; returns the
+        count. Decoders can then use the bytes in place (a read-only ``bytes`` object would need a copy)."""
+        fd = self._handle()
+        if _HAS_PREADV:
+            return os.preadv(fd, [buf], offset)
+        data = self._pread(len(buf), offset)  # pragma: no cover - platforms without preadv
+        buf[:len(data)] = data
+        return len(data)
+
     def read_at(self, offset: int, key: Union[int, str] = "?", span: int = 0) -> Union[bytes, memoryview]:
         """Read the (possibly split) record starting at byte ``offset``; errors name file, key and offset.
 
         ``span`` (bytes up to the next record, from the index) lets a plain record come back from one read,
-        as a zero-copy memoryview."""
+        as a zero-copy, writable memoryview."""
         if span >= 8 and 0 <= offset and offset + 8 <= self.size:
-            buf = self._pread(span, offset)
-            if len(buf) >= 8:
+            buf = memoryview(bytearray(span))
+            got = self.read_into(buf, offset)
+            if got >= 8:
                 magic, lrec = struct.unpack_from("<II", buf)
                 length = lrec & _LEN_MASK
-                if magic == MAGIC and lrec >> 29 == 0 and 8 + length <= len(buf):
-                    return memoryview(buf)[8:8 + length]
+                if magic == MAGIC and lrec >> 29 == 0 and 8 + length <= got:
+                    return buf[8:8 + length]
         where = f"{self.path}: record key {key} at byte offset {offset}"
         if offset < 0 or offset + 8 > self.size:
             raise DataError(f"{where}: offset is past the end of the file ({self.size} bytes)")

@@ -1,0 +1,84 @@
+"""collate_faces: same batches as default_collate, buffers reused only when nobody can see them, workers."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from facezoo.data import RecordIODataset, collate_faces, encode_image
+from facezoo.data.recordio import write_face_records
+
+
+class _Faces(Dataset):
+    def __init__(self, n: int = 40, size: int = 8) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].clone(), i // 4
+
+
+def test_same_batches_as_default_collate():
+    ds = _Faces()
+    samples = [ds[i] for i in (5, 0, 39)]
+    x, y = collate_faces(samples)
+    rx, ry = default_collate(samples)
+    assert torch.equal(x, rx) and torch.equal(y, ry) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    f = [(im.float(), lab) for im, lab in samples]  # transformed images of any dtype
+    assert torch.equal(collate_faces(f)[0], default_collate(f)[0])
+    other = [{"a": torch.ones(2)}, {"a": torch.zeros(2)}]  # not (image, label): handed to default_collate
+    assert torch.equal(collate_faces(other)["a"], default_collate(other)["a"])
+    strings = [(torch.ones(2), "x"), (torch.ones(2), "y")]
+    assert list(collate_faces(strings)[1]) == ["x", "y"]
+    floats = [(torch.ones(2), 0.5), (torch.ones(2), 1.5)]  # not truncated to ints
+    assert collate_faces(floats)[1].tolist() == [0.5, 1.5]
+    assert collate_faces([(torch.ones(2), torch.tensor(3)), (torch.ones(2), 4)])[1].tolist() == [3, 4]
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        collate_faces([(torch.ones(3, 4, 4), 0), (torch.ones(3, 5, 4), 1)])
+
+
+def test_buffers_are_reused_only_when_released():
+    ds = _Faces()
+    batch = [ds[i] for i in range(8)]
+    first, _ = collate_faces(batch)
+    ptr = first.data_ptr()
+    held = [collate_faces(batch)[0] for _ in range(3)]  # while `first` lives, others get other memory
+    assert ptr not in {h.data_ptr() for h in held}
+    view = first[2]
+    del first
+    gc.collect()
+    again = [collate_faces([ds[i] for i in range(8, 16)])[0] for _ in range(2)]
+    assert ptr not in {a.data_ptr() for a in again}  # a view still holds it
+    assert torch.equal(view, ds.images[2])
+    del view, again
+    gc.collect()
+    reused = collate_faces(batch)[0]
+    assert torch.equal(reused, torch.stack([b[0] for b in batch]))
+    # more live batches than pooled buffers: fresh memory, nothing overwritten
+    many = [collate_faces([ds[(k + j) % 40] for j in range(8)])[0] for k in range(20)]
+    for k, m in enumerate(many):
+        assert torch.equal(m, ds.images[[(k + j) % 40 for j in range(8)]])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_batches_stay_intact(tmp_path, workers):
+    g = torch.Generator().manual_seed(1)
+    ims = (torch.rand(48, 3, 12, 12, generator=g) * 255).to(torch.uint8)
+    write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
+    ds = RecordIODataset(tmp_path)
+    loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=collate_faces,
+                        persistent_workers=workers > 0)
+    for epoch in range(3):
+        kept = []
+        for b, (x, y) in enumerate(loader):
+            assert x.shape == (8, 3, 12, 12) and x.dtype == torch.uint8 and y.tolist() == [(b * 8 + j) // 4 for j in range(8)]
+            assert torch.equal(x, ims[b * 8:(b + 1) * 8])
+            if b % 2 == 0:
+                kept.append((b, x))  # held across later batches: must not be overwritten
+        for b, x in kept:
+            assert torch.equal(x, ims[b * 8:(b + 1) * 8]), (epoch, b)
