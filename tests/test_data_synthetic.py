@@ -61,24 +61,35 @@ def test_render_speed_per_core():
     assert rate > 300, f"{rate:.0f} images/s"
 
 
-def _accuracy(sim: np.ndarray, same: np.ndarray) -> float:
-    ts = np.unique(sim) - 1e-7
-    return max(((sim > t) == same).mean() for t in ts)  # best threshold, optimistic for an untrained model
+def _fine_accuracy(emb: torch.Tensor, same: np.ndarray) -> float:
+    """Best single threshold over every distinct similarity, on all pairs: optimistic for an untrained model."""
+    sim = (emb[0::2] * emb[1::2]).sum(1).numpy()
+    return max(((sim > t) == same).mean() for t in np.unique(sim) - 1e-7)
 
 
 def test_untrained_model_is_near_chance():
-    torch.manual_seed(0)
-    images, issame = synthetic_pairs(200, seed=1)
+    # raw pixels (plain and per-image centred) and random CNNs must not tell held-out identities apart: the
+    # per-image nuisance hides the identity's tone; the benchmark shows a small trained CNN passes 0.9
+    from facezoo.eval.verification import evaluate
+
+    images, issame = synthetic_pairs(400, seed=1)
+    same = issame.numpy()
     x = (images.float() / 255 - 0.5) / 0.5
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
-                        nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(1024, 128)).eval()
-    with torch.no_grad():
-        emb = F.normalize(net(x), dim=1)
-    acc_net = _accuracy((emb[0::2] * emb[1::2]).sum(1).numpy(), issame.numpy())
-    pix = F.normalize(x.flatten(1), dim=1)
-    acc_pix = _accuracy((pix[0::2] * pix[1::2]).sum(1).numpy(), issame.numpy())
-    assert acc_net < 0.72 and acc_pix < 0.72, (acc_net, acc_pix)
+    flat = x.flatten(1)
+    embeddings = {"pixels": F.normalize(flat, dim=1), "centred": F.normalize(flat - flat.mean(1, keepdim=True), dim=1)}
+    for seed in range(2):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
+                            nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(1024, 128)).eval()
+        with torch.no_grad():
+            embeddings[f"cnn{seed}"] = F.normalize(net(x) + net(x.flip(3)), dim=1)
+    acc = {k: (evaluate(e, issame)["accuracy"], _fine_accuracy(e, same)) for k, e in embeddings.items()}
+    assert all(a < 0.60 and fine < 0.62 for a, fine in acc.values()), acc
+    # the same check would catch an identity cue: without the camera nuisance, raw pixels separate identities
+    clean, clean_same = synthetic_pairs(400, seed=1, difficulty=0.3)
+    pix = F.normalize(((clean.float() / 255 - 0.5) / 0.5).flatten(1), dim=1)
+    assert evaluate(pix, clean_same)["accuracy"] > 0.65
 
 
 def test_synth_cli_writes_rec_and_bin(tmp_path):

@@ -1,14 +1,19 @@
 """Procedurally drawn, aligned 112x112 synthetic faces: a training set that needs no download.
 
 An identity is a fixed set of traits (face shape, eye/brow/nose/mouth geometry, skin, hair and iris colour, hair
-style, beard, glasses, moles and freckles). Each image of it adds nuisance: 3D pose jitter (yaw, pitch, roll,
-scale, shift), expression (smile, open mouth, eye openness, brow raise, gaze), lighting (direction, strength,
-colour cast), blur, sensor noise, background clutter and sometimes an occluder (hand, mask, sunglasses, bar).
+style, beard, moustache, glasses, earrings, moles, birthmarks and freckles). Each image of it adds nuisance: 3D
+pose jitter (yaw, pitch, roll, scale, shift), expression (smile, open mouth, eye openness, brow raise, gaze),
+background surfaces and clutter, sometimes an occluder (hand, mask, sunglasses, bar, hat), then a camera: blur,
+greyscale, a strong directional light gradient and sometimes a local light or shadow, exposure and grey-world white
+balance metered on the frame and missed by a random error, sensor noise and a random tone curve (gamma, contrast).
+The camera stage is what hides an identity's overall tone from raw pixels: raw-pixel and untrained-CNN
+verification are near chance, while a small CNN trained for minutes on CPU passes 90%
+(``benchmarks/bench_synth_learnability.py``, figures in ``benchmarks/RESULTS.md``).
 
 Everything is a pure function of ``(seed, identity, sample)``, so datasets are reproducible and workers need no
 shared state. Training identities are ``0..N-1``; held-out verification identities start at
 ``VERIFY_IDENTITY_OFFSET`` (2**30), so they never overlap a training set. Rendering is PIL polygon drawing plus a
-few vectorised numpy passes (several thousand images/s per core).
+few vectorised numpy passes over channel-first planes (over 1,000 images/s per core).
 """
 from __future__ import annotations
 
@@ -18,14 +23,29 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticFaces", "render_face", "synthetic_pairs", "VERIFY_IDENTITY_OFFSET"]
+__all__ = ["SyntheticFaces", "render_face", "render_face_chw", "synthetic_pairs", "VERIFY_IDENTITY_OFFSET"]
 
 VERIFY_IDENTITY_OFFSET = 1 << 30
-_CAST = 0.3   # per-channel colour cast std (white balance): hides skin/hair tone from raw pixels
-_GRAY = 0.15  # probability of a greyscale photo
+# Per-image nuisance (scaled by ``difficulty``). Strong enough that raw pixels and untrained CNNs are near chance on
+# held-out pairs (an identity's skin and hair tone would otherwise survive in the image statistics), mild enough
+# that a small CNN learns identity from shape, geometry and texture (benchmarks/bench_synth_learnability.py).
+_CAST = 0.18        # log-std of the per-channel white-balance error (after grey-world metering)
+_EXPOSURE = 0.35    # log-std of the exposure error (after metering)
+_GAMMA = 0.3        # log-std of the tone curve's gamma
+_CONTRAST = 0.25    # log-std of the tone curve's contrast
+_LIGHT = 0.9        # strongest directional light gradient across the frame (1 + k * position, k in [0.4, 1] x this)
+_LIGHT_MIN = 0.4    # weakest gradient, as a fraction of _LIGHT
+_SHIFT = 2.5        # std of the alignment error (pixels)
+_SCALE = 0.05       # std of the scale error
+_SPOT = 0.15        # probability of a local light / shadow blob
+_GRAY = 0.15        # probability of a greyscale photo
+_HAT = 0.03         # probability of a hat or hood
+_SPLIT = 0.5        # probability of a second large background surface
+_CLUTTER = 8        # most background clutter shapes
+_CLUTTER_SIZE = 52  # their largest extra size (pixels)
 SIZE = 112
 _CENTER = np.array([56.0, 63.0])
 _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
@@ -33,6 +53,11 @@ _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
 _SKIN = np.array([[255, 226, 200], [236, 196, 164], [206, 150, 110], [160, 104, 70], [105, 66, 44], [70, 45, 32]], float)
 _HAIR = np.array([[18, 14, 12], [52, 36, 24], [96, 64, 38], [150, 110, 60], [205, 175, 120], [150, 70, 35],
                   [160, 160, 160], [235, 235, 230]], float)
+# skin and hair tones span 70% of the natural range above (around its mean): with the camera nuisance this keeps
+# them identity traits without letting them dominate raw pixels
+_TONE_SPREAD = 0.7
+_SKIN = _SKIN.mean(0) + _TONE_SPREAD * (_SKIN - _SKIN.mean(0))
+_HAIR = _HAIR.mean(0) + _TONE_SPREAD * (_HAIR - _HAIR.mean(0))
 _IRIS = np.array([[70, 45, 25], [110, 75, 40], [70, 110, 160], [90, 125, 80], [35, 28, 22], [120, 120, 130]], float)
 
 
@@ -58,23 +83,23 @@ def _identity(seed: int, identity: int) -> dict[str, Any]:
         "skin": np.clip(_palette(_SKIN, u[4]) + n[0:3] * 7, 0, 255),
         "hair": np.clip(_HAIR[hair_idx] + n[3:6] * 10, 0, 255),
         "iris": np.clip(_palette(_IRIS, u[5]) + n[6:9] * 10, 0, 255),
-        "eye_dx": 17.6 + 3.0 * (u[6] - 0.5) * 2,  # half the inter-ocular distance
+        "eye_dx": 17.6 + 4.5 * (u[6] - 0.5) * 2,  # half the inter-ocular distance
         "eye_y": -11.5 + 3.0 * n[9],
-        "eye_rx": 5.8 + 2.2 * u[7],
-        "eye_ry": 2.6 + 1.4 * u[8],
-        "eye_tilt": 0.25 * n[10],
-        "brow_dy": 6.5 + 2.5 * u[9],
-        "brow_thick": 1.6 + 2.2 * u[10],
-        "brow_arch": 3.5 * u[11] - 0.5,
-        "brow_len": 10 + 5 * u[12],
-        "brow_tilt": 0.2 * n[11],
-        "nose_y": 8.5 + 2.5 * n[12],
-        "nose_w": 4.5 + 3.5 * u[13],
-        "nose_len": 14 + 5 * u[14],
-        "mouth_y": 29 + 2.5 * n[13],
-        "mouth_w": 11.5 + 4.5 * u[15],
-        "lip_up": 1.5 + 2.0 * u[16],
-        "lip_lo": 2.0 + 2.5 * u[17],
+        "eye_rx": 5.0 + 3.6 * u[7],
+        "eye_ry": 2.2 + 2.4 * u[8],
+        "eye_tilt": 0.3 * n[10],
+        "brow_dy": 5.5 + 4.0 * u[9],
+        "brow_thick": 1.4 + 3.6 * u[10],
+        "brow_arch": 5.0 * u[11] - 1.0,
+        "brow_len": 9 + 8 * u[12],
+        "brow_tilt": 0.25 * n[11],
+        "nose_y": 8.5 + 3.0 * n[12],
+        "nose_w": 3.5 + 6.0 * u[13],
+        "nose_len": 12 + 9 * u[14],
+        "mouth_y": 29 + 3.0 * n[13],
+        "mouth_w": 9.5 + 8.5 * u[15],
+        "lip_up": 1.2 + 3.0 * u[16],
+        "lip_lo": 1.6 + 3.6 * u[17],
         "lip": np.clip(np.array([175, 85, 85]) * (0.6 + 0.5 * u[18]) + n[14:17] * 10, 0, 255),
         "hairline": -36 + 12 * u[19],           # y of the hairline centre
         "hair_curve": 4 + 14 * u[20],
@@ -87,11 +112,15 @@ def _identity(seed: int, identity: int) -> dict[str, Any]:
         "glasses": u[27] < 0.15,
         "glasses_color": np.clip(np.array([30, 30, 30]) + 120 * u[28] * np.array([1, 0.6, 0.3]), 0, 255),
         "blush": int(60 * u[29]),
-        "moles": [(n[17 + 2 * k] * 18, n[18 + 2 * k] * 18, 1.0 + 1.3 * u[30 + k]) for k in range(int(u[33] * 4))],
+        "moles": [(n[17 + 2 * k] * 18, n[18 + 2 * k] * 18, 1.2 + 2.0 * u[30 + k]) for k in range(int(u[33] * 5))],
         "freckles": rng.normal(0, 1, (int(u[34] ** 2 * 28), 2)) * np.array([14.0, 6.0]) + np.array([0.0, 2.0]),
         "ear": 7 + 4 * u[35],
         "depth": 28 + 10 * u[36],
         "nose_depth": 10 + 8 * u[37],
+        "moustache": u[38] < 0.25,
+        "mark": (n[27] * 16, n[28] * 14 + 4, 2.5 + 3 * u[40], 2 + 2.5 * u[41], 3 * u[42]) if u[39] < 0.35 else None,
+        "mark_color": np.array([0.55, 0.55, 0.55]) if u[43] < 0.5 else np.array([0.95, 0.6, 0.6]),
+        "earrings": u[44] < 0.2,
     }
     _derive_shapes(t)
     return t
@@ -135,6 +164,11 @@ def _derive_shapes(t: dict[str, Any]) -> None:
     t["blushes"] = {sd: _ellipse(sd * fw * 0.55, 12, 7, 5) for sd in (-1, 1)}
     t["mole_polys"] = [_ellipse(mx, my, mr, mr) for mx, my, mr in t["moles"]]
     t["tip"] = _ellipse(0, ny, nw * 0.75, 3.2)
+    mw, my = t["mouth_w"], t["mouth_y"]
+    t["moustache_poly"] = np.array([[-mw * 0.95, my - 1.5], [-mw * 0.5, my - 6], [0, my - 5], [mw * 0.5, my - 6],
+                                    [mw * 0.95, my - 1.5], [0, my - 2.5]])
+    t["mark_poly"] = _ellipse(*t["mark"]) if t["mark"] is not None else None
+    t["earring_polys"] = {sd: _ellipse(sd * fw * 0.98, t["ear"] + 1, 1.8, 1.8) for sd in (-1, 1)}
     t["nostrils"] = {sd: _ellipse(sd * nw * 0.5, ny + 2.2, 1.6, 1.0) for sd in (-1, 1)}
     t["rims"] = {sd: _ellipse(sd * t["eye_dx"], t["eye_y"] + 1, t["eye_rx"] + 4, t["eye_ry"] + 4.5) for sd in (-1, 1)}
     t["mask"] = np.array([[-fw * 0.95, ny - 2], [fw * 0.95, ny - 2], [fw * 0.6, fh * 0.95], [-fw * 0.6, fh * 0.95]])
@@ -142,9 +176,10 @@ def _derive_shapes(t: dict[str, Any]) -> None:
         "skin": _color(skin), "neck": _color(skin * 0.82), "ear": _color(skin * 0.92), "hair": _color(hair),
         "beard": _color(hair * 0.8, t["beard_alpha"]), "mole": _color(skin * 0.45), "freckle": _color(skin * 0.7),
         "socket": _color(skin * 0.85), "iris": _color(t["iris"]), "dark": _color(np.minimum(hair, skin) * 0.5),
-        "brow": _color(hair * 0.75), "bridge": _color(skin * 0.88), "tip": _color(skin * 0.95),
+        "brow": _color(np.minimum(hair * 0.75, skin * 0.5)), "bridge": _color(skin * 0.88), "tip": _color(skin * 0.95),
         "nostril": _color(skin * 0.4), "lip": _color(t["lip"]), "lip_line": _color(t["lip"] * 0.55),
-        "lock": _color(hair * 0.92), "glasses": _color(t["glasses_color"]),
+        "lock": _color(hair * 0.92), "moustache": _color(hair * 0.7, 210),
+        "mark": _color(skin * t["mark_color"]), "glasses": _color(t["glasses_color"]),
     }
 
 
@@ -218,16 +253,24 @@ _YY, _XX = np.meshgrid(np.linspace(-1, 1, SIZE, dtype=np.float32), np.linspace(-
 
 
 def _blur(a: np.ndarray) -> np.ndarray:
-    """Separable [1, 2, 1] / 4 blur of an (H, W, C) float array (edges kept)."""
+    """Separable [1, 2, 1] / 4 blur of a (C, H, W) float array (edges kept)."""
     b = a.copy()
-    b[:, 1:-1] = 0.5 * a[:, 1:-1] + 0.25 * (a[:, :-2] + a[:, 2:])
+    b[:, :, 1:-1] = 0.5 * a[:, :, 1:-1] + 0.25 * (a[:, :, :-2] + a[:, :, 2:])
     c = b.copy()
-    c[1:-1] = 0.5 * b[1:-1] + 0.25 * (b[:-2] + b[2:])
+    c[:, 1:-1] = 0.5 * b[:, 1:-1] + 0.25 * (b[:, :-2] + b[:, 2:])
     return c
 
 
 def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) -> np.ndarray:
-    """Render one aligned face: uint8 RGB array (112, 112, 3). ``difficulty`` scales every nuisance (0 = none)."""
+    """Render one aligned face: uint8 RGB array (112, 112, 3). ``difficulty`` scales every nuisance (0 = none).
+
+    The array is a channel-last view of a channel-first buffer (``render_face_chw``); ``np.ascontiguousarray`` it
+    when a library needs contiguous HWC memory."""
+    return render_face_chw(seed, identity, sample, difficulty).transpose(1, 2, 0)
+
+
+def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1.0) -> np.ndarray:
+    """Render one aligned face as a contiguous uint8 RGB array (3, 112, 112) (what the datasets use)."""
     t = _identity(seed, identity)
     c = t["colors"]
     rng = np.random.default_rng([seed, 2, identity, sample])
@@ -238,9 +281,16 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
     # ---- background and clutter (not posed)
     img = Image.new("RGB", (SIZE, SIZE), (int(256 * u[40]), int(256 * u[41]), int(256 * u[42])))
     draw = ImageDraw.Draw(img)
-    for k in range(int(2 + 6 * u[0] * min(d, 1.5))):
-        q = u[44 + 6 * k: 50 + 6 * k] if 50 + 6 * k <= 96 else u[k:k + 6]
-        x0, y0, w, h = -20 + 132 * q[0], -20 + 132 * q[1], 8 + 52 * q[2], 8 + 52 * q[3]
+    bq = rng.random((_CLUTTER + 1, 6)).tolist()
+    if u[43] < _SPLIT * d:  # a second large surface (wall, door, window) behind the person
+        q = bq[_CLUTTER]
+        side = int(q[0] * 4)
+        cut = 20 + 72 * q[1]
+        box = [(0, 0, cut, SIZE), (cut, 0, SIZE, SIZE), (0, 0, SIZE, cut), (0, cut, SIZE, SIZE)][side]
+        draw.rectangle(box, fill=(int(256 * q[2]), int(256 * q[3]), int(256 * q[4])))
+    for k in range(int(2 + (_CLUTTER - 2) * u[0] * min(d, 1.0))):
+        q = bq[k]
+        x0, y0, w, h = -20 + 132 * q[0], -20 + 132 * q[1], 8 + _CLUTTER_SIZE * q[2], 8 + _CLUTTER_SIZE * q[3]
         col = (int(256 * q[4]), int(256 * q[5]), int(256 * q[4] * q[5]))
         if k % 3 == 0:
             draw.ellipse([x0, y0, x0 + w, y0 + h], fill=col)
@@ -250,7 +300,7 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
             draw.line([x0, y0, x0 + w, y0 + h], fill=col, width=int(2 + q[2] * 5))
 
     scene = _Scene(t, yaw=0.30 * d * n[0], pitch=0.15 * d * n[1], roll=0.12 * d * n[2],
-                   scale=1 + 0.05 * d * n[3], shift=np.array([2.5 * d * n[4], 2.5 * d * n[5]]))
+                   scale=1 + _SCALE * d * n[3], shift=np.array([_SHIFT * d * n[4], _SHIFT * d * n[5]]))
     fw, fh = t["fw"], t["fh"]
     smile = min(max(0.6 * d * n[6] + 0.15, -0.6), 1.2)
     mouth_open = max(0.0, d * (u[1] - 0.7) * 12)
@@ -265,6 +315,8 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
     add("poly", t["neck"], c["neck"], z=-10.0)
     for side in (-1, 1):
         add("poly", t["ears"][side], c["ear"], z=-4.0)
+        if t["earrings"]:
+            add("poly", t["earring_polys"][side], (230, 200, 90), z=-3.0)
 
     # ---- face, beard, blush, moles, freckles
     add("poly", t["outline"], c["skin"], z=0.0)
@@ -275,6 +327,8 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
             add("poly", t["blushes"][side], (200, 60, 60, t["blush"]))
     for mole in t["mole_polys"]:
         add("poly", mole, c["mole"])
+    if t["mark_poly"] is not None:
+        add("poly", t["mark_poly"], c["mark"])
     if len(t["freckles"]):
         add("point", t["freckles"], c["freckle"])
 
@@ -312,6 +366,8 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
         inner = np.concatenate([np.stack([xs, line + 0.3], 1), np.stack([xs, line + mouth_open * _MOUTH_F], 1)[::-1]])
         add("poly", inner, (45, 15, 20))
     add("line", np.stack([xs, line], 1), c["lip_line"])
+    if t["moustache"]:
+        add("poly", t["moustache_poly"], c["moustache"])
 
     # ---- hair on top, glasses
     if not t["bald"]:
@@ -335,33 +391,65 @@ def render_face(seed: int, identity: int, sample: int, difficulty: float = 1.0) 
         elif kind == 2:  # sunglasses
             for side in (-1, 1):
                 add("poly", t["rims"][side], (15, 15, 20), z=34.0)
+    if u[23] < _HAT * d:  # hat or hood over the hair
+        yb = t["hairline"] + (t["eye_y"] - t["brow_dy"] - 4 - t["hairline"]) * u[24]
+        col = (int(256 * u[25]), int(256 * u[26]), int(256 * u[27]))
+        crown = _CIRCLE[14:] * np.array([fw + 6 + 6 * u[28], fh * (0.5 + 0.4 * u[29])]) + np.array([0, yb])
+        add("poly", np.concatenate([crown, [[fw + 6, yb + 2], [-fw - 6, yb + 2]]]), col, z=12.0)
+        if u[30] < 0.5:  # brim / band
+            add("poly", _ellipse(0, yb + 1, fw + 9 + 8 * u[31], 2.5 + 3 * u[32]),
+                (int(col[0] * 0.7), int(col[1] * 0.7), int(col[2] * 0.7)), z=14.0)
     scene.render(draw, ImageDraw.Draw(img, "RGBA"))
     if u[2] < 0.25 * d and int(u[3] * 4) == 3:  # bar across the image
         y0 = 20 + 70 * u[9]
         draw.rectangle([0, y0, SIZE, y0 + 6 + 10 * u[10]], fill=(int(256 * u[20]), int(256 * u[21]), int(256 * u[22])))
 
-    # ---- camera: blur, lighting, colour cast, noise
-    arr = np.asarray(img, dtype=np.float32)
+    # ---- camera (channel-first float: per-channel work runs over whole planes): blur, greyscale, lighting,
+    # exposure and white balance with error, noise, tone curve
+    cu = rng.random(8).tolist()
+    cn = rng.standard_normal(8).tolist()
+    arr = np.asarray(img).transpose(2, 0, 1).astype(np.float32)
     if u[11] < 0.5 * d:
         b = _blur(arr)
         w = min(1.0, 0.3 + u[12] * d)
         arr = _blur(b) if u[12] > 0.6 else arr * (1 - w) + b * w
+    grey = u[18] < _GRAY * d
+    if grey:  # some photos are greyscale
+        arr[:] = arr.mean(0)
     ang = 2 * math.pi * u[13]
-    k = 0.45 * d * u[15]
-    gain = (1 + 0.3 * d * (2 * u[14] - 1)) * (1 + (k * math.cos(ang)) * _XX + (k * math.sin(ang)) * _YY)
-    cast = np.array([1 + _CAST * d * n[11], 1 + _CAST * d * n[12], 1 + _CAST * d * n[13]], dtype=np.float32)
-    if u[18] < _GRAY * d:  # some photos are greyscale
-        arr[:] = arr.mean(2, keepdims=True)
+    k = _LIGHT * d * (_LIGHT_MIN + (1 - _LIGHT_MIN) * u[15])
+    light = (k * math.cos(ang)) * _XX + (k * math.sin(ang)) * _YY
+    light += 1.0
+    np.maximum(light, 0.12, out=light)
+    if cu[0] < _SPOT * d:  # a second, local light (or shadow) blob
+        cx, cy, r = 2 * cu[1] - 1, 2 * cu[2] - 1, 0.25 + 0.5 * cu[3]
+        light *= 1 + (2 * cu[4] - 1) * np.maximum(0, 1 - ((_XX - cx) ** 2 + (_YY - cy) ** 2) / (r * r))
+    # the camera meters the frame (exposure and grey-world white balance), then misses its targets: this takes
+    # the identity's overall tone out of the image statistics, as a real camera does
+    mean = (arr[_METER] * light[_METER[1:]]).mean((1, 2)) + 1.0
+    if grey:
+        mean[:] = mean.mean()
+    target = 118.0 * math.exp(_EXPOSURE * n[11]) * np.exp(_CAST * np.array([n[12], n[13], cn[0]]))
+    wb = np.exp(min(d, 1.0) * np.log(target / mean)).astype(np.float32)
+    field = light[None] * wb[:, None, None]
+    arr *= field
     bank = _noise_bank()
     off = int(u[16] * (len(bank) - SIZE * SIZE * 3))
-    arr *= gain[:, :, None] * cast
-    arr += bank[off:off + SIZE * SIZE * 3].reshape(SIZE, SIZE, 3) * np.float32(2 + 8 * u[17] * d)
+    arr += bank[off:off + SIZE * SIZE * 3].reshape(3, SIZE, SIZE) * np.float32(2 + 8 * u[17] * d)
     np.clip(arr, 0, 255, out=arr)
-    return arr.astype(np.uint8)
+    out = arr.astype(np.uint8)
+    if d > 0:  # tone curve: gamma and contrast
+        gamma = math.exp(_GAMMA * d * cn[1])
+        contrast = math.exp(_CONTRAST * d * cn[2])
+        lut = np.clip(127.5 + contrast * (255 * _RAMP ** gamma - 127.5), 0, 255).astype(np.uint8)
+        out = np.take(lut, out)
+    return out
 
 
 _LID = np.r_[14:28, 0]  # the upper half of _CIRCLE (y <= 0), left to right
 _MOUTH_X = np.linspace(-1, 1, 11)
+_RAMP = np.arange(256) / 255.0
+_METER = (slice(None), slice(2, SIZE, 4), slice(2, SIZE, 4))  # (C, H, W) pixels the exposure meter reads
 _MOUTH_F = 1 - _MOUTH_X ** 2
 _MOUTH_SQ = np.sqrt(_MOUTH_F)
 
@@ -398,8 +486,7 @@ class SyntheticFaces(Dataset):
             raise IndexError(f"index {index} out of range for SyntheticFaces of length {n}")
         index %= n
         label, sample = divmod(index, self.images_per_identity)
-        arr = render_face(self.seed, self.identity_offset + label, sample, self.difficulty)
-        image = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        image = torch.from_numpy(render_face_chw(self.seed, self.identity_offset + label, sample, self.difficulty))
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -420,8 +507,7 @@ def synthetic_pairs(num_pairs: int = 1000, seed: int = 0, num_identities: Option
         a = int(rng.integers(ids))
         b = a if same else int((a + 1 + rng.integers(ids - 1)) % ids)
         for j, ident in enumerate((a, b)):
-            arr = render_face(seed, identity_offset + ident, 1_000_000 + int(counter[ident]), difficulty)
+            images[2 * p + j] = render_face_chw(seed, identity_offset + ident, 1_000_000 + int(counter[ident]), difficulty)
             counter[ident] += 1
-            images[2 * p + j] = arr.transpose(2, 0, 1)
         issame[p] = same
     return torch.from_numpy(images), issame
