@@ -31,7 +31,7 @@ SIZE = 64   # SmallFaceNet's input side: the 112x112 faces are resized to it for
 class SmallFaceNet(nn.Module):
     """A small CNN embedding (input 112x112, run at ``size`` x ``size`` for CPU speed)."""
 
-    def __init__(self, dim: int = 128, width: int = 16, size: int = 56) -> None:
+    def __init__(self, dim: int = 128, width: int = 16, size: int = SIZE) -> None:
         super().__init__()
         w = width
         self.size = size
@@ -40,7 +40,7 @@ class SmallFaceNet(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout),
                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout))
 
-        self.body = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))  # 56 -> 4
+        self.body = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))  # size / 16
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w * ((size + 15) // 16) ** 2, dim), nn.BatchNorm1d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ def main() -> None:
     untrained = []
     for seed in range(args.untrained_seeds):
         torch.manual_seed(seed)
-        untrained.append(accuracies(embed(SmallFaceNet(width=args.width), pair_images), issame))
+        untrained.append(accuracies(embed(SmallFaceNet(width=args.width, size=SIZE), pair_images), issame))
         rows.append((f"SmallFaceNet, untrained (init seed {seed})", untrained[-1]))
     torch.manual_seed(0)
     model = SmallFaceNet(width=args.width, size=SIZE)

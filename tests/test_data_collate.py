@@ -65,6 +65,26 @@ def test_buffers_are_reused_only_when_released():
         assert torch.equal(m, ds.images[[(k + j) % 40 for j in range(8)]])
 
 
+def test_decoded_batches_are_channels_last_and_zero_copy(tmp_path):
+    # RecordIODataset decodes straight into a pooled (B, H, W, 3) buffer; collate_faces hands it out whole
+    g = torch.Generator().manual_seed(2)
+    ims = (torch.rand(16, 3, 10, 12, generator=g) * 255).to(torch.uint8)
+    write_face_records(tmp_path, ((encode_image(im, "png"), i) for i, im in enumerate(ims)))
+    ds = RecordIODataset(tmp_path)
+    items = ds.__getitems__(list(range(8)))
+    x, y = collate_faces(items)
+    assert x.shape == (8, 3, 10, 12) and x.is_contiguous(memory_format=torch.channels_last)
+    assert x.data_ptr() == items[0][0].data_ptr() and torch.equal(x, ims[:8]) and y.tolist() == list(range(8))
+    again, _ = collate_faces(items)  # collating the same samples twice copies the second time
+    assert again.data_ptr() != x.data_ptr() and torch.equal(again, x)
+    ref, _ = default_collate(ds.__getitems__(list(range(8, 16))))  # default_collate still works on them
+    assert ref.is_contiguous() and torch.equal(ref, ims[8:])
+    del items, x, again, ref
+    gc.collect()
+    ptrs = {b[0].data_ptr() for b in DataLoader(ds, batch_size=4, collate_fn=collate_faces)}
+    assert len(ptrs) <= 2  # dropped batches' buffers come back to the pool
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_dataloader_batches_stay_intact(tmp_path, workers):
     g = torch.Generator().manual_seed(1)

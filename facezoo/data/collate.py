@@ -1,15 +1,24 @@
 """``collate_faces``: a DataLoader ``collate_fn`` for face batches that reuses its batch memory.
 
 PyTorch's ``default_collate`` allocates a fresh batch tensor for every batch (in a worker: a fresh shared-memory
-segment). For 256 uint8 112x112 faces that is 9.6 MB per batch whose pages the kernel must map and zero: ~2.5 ms
-per batch in the main process and ~20 ms in a worker (shared memory), comparable to decoding the JPEGs.
+segment), and stacks images into channel-first memory. For 256 uint8 112x112 faces that is 9.6 MB per batch whose
+pages the kernel must map and zero (~2.5 ms per batch in the main process, ~20 ms in a worker) plus a strided
+transpose of every image (JPEG decoders write pixels interleaved, channels last): together comparable to decoding.
 
-``collate_faces`` stacks ``(image tensor, int label)`` samples into a small per-process pool of batch buffers and
-lends them out. A buffer goes back to the pool only when the batch handed to the caller, and every view of it, is
-gone: the caller's tensor holds the buffer through a numpy array whose finalizer returns it (in a worker the pool
-lives in shared memory and the finalizer runs in the main process). Nothing is overwritten while anyone can still
-see it; when every buffer is out (the caller keeps many batches), batches get fresh memory as with
-``default_collate``. Samples of another form are passed to ``default_collate``.
+``collate_faces`` instead
+
+* keeps a small per-process pool of batch buffers and lends them out. A buffer goes back to the pool only when
+  the batch handed to the caller, and every view of it, is gone: the caller's tensor holds the buffer through a
+  numpy array whose finalizer returns it (in a worker the pool lives in shared memory and the finalizer runs in
+  the main process). Nothing is overwritten while anyone can still see it; when every buffer is out, batches get
+  fresh memory, as with ``default_collate``;
+* keeps the images' memory layout: decoded faces are ``(3, H, W)`` views of channels-last memory, so the batch is a
+  ``(B, 3, H, W)`` tensor in ``torch.channels_last`` memory format (what GPU convolutions prefer; ``.contiguous()``
+  gives channel-first memory). Images in channel-first memory give a contiguous batch;
+* takes batches that a source decoded straight into a pooled buffer (:func:`batch_buffer`, used by
+  ``RecordIODataset.__getitems__`` when it has no transform) without copying them at all.
+
+Samples that are not ``(tensor, int label)`` pairs are passed to ``default_collate``.
 
     loader = DataLoader(RecordIODataset("faces_emore"), batch_size=256, shuffle=True, num_workers=8,
                         collate_fn=collate_faces)
@@ -25,40 +34,42 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-__all__ = ["collate_faces"]
+__all__ = ["collate_faces", "batch_buffer"]
 
 _SLOTS = 6    # buffers per batch shape and process (prefetched batches + the ones the caller holds)
 _SHAPES = 4   # batch shapes pooled per process (the full batch, a last partial one, ...)
+_FREE, _LENT, _SENT = 0, 1, 2  # slot states: in the pool / lent in this process / handed to the main process
 
 
-def _release(flags: torch.Tensor, slot: int) -> None:
-    flags[slot] = 0
+def _release_local(flags: torch.Tensor, slot: int) -> None:
+    if int(flags[slot]) == _LENT:  # not if a worker handed it on to the main process meanwhile
+        flags[slot] = _FREE
 
 
-def _lend(buffer: torch.Tensor, flags: torch.Tensor, slot: int) -> torch.Tensor:
+def _release_remote(flags: torch.Tensor, slot: int) -> None:
+    flags[slot] = _FREE
+
+
+def _lend(buffer: torch.Tensor, flags: torch.Tensor, slot: int, release=_release_local) -> torch.Tensor:
     """A tensor over ``buffer`` whose storage returns the slot to its pool when the last view of it dies."""
     arr = buffer.numpy()
-    weakref.finalize(arr, _release, flags, slot)
+    weakref.finalize(arr, release, flags, slot)
     return torch.from_numpy(arr)
 
 
-def _rebuild(buffer: torch.Tensor, labels: np.ndarray, flags: torch.Tensor, slot: int
+def _rebuild(buffer: torch.Tensor, labels: np.ndarray, flags: torch.Tensor, slot: int, channels_last: bool
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpickled in the main process: the worker's shared buffer, lent until the batch is dropped there."""
-    return _lend(buffer, flags, slot), torch.from_numpy(labels)
+    images = _lend(buffer, flags, slot, _release_remote)
+    return (images.permute(0, 3, 1, 2) if channels_last else images), torch.from_numpy(labels)
 
 
 class _SharedBatch(tuple):
-    """``(images, labels)`` built in a worker from a pooled shared-memory buffer. Pickled to the main process, it
+    """``(images, labels)`` built in a worker in a pooled shared-memory buffer. Pickled to the main process, it
     becomes a plain tuple whose image tensor gives the buffer back when dropped; the labels travel inline."""
 
-    buffer: torch.Tensor
-    labels_np: np.ndarray
-    flags: torch.Tensor
-    slot: int
-
     def __reduce__(self) -> tuple:
-        return _rebuild, (self.buffer, self.labels_np, self.flags, self.slot)
+        return _rebuild, self.parts
 
 
 class _Pool:
@@ -66,7 +77,7 @@ class _Pool:
         self.pid = os.getpid()
         self.shared = shared
         self.buffers: dict[tuple, list[torch.Tensor]] = {}
-        self.flags: dict[tuple, torch.Tensor] = {}   # uint8 per slot, 1 = lent out
+        self.flags: dict[tuple, torch.Tensor] = {}   # one state per slot
 
     def _empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         if not self.shared:
@@ -80,18 +91,21 @@ class _Pool:
         key = (shape, dtype)
         flags = self.flags.get(key)
         if flags is None:
-            if len(self.flags) >= _SHAPES:
-                return None
+            if len(self.flags) >= _SHAPES:  # forget a shape none of whose buffers is out, if there is one
+                idle = next((k for k, f in self.flags.items() if not bool(f.any())), None)
+                if idle is None:
+                    return None
+                del self.flags[idle], self.buffers[idle]
             flags = torch.zeros(_SLOTS, dtype=torch.uint8)
             if self.shared:
                 flags.share_memory_()
             self.flags[key], self.buffers[key] = flags, []
         buffers = self.buffers[key]
-        for slot, busy in enumerate(flags.tolist()):
-            if not busy:
+        for slot, state in enumerate(flags.tolist()):
+            if state == _FREE:
                 if slot == len(buffers):
                     buffers.append(self._empty(shape, dtype))
-                flags[slot] = 1
+                flags[slot] = _LENT
                 return buffers[slot], flags, slot
         return None
 
@@ -106,13 +120,40 @@ def _pool(shared: bool) -> _Pool:
     return _POOL
 
 
+def batch_buffer(shape: Sequence[int], dtype: torch.dtype = torch.uint8) -> Optional[torch.Tensor]:
+    """A pooled buffer of ``shape`` = ``(B, H, W, C)`` for a source to decode a batch straight into, or None when
+    every pooled buffer is in use. Sample ``k`` must be ``buf[k].permute(2, 0, 1)``; :func:`collate_faces` then
+    returns the whole buffer as the batch without copying. It goes back to the pool when nothing uses it."""
+    got = _pool(shared=get_worker_info() is not None).take(tuple(int(s) for s in shape), dtype)
+    if got is None:
+        return None
+    lent = _lend(*got)
+    lent._facezoo_slot = got  # collate_faces takes it as a whole once (and clears this)
+    return lent
+
+
+def _whole_buffer(images: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The :func:`batch_buffer` that ``images`` are, in order, the ``permute(2, 0, 1)`` views of, if they are."""
+    base = images[0]._base
+    if base is None or getattr(base, "_facezoo_slot", None) is None or base.dim() != 4 or base.shape[0] != len(images):
+        return None
+    step = base.stride(0) * base.element_size()
+    ptr, shape, stride = base.data_ptr(), tuple(base.shape[1:]), base.stride()[1:]
+    want_shape, want_stride = (shape[2], shape[0], shape[1]), (stride[2], stride[0], stride[1])
+    for k, im in enumerate(images):
+        if (im._base is not base or im.data_ptr() != ptr + k * step or tuple(im.shape) != want_shape
+                or im.stride() != want_stride):
+            return None
+    return base
+
+
 def collate_faces(batch: Sequence[Any]) -> Any:
     """Collate ``(image tensor, int label)`` samples into ``(images (B, *image.shape), labels int64 (B,))``.
 
-    A drop-in ``collate_fn`` for face sources (uint8 ``(3, H, W)`` images, or whatever tensor a transform returns)
-    that is faster than ``default_collate`` because batch memory is reused (see the module docs). Batches are
-    ordinary CPU tensors, except that their storage cannot be resized in place. Other sample forms go to
-    ``default_collate``."""
+    A drop-in ``collate_fn`` for face sources (uint8 ``(3, H, W)`` images, or whatever tensor a transform returns),
+    faster than ``default_collate``: batch memory is reused and images keep their memory layout (decoded images
+    give a ``torch.channels_last`` batch; see the module docs). Batches are ordinary CPU tensors except that their
+    storage cannot be resized in place. Other sample forms go to ``default_collate``."""
     if not batch:
         return default_collate(batch)
     first = batch[0]
@@ -124,19 +165,32 @@ def collate_faces(batch: Sequence[Any]) -> Any:
         labels_np = np.fromiter((operator.index(v) for v in labels), dtype=np.int64, count=len(labels))
     except (TypeError, ValueError):  # labels that are not integers (floats, strings, multi-label tensors)
         return default_collate(batch)
-    shape = (len(images),) + tuple(first[0].shape)
     in_worker = get_worker_info() is not None
-    got = _pool(shared=in_worker).take(shape, first[0].dtype)
-    if got is None:  # every pooled buffer is still in use: fresh memory, as default_collate would
-        return default_collate(batch)
-    buffer, flags, slot = got
-    try:
-        torch.stack(images, 0, out=buffer)
-    except Exception:
-        flags[slot] = 0
-        raise
+    whole = _whole_buffer(images) if first[0].dim() == 3 else None
+    if whole is not None:  # the source decoded straight into a pooled buffer: no copy
+        buffer, flags, slot = whole._facezoo_slot
+        del whole._facezoo_slot
+        channels_last = True
+    else:
+        im = first[0]
+        channels_last = (im.dim() == 3 and im.shape[0] > 1 and im.stride(0) == 1 and im.stride(2) == im.shape[0]
+                         and im.stride(1) == im.shape[0] * im.shape[2])
+        shape = (len(images),) + ((im.shape[1], im.shape[2], im.shape[0]) if channels_last else tuple(im.shape))
+        got = _pool(shared=in_worker).take(shape, im.dtype)
+        if got is None:  # every pooled buffer is still in use: fresh memory, as default_collate would
+            return default_collate(batch)
+        buffer, flags, slot = got
+        try:
+            torch.stack([x.permute(1, 2, 0) for x in images] if channels_last else images, 0, out=buffer)
+        except Exception:
+            flags[slot] = _FREE
+            raise
+        whole = None
     if in_worker:
-        out = _SharedBatch((buffer, torch.from_numpy(labels_np)))
-        out.buffer, out.labels_np, out.flags, out.slot = buffer, labels_np, flags, slot
+        flags[slot] = _SENT
+        out = _SharedBatch((buffer.permute(0, 3, 1, 2) if channels_last else buffer, torch.from_numpy(labels_np)))
+        out.parts = (buffer, labels_np, flags, slot, channels_last)
         return out
-    return _lend(buffer, flags, slot), torch.from_numpy(labels_np)
+    if whole is None:
+        whole = _lend(buffer, flags, slot)
+    return (whole.permute(0, 3, 1, 2) if channels_last else whole), torch.from_numpy(labels_np)

@@ -20,7 +20,7 @@ _TV_NOTICE = "The image decoding and encoding capabilities of TorchVision are de
 
 def _find_decode_op():  # the op behind torchvision.io.decode_image, without its per-call notice and logging
     try:
-        op = torch.ops.image.decode_image
+        op = torch.ops.image.decode_image.default
         probe = encode_png(torch.zeros(3, 2, 2, dtype=torch.uint8))
         return op if op(probe, ImageReadMode.RGB.value, False).shape == (3, 2, 2) else None
     except Exception:  # pragma: no cover - other torchvision versions: use the public function

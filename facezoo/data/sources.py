@@ -9,6 +9,7 @@ sample is replaced by the next readable one and every skip is counted (``ds.skip
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import struct
@@ -21,7 +22,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from facezoo.data.image import DataError, decode_rgb
+from facezoo.data.collate import batch_buffer
+from facezoo.data.image import _DECODE_OP, _RGB, DataError, decode_rgb
 from facezoo.data.recordio import (_HEADER, _LEN_MASK, MAGIC, RecordReader, read_index, read_property,
                                    resolve_rec_paths, unpack)
 
@@ -97,6 +99,24 @@ class FaceDataset(Dataset):
             bad = idx[(idx < -n) | (idx >= n)][0]
             raise IndexError(f"index {int(bad)} out of range for {type(self).__name__} of length {n}")
         return idx % n if n else idx
+
+
+def _decode_op(scratch: bytearray, end: int) -> torch.Tensor:
+    """Decode the image of a plain record read into ``scratch`` (payload from byte 32 to ``end``), in place."""
+    return _DECODE_OP(torch.frombuffer(scratch, dtype=torch.uint8, count=end - 32, offset=32), _RGB, False)
+
+
+def _decode_public(scratch: bytearray, end: int) -> torch.Tensor:  # pragma: no cover - other torchvision
+    return decode_rgb(memoryview(scratch)[32:end])
+
+
+def _new_batch(image: torch.Tensor, n: int) -> Optional[torch.Tensor]:
+    """A pooled (n, H, W, C) uint8 buffer for images laid out like ``image`` (the decoder's interleaved (C, H, W)
+    view of H x W x C memory), or None when the image is laid out otherwise or no buffer is free."""
+    c, h, w = image.shape
+    if image.dtype != torch.uint8 or image.stride() != (1, w * c, c):
+        return None
+    return batch_buffer((n, h, w, c))
 
 
 class RecordIODataset(FaceDataset):
@@ -179,27 +199,59 @@ class RecordIODataset(FaceDataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
         """A batch in one pass: one positional read per record into a reused buffer, the header parsed and the
-        image decoded in place. Records off that path (split records, multi-float labels, anything malformed) go
-        through ``self[i]``, so their samples, errors and ``on_error`` handling are those of single items."""
+        image decoded in place; without a transform, each image is copied while still in cache into a pooled
+        batch buffer (:func:`facezoo.data.collate.batch_buffer`), which :func:`facezoo.data.collate_faces` then
+        returns whole. Records off that path (split records, multi-float labels, anything malformed) go through
+        ``self[i]``, so their samples, errors and ``on_error`` handling are those of single items."""
         idx = self._batch_indices(indices)
+        n = len(idx)
         offsets, spans = self.offsets[idx].tolist(), self.spans[idx].tolist()
-        scratch = memoryview(bytearray(max(spans, default=0)))  # reused: the decoder copies nothing out of it
-        read_into, tf, out = self.reader.read_into, self.transform, []
-        for i, off, span in zip(idx.tolist(), offsets, spans):
-            rec = scratch[:span]
-            got = read_into(rec, off) if span >= 32 else 0
+        scratch = bytearray(max(spans, default=0))  # reused: the decoder copies nothing out of it
+        view = memoryview(scratch)
+        tf = self.transform
+        decode = _decode_op if _DECODE_OP is not None else _decode_public
+        fd = self.reader._handle()
+        preadv = os.preadv if hasattr(os, "preadv") else None
+        out: list[Any] = [None] * n
+        batch: Optional[torch.Tensor] = None  # pooled (n, H, W, 3) buffer the decoded images are copied into
+        in_batch: list[int] = []
+        for k, i in enumerate(idx.tolist()):
+            span = spans[k]
+            if span < 32:
+                got = 0
+            elif preadv is not None:
+                got = preadv(fd, [view[:span]], offsets[k])
+            else:  # pragma: no cover - platforms without preadv
+                got = self.reader.read_into(view[:span], offsets[k])
             if got >= 32:
-                magic, lrec, flag, label = _FAST_HEAD.unpack_from(rec)
+                magic, lrec, flag, label = _FAST_HEAD.unpack_from(scratch)
                 end = 8 + (lrec & _LEN_MASK)
                 if magic == MAGIC and lrec >> 29 == 0 and flag == 0 and 32 < end <= got:
                     try:
-                        image = decode_rgb(rec[32:end])
-                    except DataError:
-                        out.append(self[i])  # re-read on the checked path: full error context / on_error
+                        image = decode(scratch, end)
+                    except (DataError, RuntimeError, ValueError):
+                        out[k] = self[i]  # re-read on the checked path: full error context / on_error
                         continue
-                    out.append((tf(image) if tf is not None else image, int(label)))
+                    if tf is not None:
+                        out[k] = (tf(image), int(label))
+                        continue
+                    if k == 0:
+                        batch = _new_batch(image, n)
+                        if batch is not None:
+                            shape, stride, nbytes = image.shape, image.stride(), image.numel()
+                            base, step = batch.data_ptr(), batch.stride(0)
+                    if batch is not None and image.shape == shape and image.stride() == stride:
+                        ctypes.memmove(base + k * step, image.data_ptr(), nbytes)  # same layout, bounds checked
+                        out[k] = int(label)
+                        in_batch.append(k)
+                    else:
+                        out[k] = (image, int(label))
                     continue
-            out.append(self[i])
+            out[k] = self[i]
+        if in_batch:
+            views = batch.permute(0, 3, 1, 2).unbind(0)
+            for k in in_batch:
+                out[k] = (views[k], out[k])
         return out
 
     def read_record(self, i: int) -> tuple[Any, bytes]:
