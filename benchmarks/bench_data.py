@@ -4,7 +4,8 @@ Builds a 20k-image insightface-style ``.rec`` of 112x112 JPEG faces (SyntheticFa
   bound:  decoding the same JPEG bytes from memory in a loop (``facezoo.data.decode_rgb``, torchvision/libjpeg-turbo;
           the bytes are held in writable buffers, so the bound includes no copy),
   loader: ``RecordIODataset`` (shuffled random access through the ``.idx``) + ``DataLoader`` (batch 256), with
-          ``facezoo.data.collate_faces`` (the recommended collate_fn) and with PyTorch's ``default_collate``,
+          ``facezoo.data.collate_faces`` (the recommended collate_fn; channels-last batches), the same with the
+          consumer converting each batch to channel-first memory, and with PyTorch's ``default_collate``,
 for 0 (in-process), 1 and 2 workers. Every batch is checked to be (256, 3, 112, 112) uint8 images + int64 labels.
 The bound for W workers is W x the single-process decode rate (perfect scaling, capped at the number of cores);
 the ratio loader/bound is the overhead of reading + batching + moving batches between processes.
@@ -51,7 +52,10 @@ def decode_bound(jpegs: list[bytearray], seconds: float = 4.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def loader_rate(folder: Path, workers: int, images: int, collate_fn=collate_faces, batch: int = 256) -> float:
+def loader_rate(folder: Path, workers: int, images: int, collate_fn=collate_faces, batch: int = 256,
+                contiguous: bool = False) -> float:
+    """Images/s out of the DataLoader; ``contiguous``: the consumer also converts each batch to channel-first
+    memory (``collate_faces`` delivers channels-last memory, ``default_collate`` channel-first)."""
     ds = RecordIODataset(folder)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
@@ -63,6 +67,8 @@ def loader_rate(folder: Path, workers: int, images: int, collate_fn=collate_face
     while seen < images:
         try:
             x, y = next(it)
+            if contiguous:
+                x = x.contiguous()
         except StopIteration:
             it = iter(loader)
             continue
@@ -105,19 +111,20 @@ def main() -> None:
               f"(ratio {alone / single:.2f})")
         # the machine may be shared: the bound is re-measured right before and after each loader run
         print(f"\n| workers | bound (decode from memory) img/s | loader + collate_faces img/s | per worker img/s "
-              f"| ratio | loader + default_collate img/s | ratio |")
-        print("|---|---|---|---|---|---|---|")
+              f"| ratio | + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for w in args.workers:
             scale = max(1, min(w, cores))
             b0 = decode_bound(jpegs, 2.0)
             rate = loader_rate(folder, w, args.measure, collate_faces)
             b1 = decode_bound(jpegs, 2.0)
-            base = loader_rate(folder, w, args.measure, default_collate)
+            cont = loader_rate(folder, w, args.measure, collate_faces, contiguous=True)
             b2 = decode_bound(jpegs, 2.0)
-            bound, bound_base = scale * (b0 + b1) / 2, scale * (b1 + b2) / 2
-            per = rate / max(1, w)
-            print(f"| {w} | {bound:,.0f} | {rate:,.0f} | {per:,.0f} | {rate / bound:.2f} | {base:,.0f} "
-                  f"| {base / bound_base:.2f} |", flush=True)
+            base = loader_rate(folder, w, args.measure, default_collate)
+            b3 = decode_bound(jpegs, 2.0)
+            bound, bc, bb = (scale * (p + q) / 2 for p, q in ((b0, b1), (b1, b2), (b2, b3)))
+            print(f"| {w} | {bound:,.0f} | {rate:,.0f} | {rate / max(1, w):,.0f} | {rate / bound:.2f} | {cont:,.0f} "
+                  f"| {cont / bc:.2f} | {base:,.0f} | {base / bb:.2f} |", flush=True)
         print(f"\nsingle-process decode bound: {single:,.0f} images/s")
 
 

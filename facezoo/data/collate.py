@@ -41,26 +41,31 @@ _SHAPES = 4   # batch shapes pooled per process (the full batch, a last partial 
 _FREE, _LENT, _SENT = 0, 1, 2  # slot states: in the pool / lent in this process / handed to the main process
 
 
-def _release_local(flags: torch.Tensor, slot: int) -> None:
-    if int(flags[slot]) == _LENT:  # not if a worker handed it on to the main process meanwhile
-        flags[slot] = _FREE
+def _release_local(flag: torch.Tensor) -> None:
+    if int(flag[0]) == _LENT:  # not if a worker handed it on to the main process meanwhile
+        flag[0] = _FREE
 
 
-def _release_remote(flags: torch.Tensor, slot: int) -> None:
-    flags[slot] = _FREE
+def _release_remote(flag: torch.Tensor) -> None:
+    flag[0] = _FREE
 
 
-def _lend(buffer: torch.Tensor, flags: torch.Tensor, slot: int, release=_release_local) -> torch.Tensor:
-    """A tensor over ``buffer`` whose storage returns the slot to its pool when the last view of it dies."""
+def _flag_of(buffer: torch.Tensor) -> torch.Tensor:
+    """The one-byte state kept right after a pooled buffer's data, in the same storage (so a batch sent from a
+    worker carries its own return ticket: one shared-memory handle per batch)."""
+    return torch.empty(0, dtype=torch.uint8).set_(buffer.untyped_storage(), buffer.numel() * buffer.element_size(), (1,))
+
+
+def _lend(buffer: torch.Tensor, flag: torch.Tensor, release=_release_local) -> torch.Tensor:
+    """A tensor over ``buffer`` whose storage returns the buffer to its pool when the last view of it dies."""
     arr = buffer.numpy()
-    weakref.finalize(arr, release, flags, slot)
+    weakref.finalize(arr, release, flag)
     return torch.from_numpy(arr)
 
 
-def _rebuild(buffer: torch.Tensor, labels: np.ndarray, flags: torch.Tensor, slot: int, channels_last: bool
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _rebuild(buffer: torch.Tensor, labels: np.ndarray, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpickled in the main process: the worker's shared buffer, lent until the batch is dropped there."""
-    images = _lend(buffer, flags, slot, _release_remote)
+    images = _lend(buffer, _flag_of(buffer), _release_remote)
     return (images.permute(0, 3, 1, 2) if channels_last else images), torch.from_numpy(labels)
 
 
@@ -76,37 +81,34 @@ class _Pool:
     def __init__(self, shared: bool) -> None:
         self.pid = os.getpid()
         self.shared = shared
-        self.buffers: dict[tuple, list[torch.Tensor]] = {}
-        self.flags: dict[tuple, torch.Tensor] = {}   # one state per slot
+        self.slots: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (buffer, its state byte)
 
-    def _empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        if not self.shared:
-            return torch.empty(shape, dtype=dtype)
-        numel = int(np.prod(shape))
-        storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
-        return torch.empty(0, dtype=dtype).set_(storage).view(*shape)
+    def _new(self, shape: Sequence[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        storage = (torch.UntypedStorage._new_shared(nbytes + 1) if self.shared else torch.UntypedStorage(nbytes + 1))
+        buffer = torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+        return buffer, _flag_of(buffer)
 
-    def take(self, shape: tuple, dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
-        """A free buffer of this shape (its slot marked lent), or None when all are out."""
+    def take(self, shape: tuple, dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """A free buffer of this shape and its state byte (marked lent), or None when all are out."""
         key = (shape, dtype)
-        flags = self.flags.get(key)
-        if flags is None:
-            if len(self.flags) >= _SHAPES:  # forget a shape none of whose buffers is out, if there is one
-                idle = next((k for k, f in self.flags.items() if not bool(f.any())), None)
+        slots = self.slots.get(key)
+        if slots is None:
+            if len(self.slots) >= _SHAPES:  # forget a shape none of whose buffers is out, if there is one
+                idle = next((k for k, v in self.slots.items() if all(int(f[0]) == _FREE for _, f in v)), None)
                 if idle is None:
                     return None
-                del self.flags[idle], self.buffers[idle]
-            flags = torch.zeros(_SLOTS, dtype=torch.uint8)
-            if self.shared:
-                flags.share_memory_()
-            self.flags[key], self.buffers[key] = flags, []
-        buffers = self.buffers[key]
-        for slot, state in enumerate(flags.tolist()):
-            if state == _FREE:
-                if slot == len(buffers):
-                    buffers.append(self._empty(shape, dtype))
-                flags[slot] = _LENT
-                return buffers[slot], flags, slot
+                del self.slots[idle]
+            slots = self.slots[key] = []
+        for buffer, flag in slots:
+            if int(flag[0]) == _FREE:
+                flag[0] = _LENT
+                return buffer, flag
+        if len(slots) < _SLOTS:
+            buffer, flag = self._new(shape, dtype)
+            flag[0] = _LENT
+            slots.append((buffer, flag))
+            return buffer, flag
         return None
 
 
@@ -168,7 +170,7 @@ def collate_faces(batch: Sequence[Any]) -> Any:
     in_worker = get_worker_info() is not None
     whole = _whole_buffer(images) if first[0].dim() == 3 else None
     if whole is not None:  # the source decoded straight into a pooled buffer: no copy
-        buffer, flags, slot = whole._facezoo_slot
+        buffer, flag = whole._facezoo_slot
         del whole._facezoo_slot
         channels_last = True
     else:
@@ -179,18 +181,17 @@ def collate_faces(batch: Sequence[Any]) -> Any:
         got = _pool(shared=in_worker).take(shape, im.dtype)
         if got is None:  # every pooled buffer is still in use: fresh memory, as default_collate would
             return default_collate(batch)
-        buffer, flags, slot = got
+        buffer, flag = got
         try:
             torch.stack([x.permute(1, 2, 0) for x in images] if channels_last else images, 0, out=buffer)
         except Exception:
-            flags[slot] = _FREE
+            flag[0] = _FREE
             raise
-        whole = None
     if in_worker:
-        flags[slot] = _SENT
+        flag[0] = _SENT
         out = _SharedBatch((buffer.permute(0, 3, 1, 2) if channels_last else buffer, torch.from_numpy(labels_np)))
-        out.parts = (buffer, labels_np, flags, slot, channels_last)
+        out.parts = (buffer, labels_np, channels_last)
         return out
     if whole is None:
-        whole = _lend(buffer, flags, slot)
+        whole = _lend(buffer, flag)
     return (whole.permute(0, 3, 1, 2) if channels_last else whole), torch.from_numpy(labels_np)
