@@ -102,3 +102,44 @@ def test_dataloader_batches_stay_intact(tmp_path, workers):
                 kept.append((b, x))  # held across later batches: must not be overwritten
         for b, x in kept:
             assert torch.equal(x, ims[b * 8:(b + 1) * 8]), (epoch, b)
+
+
+def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
+    # each worker buffer's shared memory reaches the main process once; later batches in it carry only its key,
+    # and the main process drops the buffers of workers that have exited when a newer worker's buffer arrives
+    from facezoo.data import collate as C
+    g = torch.Generator().manual_seed(4)
+    ims = (torch.rand(96, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
+    expected = torch.stack([RecordIODataset(tmp_path)[i][0] for i in range(96)])  # PNG: lossless = ims
+    assert torch.equal(expected, ims)
+    calls = {"whole": 0, "key": 0}
+    rebuild = C._rebuild
+
+    def counting(token, key, buffer, labels, channels_last):
+        calls["whole" if buffer is not None else "key"] += 1
+        return rebuild(token, key, buffer, labels, channels_last)
+
+    monkeypatch.setattr(C, "_REMOTE", {})
+    ds = RecordIODataset(tmp_path)
+    for epoch in range(2):  # fresh workers each epoch
+        loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate_faces, timeout=60)
+        it = iter(loader)  # workers fork here, with the real _rebuild; the main process unpickles with the counter
+        monkeypatch.setattr(C, "_rebuild", counting)
+        for b, (x, y) in enumerate(it):
+            assert torch.equal(x, ims[b * 4:(b + 1) * 4]) and y.tolist() == [b] * 4
+        monkeypatch.setattr(C, "_rebuild", rebuild)
+        tokens = {tok for tok, _ in C._REMOTE}
+        assert len(tokens) == 2  # this epoch's two workers only: the first epoch's were dropped
+        if epoch == 0:
+            first = tokens
+        else:
+            assert not tokens & first
+    assert calls["whole"] + calls["key"] == 48 and 0 < calls["whole"] <= 2 * 2 * C._SLOTS < calls["key"]
+    assert len(C._REMOTE) <= 2 * C._SLOTS
+
+
+def test_unknown_worker_buffer_key_is_a_clear_error():
+    from facezoo.data import collate as C
+    with pytest.raises(RuntimeError, match="worker pid 12345 refers to its buffer 3"):
+        C._rebuild((12345, 1), 3, None, torch.zeros(2, dtype=torch.int64).numpy(), True)
