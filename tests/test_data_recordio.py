@@ -236,3 +236,99 @@ def test_batch_read_errors_and_skips(tmp_path, caplog):
     assert ds.skipped == 1 and "record key 2" in caplog.text
     assert [lab for _, lab in batch] == [0, 1, 1]  # item 1 replaced by the next readable one, as ds[1] does
     assert torch.equal(batch[1][0], ims[2]) and torch.equal(batch[2][0], ims[2])
+
+
+def _jpeg_file(tmp_path, n=12, odd=()):
+    """n JPEG faces (some other-sized), written insightface-style; returns the records' bytes and labels."""
+    g = torch.Generator().manual_seed(7)
+    ims = [(torch.rand(3, 20 if k in odd else 16, 16, generator=g) * 255).to(torch.uint8) for k in range(n)]
+    data = [encode_image(im, "jpeg", 90) for im in ims]
+    write_face_records(tmp_path, ((d, k // 3) for k, d in enumerate(data)))
+    return data, [k // 3 for k in range(n)]
+
+
+def test_jpeg_batches_decode_into_one_buffer(tmp_path):
+    from facezoo.data import collate_faces, decode_rgb
+    from facezoo.data.collate import PooledSamples
+    data, labels = _jpeg_file(tmp_path)
+    ds = RecordIODataset(tmp_path)
+    order = [5, 0, 11, 3, -2, 7]
+    batch = ds.__getitems__(order)
+    assert type(batch) is PooledSamples and len(batch) == 6
+    want = [decode_rgb(data[i]) for i in order]
+    for (im, lab), ref, i in zip(batch, want, order):
+        assert torch.equal(im, ref) and lab == labels[i] and type(lab) is int
+    assert batch[1:3][1][1] == labels[11] and torch.equal(batch[-1][0], want[-1])
+    x, y = collate_faces(batch)
+    assert x.data_ptr() == batch.buffer.data_ptr() and torch.equal(x, torch.stack(want))
+    assert y.tolist() == [labels[i] for i in order]
+    again, _ = collate_faces(batch)  # the buffer is handed out once; a second collate copies
+    assert again.data_ptr() != x.data_ptr() and torch.equal(again, x)
+    assert ds.reader.mapping() is not None and ds.reader.words() is not None
+
+
+def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
+    # a batch mixing plain JPEGs with records off the fast path gives exactly [ds[i] for i in order]
+    g = torch.Generator().manual_seed(8)
+    ims = [(torch.rand(3, 16, 16, generator=g) * 255).to(torch.uint8) for _ in range(6)]
+    items = [(encode_image(ims[0], "jpeg"), 0), (encode_image(ims[1], "jpeg"), [1.0, MAGIC_FLOAT]),  # split
+             (encode_image(ims[2], "png"), 1), (encode_image(ims[3], "jpeg"), [2.0, 0.5]),  # multi-float label
+             (encode_image(ims[4][:, :12], "jpeg"), 2), (encode_image(ims[5], "jpeg"), 3)]  # another size
+    write_face_records(tmp_path, items)
+    ds = RecordIODataset(tmp_path)
+    for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 5], [0, 5, 0]):
+        batch = ds.__getitems__(order)
+        single = [ds[i] for i in order]
+        assert [lab for _, lab in batch] == [lab for _, lab in single]
+        for (a, _), (b, _) in zip(batch, single):
+            assert torch.equal(a, b)
+    from facezoo.data import collate_faces
+    x, y = collate_faces(ds.__getitems__([2, 0, 5]))  # PNG first, then JPEGs decoded into the same buffer
+    assert torch.equal(x[1], ds[0][0]) and y.tolist() == [1, 0, 3]
+
+
+@pytest.mark.parametrize("kind", ["magic", "past_end", "undecodable", "truncated"])
+def test_jpeg_batch_errors_name_file_key_offset(tmp_path, kind):
+    data, _ = _jpeg_file(tmp_path, n=6)
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    keys, offs = read_index(idx)
+    off = {int(k): int(o) for k, o in zip(keys, offs)}
+    lines = idx.read_text().splitlines()
+    if kind == "magic":
+        lines[3] = f"3\t{off[3] + 4}"
+        match, key, o = "wrong magic", 3, off[3] + 4
+    elif kind == "past_end":
+        lines[3] = f"3\t{rec.stat().st_size + 100}"
+        match, key, o = "past the end", 3, rec.stat().st_size + 100
+    elif kind == "undecodable":
+        raw = bytearray(rec.read_bytes())
+        raw[off[3] + 8 + 24 + 2: off[3] + 8 + 24 + 200] = b"\x00" * 198  # keep the SOI marker, clobber the rest
+        rec.write_bytes(bytes(raw))
+        match, key, o = "cannot decode", 3, off[3]
+    else:
+        raw = rec.read_bytes()
+        rec.write_bytes(raw[:off[6] + 8 + 24 + len(data[5]) // 2])
+        match, key, o = "truncated", 6, off[6]
+    idx.write_text("\n".join(lines) + "\n")
+    ds = RecordIODataset(tmp_path)
+    with pytest.raises(DataError, match=match) as err:
+        ds.__getitems__([0, 1, key - 1, 4])
+    assert "train.rec" in str(err.value) and f"record key {key} at byte offset {o}" in str(err.value)
+    skipping = RecordIODataset(tmp_path, on_error="skip")
+    batch = skipping.__getitems__(list(range(len(skipping))))
+    assert skipping.skipped >= 1 and len(batch) == len(skipping)
+
+
+def test_reader_map_is_per_process(tmp_path):
+    import pickle
+    _jpeg_file(tmp_path, n=3)
+    ds = RecordIODataset(tmp_path)
+    assert ds.reader.mapping() is ds.reader.mapping() and len(ds.reader.words()) == ds.reader.size // 4
+    clone = pickle.loads(pickle.dumps(ds))  # spawn-style workers get no map, and make their own
+    assert clone.reader._map is None and clone.reader._words is None
+    assert torch.equal(clone.__getitems__([2])[0][0], ds[2][0])
+    ds.reader._map_pid = -1  # as seen from a forked child: map again
+    old = ds.reader._map
+    assert ds.reader.mapping() is not old and ds.reader.words() is not None
+    ds.reader.close()
+    assert ds.reader._map is None

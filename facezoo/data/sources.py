@@ -9,8 +9,8 @@ sample is replaced by the next readable one and every skip is counted (``ds.skip
 """
 from __future__ import annotations
 
-import ctypes
 import logging
+import mmap
 import os
 import struct
 from collections import namedtuple
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from facezoo.data.collate import batch_buffer
-from facezoo.data.image import _DECODE_OP, _RGB, DataError, decode_rgb
+from facezoo.data.collate import PooledSamples, batch_buffer
+from facezoo.data.image import DataError, _sj_decode, _sj_header, decode_rgb
 from facezoo.data.recordio import (_HEADER, _LEN_MASK, MAGIC, RecordReader, read_index, read_property,
                                    resolve_rec_paths, unpack)
 
@@ -36,7 +36,6 @@ Transform = Optional[Callable[[torch.Tensor], Any]]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 _MAX_SKIP_TRIES = 64
 _SCALAR = namedtuple("_SCALAR", ["flag", "label"])
-_FAST_HEAD = struct.Struct("<IIIf")  # record magic, lrec, then the IRHeader's flag and label
 
 
 class FaceDataset(Dataset):
@@ -101,22 +100,16 @@ class FaceDataset(Dataset):
         return idx % n if n else idx
 
 
-def _decode_op(scratch: bytearray, end: int) -> torch.Tensor:
-    """Decode the image of a plain record read into ``scratch`` (payload from byte 32 to ``end``), in place."""
-    return _DECODE_OP(torch.frombuffer(scratch, dtype=torch.uint8, count=end - 32, offset=32), _RGB, False)
-
-
-def _decode_public(scratch: bytearray, end: int) -> torch.Tensor:  # pragma: no cover - other torchvision
-    return decode_rgb(memoryview(scratch)[32:end])
-
-
-def _new_batch(image: torch.Tensor, n: int) -> Optional[torch.Tensor]:
+def _batch_of(image: torch.Tensor, n: int) -> Optional[torch.Tensor]:
     """A pooled (n, H, W, C) uint8 buffer for images laid out like ``image`` (the decoder's interleaved (C, H, W)
     view of H x W x C memory), or None when the image is laid out otherwise or no buffer is free."""
     c, h, w = image.shape
     if image.dtype != torch.uint8 or image.stride() != (1, w * c, c):
         return None
     return batch_buffer((n, h, w, c))
+
+
+_PAGE = mmap.PAGESIZE
 
 
 class RecordIODataset(FaceDataset):
@@ -197,62 +190,87 @@ class RecordIODataset(FaceDataset):
             return _SCALAR(0, struct.unpack_from("<f", payload, 4)[0]), payload[24:]
         return unpack(payload, where=self._where(i))
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
-        """A batch in one pass: one positional read per record into a reused buffer, the header parsed and the
-        image decoded in place; without a transform, each image is copied while still in cache into a pooled
-        batch buffer (:func:`facezoo.data.collate.batch_buffer`), which :func:`facezoo.data.collate_faces` then
-        returns whole. Records off that path (split records, multi-float labels, anything malformed) go through
-        ``self[i]``, so their samples, errors and ``on_error`` handling are those of single items."""
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[tuple[Any, int]]:
+        """A batch in one pass (what the DataLoader's fetcher asks for). Without a transform, the batch's plain
+        JPEG records are checked together (record and image headers, read through the file's memory map as one
+        array), their pages requested at once (``madvise(WILLNEED)``, so a cold batch's reads are all in
+        flight together), and each image is decoded straight into a pooled batch buffer
+        (:func:`facezoo.data.collate.batch_buffer`); when every sample is there, the result is a
+        :class:`facezoo.data.collate.PooledSamples` that :func:`facezoo.data.collate_faces` returns whole.
+        Every other record (split, multi-float label, PNG, another size, malformed) goes through ``self[i]``, so
+        its sample, error and ``on_error`` handling are those of single items; decoded images of the batch's size
+        are copied into the buffer too."""
         idx = self._batch_indices(indices)
         n = len(idx)
-        offsets, spans = self.offsets[idx].tolist(), self.spans[idx].tolist()
-        scratch = bytearray(max(spans, default=0))  # reused: the decoder copies nothing out of it
-        view = memoryview(scratch)
-        tf = self.transform
-        decode = _decode_op if _DECODE_OP is not None else _decode_public
-        fd = self.reader._handle()
-        preadv = os.preadv if hasattr(os, "preadv") else None
         out: list[Any] = [None] * n
-        batch: Optional[torch.Tensor] = None  # pooled (n, H, W, 3) buffer the decoded images are copied into
+        lent: Optional[torch.Tensor] = None  # the pooled (n, H, W, 3) buffer, as the tensor collate_faces takes
         in_batch: list[int] = []
-        for k, i in enumerate(idx.tolist()):
-            span = spans[k]
-            if span < 32:
-                got = 0
-            elif preadv is not None:
-                got = preadv(fd, [view[:span]], offsets[k])
-            else:  # pragma: no cover - platforms without preadv
-                got = self.reader.read_into(view[:span], offsets[k])
-            if got >= 32:
-                magic, lrec, flag, label = _FAST_HEAD.unpack_from(scratch)
-                end = 8 + (lrec & _LEN_MASK)
-                if magic == MAGIC and lrec >> 29 == 0 and flag == 0 and 32 < end <= got:
-                    try:
-                        image = decode(scratch, end)
-                    except (DataError, RuntimeError, ValueError):
-                        out[k] = self[i]  # re-read on the checked path: full error context / on_error
-                        continue
-                    if tf is not None:
-                        out[k] = (tf(image), int(label))
-                        continue
-                    if k == 0:
-                        batch = _new_batch(image, n)
-                        if batch is not None:
-                            shape, stride, nbytes = image.shape, image.stride(), image.numel()
-                            base, step = batch.data_ptr(), batch.stride(0)
-                    if batch is not None and image.shape == shape and image.stride() == stride:
-                        ctypes.memmove(base + k * step, image.data_ptr(), nbytes)  # same layout, bounds checked
-                        out[k] = int(label)
-                        in_batch.append(k)
-                    else:
-                        out[k] = (image, int(label))
-                    continue
-            out[k] = self[i]
+        words = self.reader.words() if self.transform is None and _sj_decode is not None and n else None
+        if words is not None:
+            lent, in_batch = self._decode_plain_jpegs(idx, words, out)
+        chw = tuple(lent.permute(0, 3, 1, 2).shape[1:]) if lent is not None else None
+        for k in range(n):
+            if out[k] is not None:
+                continue
+            sample = out[k] = self[int(idx[k])]
+            image = sample[0]
+            if self.transform is not None or not isinstance(image, torch.Tensor):
+                continue
+            if lent is None and k == 0:
+                lent = _batch_of(image, n)
+                chw = tuple(image.shape) if lent is not None else None
+            if lent is not None and tuple(image.shape) == chw and image.dtype == torch.uint8:
+                lent[k] = image.permute(1, 2, 0)  # decoded on the item path (PNG, ...): one copy
+                out[k] = sample[1]
+                in_batch.append(k)
+        if n and len(in_batch) == n:
+            return PooledSamples(lent, out)  # samples made on access; collate_faces takes the buffer whole
         if in_batch:
-            views = batch.permute(0, 3, 1, 2).unbind(0)
+            views = lent.permute(0, 3, 1, 2).unbind(0)
             for k in in_batch:
                 out[k] = (views[k], out[k])
         return out
+
+    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray, out: list) -> tuple[Optional[torch.Tensor], list[int]]:
+        """Decode the plain JPEG records of a batch into a pooled buffer; set ``out[k]`` to the label of each image
+        decoded there and return (buffer, those k). ``words``: the file as little-endian uint32 (records start
+        4-byte aligned: magic, lrec, then the IRHeader's flag and float label, 16 more header bytes, the image)."""
+        size = self.reader.size
+        offs, spans = self.offsets[idx], self.spans[idx]
+        ok = (offs >= 0) & (offs % 4 == 0) & (offs + 40 <= size)
+        at = np.where(ok, offs // 4, 0)
+        lrec = words[at + 1]
+        ends = 8 + (lrec & _LEN_MASK).astype(np.int64)  # end of the payload, from the record's start
+        ok &= ((words[at] == MAGIC) & (lrec >> 29 == 0) & (words[at + 2] == 0) & (ends > 36)
+               & (ends <= np.minimum(spans, size - offs)) & ((words[at + 8] & 0xFFFF) == 0xD8FF))  # JPEG SOI
+        plain = np.flatnonzero(ok)
+        if not len(plain):
+            return None, []
+        mm = self.reader.mapping()
+        for off, end in zip(offs[plain].tolist(), ends[plain].tolist()):
+            start = off & ~(_PAGE - 1)
+            mm.madvise(mmap.MADV_WILLNEED, start, off + end - start)
+        labels = words[at[plain] + 3].view("<f4").tolist()
+        view = memoryview(mm)
+        starts, ends = (offs[plain] + 32).tolist(), (offs[plain] + ends[plain]).tolist()
+        try:
+            h, w = _sj_header(view[starts[0]:ends[0]])[:2]
+        except ValueError:
+            return None, []  # the item path reports it
+        lent = batch_buffer((len(idx), h, w, 3))
+        if lent is None:
+            return None, []
+        step = h * w * 3
+        memory = memoryview(lent.numpy()).cast("B")
+        in_batch = []
+        for k, start, end, label in zip(plain.tolist(), starts, ends, labels):
+            try:
+                if _sj_decode(view[start:end], "rgb", buffer=memory[k * step:(k + 1) * step]).shape[:2] == (h, w):
+                    out[k] = int(label)
+                    in_batch.append(k)
+            except ValueError:
+                pass  # the item path decodes it (torchvision) or reports it
+        return lent, in_batch
 
     def read_record(self, i: int) -> tuple[Any, bytes]:
         """Header and encoded image bytes of image ``i`` (no decoding)."""
