@@ -1,21 +1,26 @@
 """RecordIODataset + DataLoader throughput vs the raw JPEG decode bound, side by side, per worker.
 
-Builds a 20k-image insightface-style ``.rec`` of 112x112 JPEG faces (SyntheticFaces), then measures
-  bound:  decoding the same JPEG bytes from memory in a loop (``facezoo.data.decode_rgb``, torchvision/libjpeg-turbo;
-          the bytes are held in writable buffers, so the bound includes no copy),
-  loader: ``RecordIODataset`` (shuffled random access through the ``.idx``) + ``DataLoader`` (batch 256), with
-          ``facezoo.data.collate_faces`` (the recommended collate_fn; channels-last batches), the same with the
-          consumer converting each batch to channel-first memory, and with PyTorch's ``default_collate``,
-for 0 (in-process), 1 and 2 workers. Every batch is checked to be (256, 3, 112, 112) uint8 images + int64 labels.
-The bound for W workers is W x the single-process decode rate (perfect scaling, capped at the number of cores);
-the ratio loader/bound is the overhead of reading + batching + moving batches between processes.
+Builds a 20k-image insightface-style ``.rec`` of 112x112 JPEG faces (SyntheticFaces), then for 0 (in-process),
+1 and 2 workers measures, in alternating rounds,
+  bound:  the same JPEG bytes decoded from memory in a loop (``facezoo.data.decode_rgb``, the readers' decoder;
+          the bytes held in writable buffers, so the bound includes no read and no copy), by max(1, W) processes
+          at once (capped at the cores): what this machine can decode with that many processes;
+  loader: ``RecordIODataset`` (shuffled random access through the ``.idx``) + ``DataLoader`` (batch 256,
+          persistent workers) with ``facezoo.data.collate_faces`` (the recommended collate_fn; channels-last
+          batches); the same with the consumer converting each batch to channel-first memory; and with PyTorch's
+          ``default_collate``.
+Each round times the bound right before and after each loader segment and takes loader / mean(bound); the table
+gives the median over rounds (this machine may be shared: rounds alternate so both sides see the same load).
+Every batch is checked to be (256, 3, 112, 112) uint8 images + int64 labels.
 
-    python benchmarks/bench_data.py [--images 20000] [--workers 0 1 2]
+    python benchmarks/bench_data.py [--images 20000] [--workers 0 1 2] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +31,8 @@ from torch.utils.data import DataLoader, default_collate
 from facezoo.data import RecordIODataset, collate_faces, decode_rgb, encode_image
 from facezoo.data.recordio import write_face_records
 from facezoo.data.synthetic import SyntheticFaces
+
+BATCH = 256
 
 
 def build_rec(folder: Path, n: int, unique: int = 1000) -> list[bytearray]:
@@ -40,46 +47,85 @@ def build_rec(folder: Path, n: int, unique: int = 1000) -> list[bytearray]:
     return [bytearray(ds.read_record(i)[1]) for i in order]
 
 
-def decode_bound(jpegs: list[bytearray], seconds: float = 4.0) -> float:
-    """The same JPEG bytes, already in memory, decoded in a loop by the same decoder."""
+def _decode_loop(jpegs: list[bytearray], conn) -> None:
     torch.set_num_threads(1)
     for b in jpegs[:200]:
         decode_rgb(b)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        decode_rgb(jpegs[n % len(jpegs)])
-        n += 1
-    return n / (time.perf_counter() - start)
+    while True:
+        seconds = conn.recv()
+        if seconds is None:
+            return
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            decode_rgb(jpegs[n % len(jpegs)])
+            n += 1
+        conn.send(n / (time.perf_counter() - start))
 
 
-def loader_rate(folder: Path, workers: int, images: int, collate_fn=collate_faces, batch: int = 256,
-                contiguous: bool = False) -> float:
-    """Images/s out of the DataLoader; ``contiguous``: the consumer also converts each batch to channel-first
-    memory (``collate_faces`` delivers channels-last memory, ``default_collate`` channel-first)."""
-    ds = RecordIODataset(folder)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0),
-                        collate_fn=collate_fn)
-    it = iter(loader)
-    for _ in range(2 if workers == 0 else 2 * workers):  # warm up (workers start, page cache)
-        next(it)
-    seen, start = 0, time.perf_counter()
-    while seen < images:
+class DecodeBound:
+    """``processes`` forked decoders of the same JPEG bytes; ``rate(s)`` runs them all at once for ``s`` seconds
+    and returns their summed images/s."""
+
+    def __init__(self, jpegs: list[bytearray], processes: int) -> None:
+        ctx = mp.get_context("fork")
+        self.conns, self.procs = [], []
+        for _ in range(processes):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_decode_loop, args=(jpegs, theirs), daemon=True)
+            proc.start()
+            self.conns.append(mine)
+            self.procs.append(proc)
+
+    def rate(self, seconds: float) -> float:
+        for c in self.conns:
+            c.send(seconds)
+        return sum(c.recv() for c in self.conns)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.send(None)
+        for p in self.procs:
+            p.join()
+
+
+class LoaderStream:
+    """A DataLoader iterated across rounds (workers started once); ``rate(s)`` is images/s over ``s`` seconds,
+    after first draining the batches the workers prefetched while the stream was not being read."""
+
+    def __init__(self, folder: Path, workers: int, collate_fn, contiguous: bool) -> None:
+        self.loader = DataLoader(RecordIODataset(folder), batch_size=BATCH, shuffle=True, num_workers=workers,
+                                 drop_last=True, persistent_workers=workers > 0, collate_fn=collate_fn,
+                                 generator=torch.Generator().manual_seed(0))
+        self.contiguous = contiguous
+        self.drain = 2 if workers == 0 else 2 * workers + 1  # prefetch_factor (2) batches per worker, + one
+        self.it = iter(self.loader)
+
+    def _next(self) -> int:
         try:
-            x, y = next(it)
-            if contiguous:
-                x = x.contiguous()
+            x, y = next(self.it)
         except StopIteration:
-            it = iter(loader)
-            continue
-        if x.shape != (batch, 3, 112, 112) or x.dtype != torch.uint8 or y.shape != (batch,) or y.dtype != torch.int64:
+            self.it = iter(self.loader)
+            x, y = next(self.it)
+        if self.contiguous:
+            x = x.contiguous()
+        if x.shape != (BATCH, 3, 112, 112) or x.dtype != torch.uint8 or y.shape != (BATCH,) or y.dtype != torch.int64:
             raise AssertionError(f"unexpected batch {x.dtype} {tuple(x.shape)} / {y.dtype} {tuple(y.shape)}")
-        seen += x.shape[0]
-    return seen / (time.perf_counter() - start)
+        return x.shape[0]
+
+    def rate(self, seconds: float) -> float:
+        for _ in range(self.drain):
+            self._next()
+        seen, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            seen += self._next()
+        return seen / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        del self.it
 
 
 def dataset_rate(folder: Path, images: int) -> float:
-    """``RecordIODataset[i]`` in a loop (shuffled keys), no DataLoader: the reader's own overhead over the bound."""
+    """``RecordIODataset[i]`` in a loop (shuffled keys), no DataLoader: the per-item path's overhead over the bound."""
     ds = RecordIODataset(folder)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)).tolist()
     for i in order[:200]:
@@ -90,11 +136,16 @@ def dataset_rate(folder: Path, images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+VARIANTS = (("collate_faces", collate_faces, False), ("collate_faces + .contiguous()", collate_faces, True),
+            ("default_collate", default_collate, False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--images", type=int, default=20000, help="images in the .rec")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--measure", type=int, default=12000, help="images timed per configuration")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating bound/loader rounds per worker count")
+    ap.add_argument("--seconds", type=float, default=1.5, help="length of each timed segment")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -104,28 +155,39 @@ def main() -> None:
         jpegs = build_rec(folder, args.images)
         size = (folder / "train.rec").stat().st_size
         print(f"built {args.images}-image .rec ({size / 2**20:.1f} MiB, mean JPEG {size / args.images / 1024:.1f} KiB) "
-              f"in {time.time() - t0:.1f}s; {cores} cores")
-        single = decode_bound(jpegs)
-        alone = dataset_rate(folder, min(args.measure, 8000))
-        print(f"single process: decode bound {single:,.0f} img/s, RecordIODataset[i] loop {alone:,.0f} img/s "
-              f"(ratio {alone / single:.2f})")
-        # the machine may be shared: the bound is re-measured right before and after each loader run
-        print(f"\n| workers | bound (decode from memory) img/s | loader + collate_faces img/s | per worker img/s "
-              f"| ratio | + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
+              f"in {time.time() - t0:.1f}s; {cores} cores; {args.rounds} rounds of {args.seconds:.1f} s per cell")
+        one = DecodeBound(jpegs, 1)
+        single, alone = one.rate(3.0), dataset_rate(folder, 8000)
+        print(f"single process: decode bound {single:,.0f} img/s, RecordIODataset[i] loop (per-item path) "
+              f"{alone:,.0f} img/s (ratio {alone / single:.2f})\n")
+        print("| workers | bound: decoders at once | bound img/s (x one) | loader + collate_faces img/s | ratio "
+              "| + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         for w in args.workers:
-            scale = max(1, min(w, cores))
-            b0 = decode_bound(jpegs, 2.0)
-            rate = loader_rate(folder, w, args.measure, collate_faces)
-            b1 = decode_bound(jpegs, 2.0)
-            cont = loader_rate(folder, w, args.measure, collate_faces, contiguous=True)
-            b2 = decode_bound(jpegs, 2.0)
-            base = loader_rate(folder, w, args.measure, default_collate)
-            b3 = decode_bound(jpegs, 2.0)
-            bound, bc, bb = (scale * (p + q) / 2 for p, q in ((b0, b1), (b1, b2), (b2, b3)))
-            print(f"| {w} | {bound:,.0f} | {rate:,.0f} | {rate / max(1, w):,.0f} | {rate / bound:.2f} | {cont:,.0f} "
-                  f"| {cont / bc:.2f} | {base:,.0f} | {base / bb:.2f} |", flush=True)
-        print(f"\nsingle-process decode bound: {single:,.0f} images/s")
+            procs = max(1, min(w, cores))
+            bound = one if procs == 1 else DecodeBound(jpegs, procs)
+            streams = [LoaderStream(folder, w, fn, contiguous) for _, fn, contiguous in VARIANTS]
+            bounds, rates, ratios = [], [[] for _ in VARIANTS], [[] for _ in VARIANTS]
+            for _ in range(args.rounds):
+                before = bound.rate(args.seconds)
+                bounds.append(before)
+                for v, stream in enumerate(streams):
+                    r = stream.rate(args.seconds)
+                    after = bound.rate(args.seconds)
+                    bounds.append(after)
+                    rates[v].append(r)
+                    ratios[v].append(r / ((before + after) / 2))
+                    before = after
+            for stream in streams:
+                stream.close()
+            if bound is not one:
+                bound.close()
+            b = statistics.median(bounds)
+            cells = " | ".join(f"{statistics.median(r):,.0f} | {statistics.median(q):.2f}" for r, q in zip(rates, ratios))
+            print(f"| {w} | {procs} | {b:,.0f} ({b / single:.2f}) | {cells} |", flush=True)
+        one.close()
+        print(f"\nratio = median over rounds of loader / mean(bound just before, just after); single-process decode "
+              f"bound {single:,.0f} images/s")
 
 
 if __name__ == "__main__":
