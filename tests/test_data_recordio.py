@@ -130,9 +130,14 @@ def _corrupt_file(tmp_path):
     return ims, {int(k): int(o) for k, o in zip(keys, offs)}
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
 @pytest.mark.parametrize("kind", ["magic", "past_end", "undecodable", "truncated"])
-def test_corrupt_records_name_file_key_offset(tmp_path, kind):
-    _, off = _corrupt_file(tmp_path)
+def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt):
+    # through ds[i] and through a batch (__getitems__: for JPEG the memory-mapped fast path first)
+    ims = _images(5, seed=1)
+    write_face_records(tmp_path, ((encode_image(im, fmt), lab) for im, lab in zip(ims, [0, 0, 1, 1, 2])))
+    keys, offs = read_index(tmp_path / "train.idx")
+    off = {int(k): int(o) for k, o in zip(keys, offs)}
     rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
     lines = idx.read_text().splitlines()
     if kind == "magic":
@@ -141,9 +146,10 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind):
     elif kind == "past_end":
         lines[2] = f"2\t{rec.stat().st_size + 100}"
         match, key, o = "past the end", 2, rec.stat().st_size + 100
-    elif kind == "undecodable":
+    elif kind == "undecodable":  # keep the image's first two bytes (a JPEG's SOI marker), clobber what follows
         raw = bytearray(rec.read_bytes())
-        raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # clobber the PNG signature
+        start = off[2] + 8 + 24 + 2
+        raw[start:start + 120] = b"\x00" * 120
         rec.write_bytes(bytes(raw))
         match, key, o = "cannot decode", 2, off[2]
     else:  # truncated: cut the file in the middle of the last image
@@ -154,13 +160,16 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind):
     idx.write_text("\n".join(lines) + "\n")
     ds = RecordIODataset(tmp_path)
     i = key - 1
-    with pytest.raises(DataError, match=match) as err:
-        ds[i]
-    msg = str(err.value)
-    assert "train.rec" in msg and f"record key {key}" in msg and f"byte offset {o}" in msg
+    for read in (lambda: ds[i], lambda: ds.__getitems__([0, i, 3])):
+        with pytest.raises(DataError, match=match) as err:
+            read()
+        msg = str(err.value)
+        assert "train.rec" in msg and f"record key {key}" in msg and f"byte offset {o}" in msg
     for j in range(len(ds)):
         if j != i:
             ds[j]  # the others still read
+    skipping = RecordIODataset(tmp_path, on_error="skip")
+    assert len(skipping.__getitems__(list(range(len(skipping))))) == len(skipping) and skipping.skipped == 1
 
 
 def test_skip_mode_counts_and_logs(tmp_path, caplog):
@@ -285,38 +294,6 @@ def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
     from facezoo.data import collate_faces
     x, y = collate_faces(ds.__getitems__([2, 0, 5]))  # PNG first, then JPEGs decoded into the same buffer
     assert torch.equal(x[1], ds[0][0]) and y.tolist() == [1, 0, 3]
-
-
-@pytest.mark.parametrize("kind", ["magic", "past_end", "undecodable", "truncated"])
-def test_jpeg_batch_errors_name_file_key_offset(tmp_path, kind):
-    data, _ = _jpeg_file(tmp_path, n=6)
-    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
-    keys, offs = read_index(idx)
-    off = {int(k): int(o) for k, o in zip(keys, offs)}
-    lines = idx.read_text().splitlines()
-    if kind == "magic":
-        lines[3] = f"3\t{off[3] + 4}"
-        match, key, o = "wrong magic", 3, off[3] + 4
-    elif kind == "past_end":
-        lines[3] = f"3\t{rec.stat().st_size + 100}"
-        match, key, o = "past the end", 3, rec.stat().st_size + 100
-    elif kind == "undecodable":
-        raw = bytearray(rec.read_bytes())
-        raw[off[3] + 8 + 24 + 2: off[3] + 8 + 24 + 200] = b"\x00" * 198  # keep the SOI marker, clobber the rest
-        rec.write_bytes(bytes(raw))
-        match, key, o = "cannot decode", 3, off[3]
-    else:
-        raw = rec.read_bytes()
-        rec.write_bytes(raw[:off[6] + 8 + 24 + len(data[5]) // 2])
-        match, key, o = "truncated", 6, off[6]
-    idx.write_text("\n".join(lines) + "\n")
-    ds = RecordIODataset(tmp_path)
-    with pytest.raises(DataError, match=match) as err:
-        ds.__getitems__([0, 1, key - 1, 4])
-    assert "train.rec" in str(err.value) and f"record key {key} at byte offset {o}" in str(err.value)
-    skipping = RecordIODataset(tmp_path, on_error="skip")
-    batch = skipping.__getitems__(list(range(len(skipping))))
-    assert skipping.skipped >= 1 and len(batch) == len(skipping)
 
 
 def test_reader_map_is_per_process(tmp_path):
