@@ -125,14 +125,15 @@ class RecordReader:
         """This process's read-only memory map of the whole file (shared page cache, no copy per read), or None
         where the file cannot be mapped (empty, or a file system without mmap): callers then read with
         :meth:`read_into`. Random access through a map must say which pages it wants (``madvise(WILLNEED)``,
-        as ``RecordIODataset.__getitems__`` does for a batch) or pay one synchronous page fault at a time."""
+        as ``RecordIODataset.__getitems__`` does for a batch) or pay one synchronous page fault at a time.
+        The file must not shrink while mapped (reading a page past the new end kills the process with SIGBUS)."""
         pid = os.getpid()
         if self._map_pid != pid:
             self._map, self._map_pid, self._words = None, pid, None
             if self.size > 0:
                 try:
                     self._map = mmap.mmap(self._handle(), self.size, access=mmap.ACCESS_READ)
-                    if hasattr(mmap, "MADV_RANDOM"):
+                    if hasattr(mmap, "MADV_RANDOM") and hasattr(self._map, "madvise"):
                         self._map.madvise(mmap.MADV_RANDOM)  # no read-around of 128 KiB per 7 KiB face
                 except (OSError, ValueError):
                     self._map = None

@@ -110,6 +110,7 @@ def _batch_of(image: torch.Tensor, n: int) -> Optional[torch.Tensor]:
 
 
 _PAGE = mmap.PAGESIZE
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None
 
 
 class RecordIODataset(FaceDataset):
@@ -247,9 +248,10 @@ class RecordIODataset(FaceDataset):
         if not len(plain):
             return None, []
         mm = self.reader.mapping()
-        for off, end in zip(offs[plain].tolist(), ends[plain].tolist()):
-            start = off & ~(_PAGE - 1)
-            mm.madvise(mmap.MADV_WILLNEED, start, off + end - start)
+        if _WILLNEED is not None:  # not on Windows
+            for off, end in zip(offs[plain].tolist(), ends[plain].tolist()):
+                start = off & ~(_PAGE - 1)
+                mm.madvise(_WILLNEED, start, off + end - start)
         labels = words[at[plain] + 3].view("<f4").tolist()
         view = memoryview(mm)
         starts, ends = (offs[plain] + 32).tolist(), (offs[plain] + ends[plain]).tolist()
