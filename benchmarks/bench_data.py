@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -124,6 +125,34 @@ class LoaderStream:
         del self.it
 
 
+def cold_rates(folder: Path, images: int = 5120, rounds: int = 3) -> Optional[tuple[float, float]]:
+    """In-process images/s with the ``.rec`` evicted from the page cache first (``posix_fadvise(DONTNEED)``):
+    ``__getitems__`` batches (memory map, every record's pages requested at once) vs ``ds[i]`` items (one
+    ``pread`` each, in turn). Medians over rounds; None where the platform cannot evict a file."""
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    rec = folder / "train.rec"
+    order = torch.randperm(len(RecordIODataset(folder)), generator=torch.Generator().manual_seed(3)).tolist()[:images]
+    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    got: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for k, items in enumerate((False, True)):
+            fd = os.open(rec, os.O_RDONLY)
+            os.fsync(fd)  # a freshly written file's pages are dirty, and dirty pages are not evicted
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            ds = RecordIODataset(folder)
+            start = time.perf_counter()
+            for b in batches:
+                if items:
+                    [ds[i] for i in b]
+                else:
+                    ds.__getitems__(b)
+            got[k].append(len(order) / (time.perf_counter() - start))
+            ds.reader.close()  # pages still mapped are not evicted by the next round
+    return statistics.median(got[0]), statistics.median(got[1])
+
+
 def dataset_rate(folder: Path, images: int) -> float:
     """``RecordIODataset[i]`` in a loop (shuffled keys), no DataLoader: the per-item path's overhead over the bound."""
     ds = RecordIODataset(folder)
@@ -143,7 +172,7 @@ VARIANTS = (("collate_faces", collate_faces, False), ("collate_faces + .contiguo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20000, help="images in the .rec")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2], help="worker counts (none: skip the table)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating bound/loader rounds per worker count")
     ap.add_argument("--seconds", type=float, default=1.5, help="length of each timed segment")
     args = ap.parse_args()
@@ -159,10 +188,16 @@ def main() -> None:
         one = DecodeBound(jpegs, 1)
         single, alone = one.rate(3.0), dataset_rate(folder, 8000)
         print(f"single process: decode bound {single:,.0f} img/s, RecordIODataset[i] loop (per-item path) "
-              f"{alone:,.0f} img/s (ratio {alone / single:.2f})\n")
-        print("| workers | bound: decoders at once | bound img/s (x one) | loader + collate_faces img/s | ratio "
-              "| + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              f"{alone:,.0f} img/s (ratio {alone / single:.2f})")
+        cold = cold_rates(folder)
+        if cold is not None:
+            print(f"cold page cache (file evicted before each run, in-process): batches (map + WILLNEED) "
+                  f"{cold[0]:,.0f} img/s, items (pread each) {cold[1]:,.0f} img/s (ratio {cold[0] / cold[1]:.2f})")
+        print()
+        if args.workers:
+            print("| workers | bound: decoders at once | bound img/s (x one) | loader + collate_faces img/s | ratio "
+                  "| + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
+            print("|---|---|---|---|---|---|---|---|---|")
         for w in args.workers:
             procs = max(1, min(w, cores))
             bound = one if procs == 1 else DecodeBound(jpegs, procs)
