@@ -11,9 +11,16 @@ Module names and state_dict keys are exactly those of insightface ``arcface_torc
 ``backbone.pth`` files (and the GWP authors', whose GWP/GAP models add no keys) load without renaming. The model
 outputs the E-dim embedding (not L2-normalized); ``num_classes=N`` adds a linear classifier on top of it.
 
+``layout='adaface'`` (a ``create_model`` kwarg) builds the variant of AdaFace / TFace / CVLface "IR" backbones: stage
+1's first block has a parameter-free strided-subsample shortcut and ``features`` has no affine parameters. Their
+checkpoints (``input_layer`` / ``body`` / ``output_layer`` keys, Lightning ``.ckpt`` files included) are mapped to
+facezoo's names on load and their BGR first conv is turned into an RGB one.
+
 Follows the shape of timm's own model files: blocks, model class, checkpoint filter, cfgs, entrypoints.
 """
 
+import logging
+import pickle
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,7 +34,10 @@ from timm.models._features import feature_take_indices
 
 from facezoo.layers import POOL_TYPES, create_face_pool
 
-__all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "model_names", "checkpoint_filter_fn", "describe_state_dict"]
+__all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn",
+           "describe_state_dict"]
+
+_logger = logging.getLogger(__name__)
 
 #: blocks per stage for each depth, as insightface
 DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
@@ -39,6 +49,8 @@ DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
 }
 #: model-name suffix -> global_pool type
 HEADS: Dict[str, str] = {"": "flatten", "_gap": "avg", "_gwp": "gwp", "_gdc": "gdc"}
+#: ``layout`` values: whose variant of the architecture (and whose checkpoints) the model follows
+LAYOUTS = ("insightface", "adaface")
 _WIDTHS = (64, 128, 256, 512)
 _BN_EPS = 1e-5
 
@@ -80,12 +92,19 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
-def make_stage(in_chs: int, out_chs: int, num_blocks: int, **dd: Any) -> nn.Sequential:
-    """A stage whose first block halves the resolution with a (conv1x1 stride 2, BN) shortcut."""
-    downsample = nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=2, bias=False, **dd),
-        nn.BatchNorm2d(out_chs, eps=_BN_EPS, **dd),
-    )
+def make_stage(in_chs: int, out_chs: int, num_blocks: int, layout: str = "insightface", **dd: Any) -> nn.Sequential:
+    """A stage whose first block halves the resolution with a (conv1x1 stride 2, BN) shortcut.
+
+    With ``layout='adaface'`` a first block that keeps the width (stage 1: 64 -> 64) takes AdaFace's
+    ``MaxPool2d(1, 2)`` shortcut instead: a parameter-free strided subsample ``x[:, :, ::2, ::2]``.
+    """
+    if layout == "adaface" and in_chs == out_chs:
+        downsample: nn.Module = nn.MaxPool2d(kernel_size=1, stride=2)
+    else:
+        downsample = nn.Sequential(
+            nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=2, bias=False, **dd),
+            nn.BatchNorm2d(out_chs, eps=_BN_EPS, **dd),
+        )
     blocks = [IBasicBlock(in_chs, out_chs, stride=2, downsample=downsample, **dd)]
     blocks += [IBasicBlock(out_chs, out_chs, **dd) for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
@@ -117,6 +136,7 @@ class IResNet(nn.Module):
 
     forward_features -> (B, 512, H/16, W/16) after ``bn2``; forward_head pools, applies dropout, ``fc`` and the
     fixed-gamma BatchNorm1d ``features`` to give the E-dim embedding, then the optional ``classifier``.
+    ``layout='adaface'`` gives the AdaFace / TFace / CVLface "IR" variant of the same network (see ``__init__``).
     """
 
     def __init__(
@@ -130,6 +150,7 @@ class IResNet(nn.Module):
             in_chans: int = 3,
             drop_rate: float = 0.0,
             img_size: Union[int, Tuple[int, int]] = 112,
+            layout: str = "insightface",
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -144,8 +165,15 @@ class IResNet(nn.Module):
             embed_dim: embedding size E (insightface's ``num_features``).
             num_classes: 0 (default) outputs the embedding; N > 0 adds ``Linear(E, N)`` on top.
             in_chans: input channels.
-            drop_rate: dropout before ``fc`` (insightface's ``dropout``).
+            drop_rate: dropout before ``fc`` (insightface's ``dropout``). AdaFace trained its IR models with 0.4;
+                pass ``drop_rate=0.4`` to fine-tune one as it was trained (dropout does nothing in eval mode).
             img_size: input size the head is built for (flatten/gdc/gwp use the map size img_size / 16).
+            layout: 'insightface' (default) or 'adaface'. 'adaface' is the AdaFace / TFace / CVLface "IR" backbone
+                (their ``Backbone(mode='ir')`` at depths 18-100): stage 1's first block has a parameter-free
+                ``MaxPool2d(1, 2)`` shortcut instead of the conv downsample, and ``features`` is a BatchNorm1d
+                without affine parameters (gamma 1, beta 0) instead of insightface's fixed gamma / trained beta.
+                Everything else, module names included, is the same, so their checkpoints load with a key map.
+                (Their IR-152 / IR-200 are bottleneck networks, widths 256-2048: not this architecture.)
         """
         super().__init__()
         if head not in POOL_TYPES:
@@ -154,6 +182,8 @@ class IResNet(nn.Module):
             raise ValueError(f"stem_kernel must be 3 or 7, got {stem_kernel!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         dd = dict(device=device, dtype=dtype)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
@@ -163,6 +193,7 @@ class IResNet(nn.Module):
         self.num_features = _WIDTHS[-1]
         self.head_hidden_size = embed_dim
         self.stem_kernel = stem_kernel
+        self.layout = layout
         self.pool_type = head  # the pooling the fc was built for
         self.global_pool = head  # the pooling in use ('' = none, forward returns the map)
         self.grad_checkpointing = False
@@ -176,7 +207,7 @@ class IResNet(nn.Module):
         chs = 64
         self.feature_info = [dict(num_chs=64, reduction=1, module="prelu")]
         for i, (width, n) in enumerate(zip(_WIDTHS, layers)):
-            self.add_module(f"layer{i + 1}", make_stage(chs, width, n, **dd))
+            self.add_module(f"layer{i + 1}", make_stage(chs, width, n, layout=layout, **dd))
             chs = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"layer{i + 1}"))
         self.bn2 = nn.BatchNorm2d(chs, eps=_BN_EPS, **dd)
@@ -184,7 +215,10 @@ class IResNet(nn.Module):
         self.pool, pooled_dim = create_face_pool(head, chs, map_size, **dd)
         self.dropout = nn.Dropout(p=drop_rate, inplace=True)
         self.fc = nn.Linear(pooled_dim, embed_dim, **dd)
-        self.features = FixedGammaBatchNorm1d(embed_dim, **dd)
+        if layout == "adaface":
+            self.features: nn.BatchNorm1d = nn.BatchNorm1d(embed_dim, eps=_BN_EPS, affine=False, **dd)
+        else:
+            self.features = FixedGammaBatchNorm1d(embed_dim, **dd)
         self.classifier = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
         if global_pool is not None:
@@ -327,15 +361,106 @@ class IResNet(nn.Module):
 
 # --- checkpoint loading ---------------------------------------------------------------------------------------------
 
-_ADAFACE_PREFIXES = ("input_layer.", "body.", "output_layer.")
+# AdaFace / TFace / CVLface "IR" checkpoints (AdaFace ``net.py`` ``Backbone(mode='ir')``, TFace ``model_irse.py``)
+_ADAFACE_STEM_KEY = "input_layer.0.weight"
+_ADAFACE_MODULES = ("input_layer.", "body.", "output_layer.")
+#: their stem and output modules -> facezoo's (output_layer = BN2d, Dropout, Flatten, Linear, BN1d(affine=False))
+_ADAFACE_TOP = {"input_layer.0": "conv1", "input_layer.1": "bn1", "input_layer.2": "prelu",
+                "output_layer.0": "bn2", "output_layer.3": "fc", "output_layer.4": "features"}
+#: ``BasicBlockIR.res_layer`` (BN, conv3x3, BN, PReLU, conv3x3 stride, BN) -> IBasicBlock; shortcut_layer -> downsample
+_ADAFACE_RES = ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3")
+_ADAFACE_UNIT = re.compile(r"body\.(\d+)\.(res_layer|shortcut_layer)\.([^.]+)\.(.+)$")
+_ADAFACE_CALL = "timm.create_model({name!r}, layout='adaface', pretrained=True, pretrained_cfg_overlay=dict(file=...))"
+
+
+def _adaface_prefix(state_dict: Dict[str, Any]) -> Optional[str]:
+    """The prefix of an AdaFace-style backbone's keys ('', or 'model.' in Lightning ``.ckpt`` files), else None."""
+    prefixes = [k[:-len(_ADAFACE_STEM_KEY)] for k in state_dict if k.endswith(_ADAFACE_STEM_KEY)]
+    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
+    return min(prefixes, key=len) if prefixes else None
+
+
+def _adaface_stages(keys: Sequence[str]) -> Tuple[int, ...]:
+    """Units per stage of an AdaFace-style ``body``: a stage starts at unit 0 and at each conv shortcut."""
+    keys = set(keys)
+    units = {int(m.group(1)) for k in keys if (m := _ADAFACE_UNIT.match(k))}
+    if not units:
+        return ()
+    n = max(units) + 1
+    starts = sorted({0} | {i for i in range(n) if f"body.{i}.shortcut_layer.0.weight" in keys})
+    return tuple(b - a for a, b in zip(starts, starts[1:] + [n]))
+
+
+def _adaface_unsupported(keys: Sequence[str]) -> Optional[str]:
+    """Why an AdaFace-style backbone is no IResNet (IR-SE, or the bottleneck IR-152 / IR-200), else None."""
+    odd = sorted({m.group(3) for k in keys if (m := _ADAFACE_UNIT.match(k)) and m.group(2) == "res_layer"}
+                 - {str(i) for i in range(len(_ADAFACE_RES))})
+    if not odd:
+        return None
+    return (f"its units have res_layer modules {odd} besides BasicBlockIR's 0-5: an IR-SE ('se_block') or bottleneck "
+            "(AdaFace/TFace IR-152 / IR-200, widths 256-2048) backbone, which facezoo's IResNet does not implement")
+
+
+def _adaface_model_name(keys: Sequence[str]) -> Optional[str]:
+    """The facezoo model with an AdaFace-style backbone's blocks per stage, e.g. 'iresnet50', else None."""
+    stages = _adaface_stages(keys)
+    return next((f"iresnet{d}" for d, b in DEPTHS.items() if b == stages), None)
+
+
+def _describe_adaface(keys: Sequence[str]) -> str:
+    what = "an AdaFace/TFace/CVLface 'IR' checkpoint (input_layer/body/output_layer keys)"
+    reason = _adaface_unsupported(keys)
+    if reason:
+        return f"{what}; {reason}"
+    name = _adaface_model_name(keys)
+    if name is None:
+        return f"{what} with blocks {_adaface_stages(keys)}, which no facezoo depth has"
+    return f"{what} with the blocks of {name}: load it with {_ADAFACE_CALL.format(name=name)}"
+
+
+def _from_adaface(state_dict: Dict[str, Any], prefix: str, model: IResNet) -> Dict[str, torch.Tensor]:
+    """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and turn
+    the BGR first conv into an RGB one (reverse its input channels) so the model takes RGB like every facezoo model."""
+    names = {key: key[len(prefix):] for key in state_dict if key.startswith(prefix)}
+    backbone = [k for k in names.values() if k.startswith(_ADAFACE_MODULES)]
+    reason = _adaface_unsupported(backbone)
+    if reason:
+        raise ValueError(f"cannot load this AdaFace/TFace/CVLface 'IR' checkpoint: {reason}.")
+    if getattr(model, "layout", "insightface") != "adaface":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        name = _adaface_model_name(backbone) or cfg.get("architecture", "iresnet50")
+        raise ValueError(
+            "The model was built without layout='adaface', but this is an AdaFace/TFace/CVLface 'IR' checkpoint "
+            f"(input_layer/body/output_layer keys), whose network differs from insightface's IResNet (parameter-free "
+            f"first shortcut, BatchNorm1d without affine). Pass layout='adaface': {_ADAFACE_CALL.format(name=name)}")
+    position = [(s, b) for s, n in enumerate(_adaface_stages(backbone), start=1) for b in range(n)]
+    out: Dict[str, torch.Tensor] = {}
+    dropped = []
+    for key, v in state_dict.items():
+        k = names.get(key, "")
+        if not k.startswith(_ADAFACE_MODULES):
+            dropped.append(key)
+        elif m := _ADAFACE_UNIT.match(k):
+            stage, block = position[int(m.group(1))]
+            part, idx, param = m.group(2), m.group(3), m.group(4)
+            name = _ADAFACE_RES[int(idx)] if part == "res_layer" else f"downsample.{idx}"
+            out[f"layer{stage}.{block}.{name}.{param}"] = v
+        else:
+            module, _, param = k.rpartition(".")
+            out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
+    if dropped:
+        _logger.info(f"AdaFace-style checkpoint: dropped {len(dropped)} keys outside the backbone: {_short(dropped)}")
+    if "conv1.weight" in out:
+        out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
+    return out
 
 
 def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
+    prefix = _adaface_prefix(state_dict)
+    if prefix is not None:
+        return _describe_adaface([k[len(prefix):] for k in state_dict if k.startswith(prefix)])
     keys = list(state_dict)
-    if any(k.startswith(_ADAFACE_PREFIXES) for k in keys):
-        return ("an AdaFace/TFace/CVLface 'IR' checkpoint (input_layer/body/output_layer keys), a different "
-                "architecture from insightface's IResNet")
     if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
         return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
     blocks = []
@@ -353,34 +478,48 @@ def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     else:
         head = ""
     stem = "_k7" if k == 7 else ""
+    adaface = "layer1.0.downsample.0.weight" not in state_dict and "features.weight" not in state_dict
+    layout = " with layout='adaface'" if adaface else ""
     if head.startswith("_gwp"):
-        return f"{depth_name}_gwp{stem} (or {depth_name}_gap{stem}: same keys)"
-    return f"{depth_name}{head}{stem}"
+        return f"{depth_name}_gwp{stem}{layout} (or {depth_name}_gap{stem}{layout}: same keys)"
+    return f"{depth_name}{head}{stem}{layout}"
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str, torch.Tensor]:
-    """Make insightface / GWP-author checkpoints loadable and explain mismatches.
+    """Make insightface / GWP-author / AdaFace-style checkpoints loadable and explain mismatches.
 
-    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers, strips ``module.`` (DataParallel/DDP) and
-    ``backbone.`` prefixes, drops the GWP kernel if a checkpoint carries one, fills BatchNorm counters that old
-    checkpoints lack, and raises a ``ValueError`` naming the missing and unexpected keys and the model the
-    checkpoint looks like when it does not fit ``model``.
+    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers and strips ``module.`` (DataParallel/DDP) and
+    ``backbone.`` prefixes; maps AdaFace / TFace / CVLface "IR" checkpoints (also Lightning ``.ckpt`` ones, keys
+    ``model.*``) onto a ``layout='adaface'`` model; drops the GWP kernel if a checkpoint carries one, fills BatchNorm
+    counters that old checkpoints lack, and raises a ``ValueError`` naming the missing and unexpected keys and the
+    model the checkpoint looks like when it does not fit ``model``.
     """
     for container in ("state_dict", "model", "backbone"):
         if container in state_dict and isinstance(state_dict[container], dict):
             state_dict = state_dict[container]
-    out: Dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
+    prefix = _adaface_prefix(state_dict)
+    if prefix is not None:
+        out = _from_adaface(state_dict, prefix, model)
+    else:
+        out = {}
+        for k, v in state_dict.items():
+            for p in ("module.", "backbone."):
+                if k.startswith(p):
+                    k = k[len(p):]
+            out[k] = v
+        if getattr(model, "layout", "insightface") == "adaface" and (
+                "layer1.0.downsample.0.weight" in out or "features.weight" in out):
+            raise ValueError(
+                f"This is an insightface-layout checkpoint (it looks like {describe_state_dict(out)}), but the model "
+                "was built with layout='adaface', which loads AdaFace/TFace/CVLface 'IR' checkpoints (and facezoo "
+                "checkpoints of layout='adaface' models). Leave out layout='adaface' to load it.")
     expected = model.state_dict()
     for k in list(out):
         if k.startswith("pool.") and k not in expected:
             del out[k]  # a stored GWP kernel: facezoo recomputes it
-    for k in expected:
-        if k.endswith("num_batches_tracked") and k not in out:
+    for k in expected:  # only for BatchNorms the checkpoint has, so that describe_state_dict still sees its depth
+        bn = k[:-len("num_batches_tracked")]
+        if k.endswith(".num_batches_tracked") and k not in out and f"{bn}running_mean" in out:
             out[k] = torch.zeros((), dtype=torch.long)
     if model.num_classes > 0 and "classifier.weight" not in out:
         # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
@@ -410,14 +549,35 @@ def _short(items: List[str], limit: int = 8) -> str:
 # --- configs and entrypoints ----------------------------------------------------------------------------------------
 
 def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
-    return build_model_with_cfg(
-        IResNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
-        **kwargs,
-    )
+    try:
+        return build_model_with_cfg(
+            IResNet,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
+            **kwargs,
+        )
+    except RuntimeError as e:
+        if not isinstance(e.__cause__, pickle.UnpicklingError):
+            raise
+        raise RuntimeError(_refused_checkpoint_message((kwargs.get("pretrained_cfg_overlay") or {}).get("file"))) from e
+
+
+def _refused_checkpoint_message(path: Optional[str]) -> str:
+    """timm loads checkpoints with ``torch.load(weights_only=True)``: say what it refused and how to get the weights."""
+    refused = ""
+    if path and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        try:
+            refused = f" ({', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path))})"
+        except Exception:  # e.g. not a zip checkpoint: the message still holds without the list
+            pass
+    src = path or "IN.ckpt"
+    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{refused}, "
+            "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
+            f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
+            "loads with weights_only=True, leaving those objects out) and pass "
+            "pretrained_cfg_overlay=dict(file='weights.safetensors').")
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
