@@ -119,7 +119,9 @@ def convert_checkpoint(argv: Sequence[str]) -> int:
     if not tensors:
         print(f"{args.src}: the state_dict holds no tensors", file=sys.stderr)
         return 1
-    save_file(tensors, args.dst)
+    partial = f"{args.dst}.partial"
+    save_file(tensors, partial)
+    os.replace(partial, args.dst)  # atomic: OUT is either the whole file or untouched
     size = os.path.getsize(args.dst) / 2 ** 20
     print(f"wrote {len(tensors)} tensors ({size:.1f} MiB) to {args.dst}")
     if len(tensors) < len(state_dict):
