@@ -6,7 +6,7 @@ All embed the same held-out verification pairs (identities disjoint from trainin
 upper bound for baselines whose distances cluster inside one 0.01 step). Also measures rendering speed (images/s
 on one core, CPU time) of ``render_face_chw``, what ``SyntheticFaces`` calls.
 
-    python benchmarks/bench_synth_learnability.py [--steps 2000 | --steps 0 --minutes 4] [--identities 400] [--per-id 24]
+    python benchmarks/bench_synth_learnability.py [--steps 2000 | --steps 0 --minutes 4] [--identities 1000] [--per-id 20]
 """
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000,
                     help="training steps of 128 images (~4 min on a quiet 2-core CPU; 0: use --minutes)")
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock training budget when --steps is 0")
-    ap.add_argument("--identities", type=int, default=400)
-    ap.add_argument("--per-id", type=int, default=24)
+    ap.add_argument("--identities", type=int, default=1000)
+    ap.add_argument("--per-id", type=int, default=20)
     ap.add_argument("--pairs", type=int, default=1200)
     ap.add_argument("--untrained-seeds", type=int, default=3, help="random initializations of the untrained CNN")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
