@@ -25,43 +25,12 @@ import torch
 from scipy import interpolate
 
 from facezoo.eval import ijb, verification
+from facezoo.eval.insightface_reference import (calculate_accuracy, calculate_val_far, image2template,
+                                                 verification_scores)
 from facezoo.eval.roc import DEFAULT_FARS, tar_at_far
 
 
 # --------------------------------------------------------------------------- references (insightface style)
-def ref_image2template(img_feats, templates, medias):
-    unique_templates = np.unique(templates)
-    template_feats = np.zeros((len(unique_templates), img_feats.shape[1]))
-    for c, uqt in enumerate(unique_templates):
-        (ind_t,) = np.where(templates == uqt)
-        face_norm_feats = img_feats[ind_t]
-        face_medias = medias[ind_t]
-        unique_medias, unique_media_counts = np.unique(face_medias, return_counts=True)
-        media_norm_feats = []
-        for u, ct in zip(unique_medias, unique_media_counts):
-            (ind_m,) = np.where(face_medias == u)
-            if ct == 1:
-                media_norm_feats += [face_norm_feats[ind_m]]
-            else:
-                media_norm_feats += [np.mean(face_norm_feats[ind_m], axis=0, keepdims=True)]
-        template_feats[c] = np.sum(np.array(media_norm_feats), axis=0)
-    norms = np.sqrt(np.sum(template_feats ** 2, -1, keepdims=True))
-    return template_feats / norms, unique_templates
-
-
-def ref_verification(template_norm_feats, unique_templates, p1, p2):
-    template2id = np.zeros((max(unique_templates) + 1, 1), dtype=int)
-    for c, uqt in enumerate(unique_templates):
-        template2id[uqt] = c
-    score = np.zeros((len(p1),))
-    total = np.array(range(len(p1)))
-    for s in [total[i:i + 100000] for i in range(0, len(p1), 100000)]:
-        f1 = template_norm_feats[template2id[p1[s]]]
-        f2 = template_norm_feats[template2id[p2[s]]]
-        score[s] = np.sum(f1 * f2, -1).flatten()
-    return score
-
-
 def ref_tar_at_far(labels, scores, fars):
     y = labels == 1
     desc = np.argsort(scores, kind="mergesort")[::-1]
@@ -87,31 +56,19 @@ def ref_verification_protocol(emb, issame, nfolds=10):
     bounds = np.cumsum([0] + sizes)
     folds = [(np.r_[0:bounds[k], bounds[k + 1]:n], np.arange(bounds[k], bounds[k + 1])) for k in range(nfolds)]
 
-    def acc(t, d, s):
-        p = np.less(d, t)
-        tp = np.sum(np.logical_and(p, s))
-        fp = np.sum(np.logical_and(p, np.logical_not(s)))
-        tn = np.sum(np.logical_and(np.logical_not(p), np.logical_not(s)))
-        fn = np.sum(np.logical_and(np.logical_not(p), s))
-        return (0 if tp + fn == 0 else tp / (tp + fn)), (0 if fp + tn == 0 else fp / (fp + tn)), (tp + tn) / d.size
-
-    def val_far(t, d, s):
-        p = np.less(d, t)
-        return np.sum(p & s) / np.sum(s), np.sum(p & ~s) / np.sum(~s)
-
     thr = np.arange(0, 4, 0.01)
     accuracy = np.zeros(nfolds)
     for k, (tr, te) in enumerate(folds):
-        acc_train = np.array([acc(t, dist[tr], issame[tr])[2] for t in thr])
+        acc_train = np.array([calculate_accuracy(t, dist[tr], issame[tr])[2] for t in thr])
         b = np.argmax(acc_train)
-        _ = [acc(t, dist[te], issame[te]) for t in thr]  # the ROC rows
-        accuracy[k] = acc(thr[b], dist[te], issame[te])[2]
+        _ = [calculate_accuracy(t, dist[te], issame[te]) for t in thr]  # the ROC rows
+        accuracy[k] = calculate_accuracy(thr[b], dist[te], issame[te])[2]
     thr = np.arange(0, 4, 0.001)
     val = np.zeros(nfolds)
     for k, (tr, te) in enumerate(folds):
-        far_train = np.array([val_far(t, dist[tr], issame[tr])[1] for t in thr])
+        far_train = np.array([calculate_val_far(t, dist[tr], issame[tr])[1] for t in thr])
         th = interpolate.interp1d(far_train, thr, kind="linear")(1e-3) if far_train.max() >= 1e-3 else 0.0
-        val[k] = val_far(th, dist[te], issame[te])[0]
+        val[k] = calculate_val_far(th, dist[te], issame[te])[0]
     return accuracy, val
 
 
@@ -137,7 +94,7 @@ def ijb_workload(scale: float, rng: np.random.Generator):
     rows = []
 
     (tf, ut), t_ours = timed(ijb.image_to_template_features, img, templates, medias)
-    (rtf, rut), t_ref = timed(ref_image2template, img, templates, medias)
+    (rtf, rut), t_ref = timed(image2template, img, templates, medias)
     err = float(np.abs(tf - rtf).max())
     rows.append(("IJB template aggregation", t_ref, t_ours, f"max |diff| {err:.1e}"))
 
@@ -145,7 +102,7 @@ def ijb_workload(scale: float, rng: np.random.Generator):
         return ijb.pair_scores(tf, ijb.template_rows(ut, t1), ijb.template_rows(ut, t2))
 
     s_ours, t_ours = timed(ours_scores)
-    s_ref, t_ref = timed(ref_verification, rtf, rut, t1, t2)
+    s_ref, t_ref = timed(verification_scores, rtf, rut, t1, t2)
     rows.append(("IJB pair scoring", t_ref, t_ours, f"max |diff| {np.abs(s_ours - s_ref).max():.1e}"))
 
     (tars, _), t_ours = timed(tar_at_far, labels, s_ours, DEFAULT_FARS)

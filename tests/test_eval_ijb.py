@@ -6,40 +6,9 @@ import pytest
 import torch
 
 from facezoo.eval import ijb
+from facezoo.eval.insightface_reference import image2template as _ref_image2template
+from facezoo.eval.insightface_reference import verification_scores
 from facezoo.eval.roc import roc_curve
-
-
-def _ref_image2template(img_feats, templates, medias):
-    unique_templates = np.unique(templates)
-    template_feats = np.zeros((len(unique_templates), img_feats.shape[1]))
-    for c, uqt in enumerate(unique_templates):
-        (ind_t,) = np.where(templates == uqt)
-        face_norm_feats = img_feats[ind_t]
-        face_medias = medias[ind_t]
-        unique_medias, unique_media_counts = np.unique(face_medias, return_counts=True)
-        media_norm_feats = []
-        for u, ct in zip(unique_medias, unique_media_counts):
-            (ind_m,) = np.where(face_medias == u)
-            if ct == 1:
-                media_norm_feats += [face_norm_feats[ind_m]]
-            else:
-                media_norm_feats += [np.mean(face_norm_feats[ind_m], axis=0, keepdims=True)]
-        template_feats[c] = np.sum(np.array(media_norm_feats), axis=0)
-    norms = np.sqrt(np.sum(template_feats ** 2, -1, keepdims=True))
-    return template_feats / norms, unique_templates
-
-
-def _ref_verification(template_norm_feats, unique_templates, p1, p2):
-    template2id = np.zeros((max(unique_templates) + 1, 1), dtype=int)
-    for c, uqt in enumerate(unique_templates):
-        template2id[uqt] = c
-    score = np.zeros((len(p1),))
-    total = np.array(range(len(p1)))
-    for s in [total[i:i + 100] for i in range(0, len(p1), 100)]:
-        f1 = template_norm_feats[template2id[p1[s]]]
-        f2 = template_norm_feats[template2id[p2[s]]]
-        score[s] = np.sum(f1 * f2, -1).flatten()
-    return score
 
 
 def _ref_pipeline(feats, flips, faceness, templates, medias, t1, t2, use_flip=True, use_norm_score=True,
@@ -52,7 +21,7 @@ def _ref_pipeline(feats, flips, faceness, templates, medias, t1, t2, use_flip=Tr
     if use_detector_score:
         x = x * faceness[:, np.newaxis]
     tf, ut = _ref_image2template(x, templates, medias)
-    return _ref_verification(tf, ut, t1, t2)
+    return verification_scores(tf, ut, t1, t2, chunk=100)
 
 
 def _fixture(rng, n_images=600, n_templates=60, n_pairs=1500, dim=32):

@@ -7,6 +7,7 @@ import torch
 from scipy import interpolate
 
 from facezoo.eval import verification as V
+from facezoo.eval.insightface_reference import calculate_accuracy, calculate_val_far
 
 
 # ------------------------------------------------------------------ reference (insightface eval/verification.py)
@@ -23,25 +24,6 @@ def _ref_folds(n, nfolds):
     return out
 
 
-def _ref_acc(threshold, dist, actual_issame):
-    predict_issame = np.less(dist, threshold)
-    tp = np.sum(np.logical_and(predict_issame, actual_issame))
-    fp = np.sum(np.logical_and(predict_issame, np.logical_not(actual_issame)))
-    tn = np.sum(np.logical_and(np.logical_not(predict_issame), np.logical_not(actual_issame)))
-    fn = np.sum(np.logical_and(np.logical_not(predict_issame), actual_issame))
-    tpr = 0 if (tp + fn == 0) else float(tp) / float(tp + fn)
-    fpr = 0 if (fp + tn == 0) else float(fp) / float(fp + tn)
-    acc = float(tp + tn) / dist.size
-    return tpr, fpr, acc
-
-
-def _ref_val_far(threshold, dist, actual_issame):
-    predict_issame = np.less(dist, threshold)
-    ta = np.sum(np.logical_and(predict_issame, actual_issame))
-    fa = np.sum(np.logical_and(predict_issame, np.logical_not(actual_issame)))
-    return float(ta) / float(np.sum(actual_issame)), float(fa) / float(np.sum(np.logical_not(actual_issame)))
-
-
 def _ref_evaluate(embeddings, issame, nfolds=10, kind="linear"):
     e1, e2 = embeddings[0::2], embeddings[1::2]
     dist = np.sum(np.square(np.subtract(e1, e2)), 1)
@@ -54,21 +36,21 @@ def _ref_evaluate(embeddings, issame, nfolds=10, kind="linear"):
     for k, (train, test) in enumerate(folds):
         acc_train = np.zeros(len(thresholds))
         for i, t in enumerate(thresholds):
-            _, _, acc_train[i] = _ref_acc(t, dist[train], issame[train])
+            _, _, acc_train[i] = calculate_accuracy(t, dist[train], issame[train])
         b = np.argmax(acc_train)
         best.append(thresholds[b])
         for i, t in enumerate(thresholds):
-            tprs[k, i], fprs[k, i], _ = _ref_acc(t, dist[test], issame[test])
-        _, _, acc[k] = _ref_acc(thresholds[b], dist[test], issame[test])
+            tprs[k, i], fprs[k, i], _ = calculate_accuracy(t, dist[test], issame[test])
+        _, _, acc[k] = calculate_accuracy(thresholds[b], dist[test], issame[test])
     thresholds = np.arange(0, 4, 0.001)
     val = np.zeros(nfolds)
     for k, (train, test) in enumerate(folds):
-        far_train = np.array([_ref_val_far(t, dist[train], issame[train])[1] for t in thresholds])
+        far_train = np.array([calculate_val_far(t, dist[train], issame[train])[1] for t in thresholds])
         if np.max(far_train) >= 1e-3:
             th = interpolate.interp1d(far_train, thresholds, kind=kind)(1e-3)
         else:
             th = 0.0
-        val[k], _ = _ref_val_far(th, dist[test], issame[test])
+        val[k], _ = calculate_val_far(th, dist[test], issame[test])
     return dict(acc=acc, best=np.array(best), tpr=tprs.mean(0), fpr=fprs.mean(0), val=val)
 
 
