@@ -15,7 +15,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import to_2tuple
 from timm.models import register_notrace_module
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union

@@ -349,7 +349,7 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
             c["brow"])
 
     # ---- nose: bridge shadow, tip, nostrils (stick out of the face)
-    ny, nw, nd = t["nose_y"], t["nose_w"], t["nose_depth"]
+    nd = t["nose_depth"]
     add("poly", t["bridge"], c["bridge"], extra=0.6 * nd)
     add("poly", t["tip"], c["tip"], extra=nd)
     for side in (-1, 1):

@@ -8,7 +8,7 @@ low resolution (shrink to 20-100% with a random interpolation, enlarge back with
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
