@@ -1,41 +1,101 @@
 """The ``facezoo`` command line: one sub-command group per concern.
 
 Each concern owns a small ``cli`` module exposing ``register(subparsers)``, which adds its sub-command(s) and
-sets ``func`` on the parser; this file only wires them together, so ``facezoo --help`` lists them all.
+sets ``func`` on the parser; this file wires them together and owns how errors reach the user: a mistake in the
+input (:class:`facezoo.errors.FacezooError`, a missing file, a bad value, a wrong command line) is one line on
+stderr and exit code 2; anything else is an internal error, also one line, exit code 1. ``--debug`` (anywhere on
+the command line) or ``FACEZOO_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
-from typing import Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence
+
+from facezoo.errors import FacezooError
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "facezoo.models.cli",   # facezoo models
-    "facezoo.data.cli",     # facezoo data {convert,synth,...}
+    "facezoo.data.cli",     # facezoo data {convert,synth,info}
     "facezoo.eval.cli",     # facezoo eval
 )
 
+#: exceptions that mean "the input is wrong", shown as one line with exit code 2
+USER_ERRORS = (FacezooError, OSError, ValueError)
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class FacezooArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``facezoo eval: error: ... (see 'facezoo eval --help')``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FacezooArgumentParser(
         prog="facezoo",
-        description="Face-recognition models, data and evaluation on top of timm.",
+        description="Face-recognition models, training, data, evaluation and publishing on top of timm.",
+        epilog="Add --debug (or set FACEZOO_DEBUG=1) to any command to see the traceback of an error.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=FacezooArgumentParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("FACEZOO_DEBUG", "").strip() not in ("", "0", "false", "False")
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (KeyError's quotes dropped, empty messages named by their type)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args and not isinstance(exc, FacezooError) \
+        else str(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {exc.strerror or text}"
+    text = " ".join(text.split())
+    return text or type(exc).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_in: List[str] = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args_in)
+    args_in = [a for a in args_in if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
+    args.debug = debug
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return EXIT_USER_ERROR
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    prog = f"facezoo {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

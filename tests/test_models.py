@@ -258,4 +258,4 @@ def test_cli_models_json_and_markdown():
                         capture_output=True, text=True, check=True).stdout
     assert md.splitlines()[0].startswith("| model |") and "| iresnet50_gwp | gwp | 3x3 | 31.01 | 0.26 |" in md
     bad = subprocess.run([sys.executable, "-m", "facezoo", "models", "nope*"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "no facezoo model matches" in bad.stderr
+    assert bad.returncode == 2 and "no facezoo model matches" in bad.stderr

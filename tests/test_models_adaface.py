@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import facezoo  # noqa: F401
-from facezoo.models.cli import convert_checkpoint
+from facezoo.cli import main as facezoo_main
+from facezoo.errors import CheckpointError
 from facezoo.models.profile import count_params
 
 
@@ -157,7 +158,7 @@ def test_adaface_checkpoint_loads_and_matches_reference(tmp_path, caplog, kind):
     ref = _reference()
     path = tmp_path / ("adaface_ir18.ckpt" if kind == "lightning_ckpt" else "adaface_ir18.pth")
     torch.save(_lightning_ckpt(ref) if kind == "lightning_ckpt" else ref.state_dict(), path)
-    with caplog.at_level(logging.INFO, logger="facezoo.models.iresnet"):
+    with caplog.at_level(logging.INFO, logger="facezoo.models.checkpoints"):
         model = _load("iresnet18", path, layout="adaface")
     if kind == "lightning_ckpt":
         assert "dropped 2 keys outside the backbone" in caplog.text and "head.kernel" in caplog.text
@@ -222,13 +223,13 @@ def test_refused_hyperparameters_point_to_convert_checkpoint(tmp_path, capsys):
     marker = tmp_path / "marker"
     ckpt = _lightning_ckpt(ref, hparams_path=pathlib.PurePosixPath("/runs/ir18"), callbacks={"x": _SideEffect(marker)})
     torch.save(ckpt, tmp_path / "adaface_ir18.ckpt")
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(CheckpointError) as e:
         _load("iresnet18", tmp_path / "adaface_ir18.ckpt", layout="adaface")
     msg = str(e.value)
     assert "weights_only=True" in msg and "pathlib.PurePosixPath" in msg
     assert "facezoo models convert-checkpoint" in msg
     out = tmp_path / "weights.safetensors"
-    assert convert_checkpoint([str(tmp_path / "adaface_ir18.ckpt"), str(out)]) == 0
+    assert facezoo_main(["models", "convert-checkpoint", str(tmp_path / "adaface_ir18.ckpt"), str(out)]) == 0
     assert "pathlib.PurePosixPath" in capsys.readouterr().out
     assert not marker.exists()  # the pickled call was replaced by a placeholder, never made
     _assert_matches_reference(_load("iresnet18", out, layout="adaface"), ref)
@@ -240,8 +241,10 @@ class _HParams(dict):
 
 def test_convert_checkpoint_refuses_what_it_cannot_read_safely(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": _HParams(lr=0.1)}, tmp_path / "x.ckpt")
-    assert convert_checkpoint([str(tmp_path / "x.ckpt"), str(tmp_path / "x.safetensors")]) == 1
-    assert "does not unpickle" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+    assert facezoo_main(["models", "convert-checkpoint", str(tmp_path / "x.ckpt"), str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "unpickles nothing else" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 # --- architecture ----------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png
 
+from facezoo.errors import DataError
+
 try:
     from simplejpeg import decode_jpeg as _sj_decode, decode_jpeg_header as _sj_header
 except ImportError:  # pragma: no cover - a platform without simplejpeg wheels: torchvision decodes everything
@@ -41,10 +43,6 @@ with warnings.catch_warnings():
 _RGB = ImageReadMode.RGB.value
 
 __all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw"]
-
-
-class DataError(ValueError):
-    """A data file is malformed; the message names the file and where in it."""
 
 
 def _is_jpeg(data: Union[bytes, bytearray, memoryview]) -> bool:

@@ -21,8 +21,7 @@ Follows the shape of timm's own model files: blocks, model class, checkpoint fil
 
 import logging
 import pickle
-import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,10 +30,13 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
     register_notrace_module
 from timm.models._features import feature_take_indices
 
+from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
+from facezoo.errors import CheckpointError
 from facezoo.layers import POOL_TYPES, create_face_pool
+from facezoo.models.checkpoints import (adaface_prefix, check_checkpoint_file, describe_state_dict, map_adaface_keys,
+                                        refused_checkpoint_message, short_list, unwrap_state_dict)
 
-__all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn",
-           "describe_state_dict"]
+__all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn"]
 
 _logger = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ class IResNet(nn.Module):
             head: str = "flatten",
             global_pool: Optional[str] = None,
             stem_kernel: int = 3,
-            embed_dim: int = 512,
+            embed_dim: int = EMBED_DIM,
             num_classes: int = 0,
             in_chans: int = 3,
             drop_rate: float = 0.0,
@@ -358,157 +360,27 @@ class IResNet(nn.Module):
         return take_indices
 
 
-# --- checkpoint loading ---------------------------------------------------------------------------------------------
-
-# AdaFace / TFace / CVLface "IR" checkpoints (AdaFace ``net.py`` ``Backbone(mode='ir')``, TFace ``model_irse.py``)
-_ADAFACE_STEM_KEY = "input_layer.0.weight"
-_ADAFACE_MODULES = ("input_layer.", "body.", "output_layer.")
-#: their stem and output modules -> facezoo's (output_layer = BN2d, Dropout, Flatten, Linear, BN1d(affine=False))
-_ADAFACE_TOP = {"input_layer.0": "conv1", "input_layer.1": "bn1", "input_layer.2": "prelu",
-                "output_layer.0": "bn2", "output_layer.3": "fc", "output_layer.4": "features"}
-#: ``BasicBlockIR.res_layer`` (BN, conv3x3, BN, PReLU, conv3x3 stride, BN) -> IBasicBlock; shortcut_layer -> downsample
-_ADAFACE_RES = ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3")
-_ADAFACE_UNIT = re.compile(r"body\.(\d+)\.(res_layer|shortcut_layer)\.([^.]+)\.(.+)$")
-_ADAFACE_CALL = "timm.create_model({name!r}, layout='adaface', pretrained=True, pretrained_cfg_overlay=dict(file=...))"
-
-
-def _adaface_prefix(state_dict: Dict[str, Any]) -> Optional[str]:
-    """The prefix of an AdaFace-style backbone's keys ('', or 'model.' in Lightning ``.ckpt`` files), else None."""
-    prefixes = [k[:-len(_ADAFACE_STEM_KEY)] for k in state_dict if k.endswith(_ADAFACE_STEM_KEY)]
-    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
-    return min(prefixes, key=len) if prefixes else None
-
-
-def _adaface_stages(keys: Sequence[str]) -> Tuple[int, ...]:
-    """Units per stage of an AdaFace-style ``body``: a stage starts at unit 0 and at each conv shortcut."""
-    keys = set(keys)
-    units = {int(m.group(1)) for k in keys if (m := _ADAFACE_UNIT.match(k))}
-    if not units:
-        return ()
-    n = max(units) + 1
-    starts = sorted({0} | {i for i in range(n) if f"body.{i}.shortcut_layer.0.weight" in keys})
-    return tuple(b - a for a, b in zip(starts, starts[1:] + [n]))
-
-
-def _adaface_unsupported(keys: Sequence[str]) -> Optional[str]:
-    """Why an AdaFace-style backbone is no IResNet (IR-SE, or the bottleneck IR-152 / IR-200), else None."""
-    odd = sorted({m.group(3) for k in keys if (m := _ADAFACE_UNIT.match(k)) and m.group(2) == "res_layer"}
-                 - {str(i) for i in range(len(_ADAFACE_RES))})
-    if not odd:
-        return None
-    return (f"its units have res_layer modules {odd} besides BasicBlockIR's 0-5: an IR-SE ('se_block') or bottleneck "
-            "(AdaFace/TFace IR-152 / IR-200, widths 256-2048) backbone, which facezoo's IResNet does not implement")
-
-
-def _adaface_model_name(keys: Sequence[str]) -> Optional[str]:
-    """The facezoo model with an AdaFace-style backbone's blocks per stage, e.g. 'iresnet50', else None."""
-    stages = _adaface_stages(keys)
-    return next((f"iresnet{d}" for d, b in DEPTHS.items() if b == stages), None)
-
-
-def _describe_adaface(keys: Sequence[str]) -> str:
-    what = "an AdaFace/TFace/CVLface 'IR' checkpoint (input_layer/body/output_layer keys)"
-    reason = _adaface_unsupported(keys)
-    if reason:
-        return f"{what}; {reason}"
-    name = _adaface_model_name(keys)
-    if name is None:
-        return f"{what} with blocks {_adaface_stages(keys)}, which no facezoo depth has"
-    return f"{what} with the blocks of {name}: load it with {_ADAFACE_CALL.format(name=name)}"
-
-
-def _from_adaface(state_dict: Dict[str, Any], prefix: str, model: IResNet) -> Dict[str, torch.Tensor]:
-    """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and turn
-    the BGR first conv into an RGB one (reverse its input channels) so the model takes RGB like every facezoo model."""
-    names = {key: key[len(prefix):] for key in state_dict if key.startswith(prefix)}
-    backbone = [k for k in names.values() if k.startswith(_ADAFACE_MODULES)]
-    reason = _adaface_unsupported(backbone)
-    if reason:
-        raise ValueError(f"cannot load this AdaFace/TFace/CVLface 'IR' checkpoint: {reason}.")
-    if getattr(model, "layout", "insightface") != "adaface":
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        name = _adaface_model_name(backbone) or cfg.get("architecture", "iresnet50")
-        raise ValueError(
-            "The model was built without layout='adaface', but this is an AdaFace/TFace/CVLface 'IR' checkpoint "
-            f"(input_layer/body/output_layer keys), whose network differs from insightface's IResNet (parameter-free "
-            f"first shortcut, BatchNorm1d without affine). Pass layout='adaface': {_ADAFACE_CALL.format(name=name)}")
-    position = [(s, b) for s, n in enumerate(_adaface_stages(backbone), start=1) for b in range(n)]
-    out: Dict[str, torch.Tensor] = {}
-    dropped = []
-    for key, v in state_dict.items():
-        k = names.get(key, "")
-        if not k.startswith(_ADAFACE_MODULES):
-            dropped.append(key)
-        elif m := _ADAFACE_UNIT.match(k):
-            stage, block = position[int(m.group(1))]
-            part, idx, param = m.group(2), m.group(3), m.group(4)
-            name = _ADAFACE_RES[int(idx)] if part == "res_layer" else f"downsample.{idx}"
-            out[f"layer{stage}.{block}.{name}.{param}"] = v
-        else:
-            module, _, param = k.rpartition(".")
-            out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
-    if dropped:
-        _logger.info(f"AdaFace-style checkpoint: dropped {len(dropped)} keys outside the backbone: {_short(dropped)}")
-    if "conv1.weight" in out:
-        out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
-    return out
-
-
-def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
-    """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
-    prefix = _adaface_prefix(state_dict)
-    if prefix is not None:
-        return _describe_adaface([k[len(prefix):] for k in state_dict if k.startswith(prefix)])
-    keys = list(state_dict)
-    if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
-        return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
-    blocks = []
-    for stage in range(1, 5):
-        idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        blocks.append(max(idx) + 1 if idx else 0)
-    depth = next((d for d, b in DEPTHS.items() if tuple(blocks) == b), None)
-    depth_name = f"iresnet{depth}" if depth else f"an IResNet with blocks {tuple(blocks)}"
-    k = state_dict["conv1.weight"].shape[-1]
-    fc_in = state_dict["fc.weight"].shape[1]
-    if "pool.conv.weight" in state_dict:
-        head = "_gdc"
-    elif fc_in == 512:
-        head = "_gwp (or _gap: same keys)"
-    else:
-        head = ""
-    stem = "_k7" if k == 7 else ""
-    adaface = "layer1.0.downsample.0.weight" not in state_dict and "features.weight" not in state_dict
-    layout = " with layout='adaface'" if adaface else ""
-    if head.startswith("_gwp"):
-        return f"{depth_name}_gwp{stem}{layout} (or {depth_name}_gap{stem}{layout}: same keys)"
-    return f"{depth_name}{head}{stem}{layout}"
-
+# --- checkpoint filter ----------------------------------------------------------------------------------------------
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str, torch.Tensor]:
     """Make insightface / GWP-author / AdaFace-style checkpoints loadable and explain mismatches.
 
-    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers and strips ``module.`` (DataParallel/DDP) and
-    ``backbone.`` prefixes; maps AdaFace / TFace / CVLface "IR" checkpoints (also Lightning ``.ckpt`` ones, keys
-    ``model.*``) onto a ``layout='adaface'`` model; drops the GWP kernel if a checkpoint carries one, fills BatchNorm
-    counters that old checkpoints lack, and raises a ``ValueError`` naming the missing and unexpected keys and the
-    model the checkpoint looks like when it does not fit ``model``.
+    Unwraps training containers and DDP / ``torch.compile`` / ``backbone.`` prefixes
+    (:func:`facezoo.models.checkpoints.unwrap_state_dict`); maps AdaFace / TFace / CVLface "IR" checkpoints (also
+    Lightning ``.ckpt`` ones, keys ``model.*``) onto a ``layout='adaface'`` model; drops the GWP kernel if a
+    checkpoint carries one, fills BatchNorm counters that old checkpoints lack, and raises a
+    :class:`facezoo.errors.CheckpointError` naming the missing and unexpected keys and the model the checkpoint
+    looks like when it does not fit ``model``.
     """
-    for container in ("state_dict", "model", "backbone"):
-        if container in state_dict and isinstance(state_dict[container], dict):
-            state_dict = state_dict[container]
-    prefix = _adaface_prefix(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
+    prefix = adaface_prefix(state_dict)
     if prefix is not None:
-        out = _from_adaface(state_dict, prefix, model)
+        out = map_adaface_keys(state_dict, prefix, model)
     else:
-        out = {}
-        for k, v in state_dict.items():
-            for p in ("module.", "backbone."):
-                if k.startswith(p):
-                    k = k[len(p):]
-            out[k] = v
+        out = dict(state_dict)
         if getattr(model, "layout", "insightface") == "adaface" and (
                 "layer1.0.downsample.0.weight" in out or "features.weight" in out):
-            raise ValueError(
+            raise CheckpointError(
                 f"This is an insightface-layout checkpoint (it looks like {describe_state_dict(out)}), but the model "
                 "was built with layout='adaface', which loads AdaFace/TFace/CVLface 'IR' checkpoints (and facezoo "
                 "checkpoints of layout='adaface' models). Leave out layout='adaface' to load it.")
@@ -526,28 +398,24 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint does not fit this model: missing keys {_short(missing)}, unexpected keys "
-            f"{_short(unexpected)}. The checkpoint looks like {describe_state_dict(out)}.")
+        raise CheckpointError(
+            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
+            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}.")
     mismatched = [f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in expected.items() if k in out and tuple(out[k].shape) != tuple(v.shape)]
     if mismatched:
-        raise ValueError(
-            f"checkpoint shapes do not fit this model: {_short(mismatched)}. "
+        raise CheckpointError(
+            f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
             f"The checkpoint looks like {describe_state_dict(out)}.")
     return out
-
-
-def _short(items: List[str], limit: int = 8) -> str:
-    if not items:
-        return "[]"
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{', ... (%d more)' % (len(items) - limit) if len(items) > limit else ''}]"
 
 
 # --- configs and entrypoints ----------------------------------------------------------------------------------------
 
 def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
+    file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+    if pretrained and file:
+        check_checkpoint_file(file)
     try:
         return build_model_with_cfg(
             IResNet,
@@ -560,36 +428,20 @@ def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IR
     except RuntimeError as e:
         if not isinstance(e.__cause__, pickle.UnpicklingError):
             raise
-        raise RuntimeError(_refused_checkpoint_message((kwargs.get("pretrained_cfg_overlay") or {}).get("file"))) from e
-
-
-def _refused_checkpoint_message(path: Optional[str]) -> str:
-    """timm loads checkpoints with ``torch.load(weights_only=True)``: say what it refused and how to get the weights."""
-    refused = ""
-    if path and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-        try:
-            refused = f" ({', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path))})"
-        except Exception:  # e.g. not a zip checkpoint: the message still holds without the list
-            pass
-    src = path or "IN.ckpt"
-    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{refused}, "
-            "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
-            f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
-            "loads with weights_only=True, leaving those objects out) and pass "
-            "pretrained_cfg_overlay=dict(file='weights.safetensors').")
+        raise CheckpointError(refused_checkpoint_message(file)) from e
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "",
         "num_classes": 0,
-        "input_size": (3, 112, 112),
+        "input_size": FACE_INPUT_SIZE,
         "pool_size": (7, 7),
         "crop_pct": 1.0,
         "crop_mode": "center",
-        "interpolation": "bilinear",
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
+        "interpolation": FACE_INTERPOLATION,
+        "mean": FACE_MEAN,
+        "std": FACE_STD,
         "first_conv": "conv1",
         "classifier": "classifier",
         "fixed_input_size": fixed_input_size,
@@ -615,31 +467,281 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-_HEAD_DOC = {
-    "flatten": "flatten head (insightface baseline, Linear(25088, E))",
-    "avg": "global average pooling head",
-    "gwp": "Gaussian Weighted Pooling head (GWP paper)",
-    "gdc": "global depthwise conv head (MobileFaceNet GDC)",
-}
+@register_model
+def iresnet18(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[18], head="flatten", stem_kernel=3)
+    return _create_iresnet("iresnet18", pretrained, **dict(model_args, **kwargs))
 
 
-def _make_entrypoint(depth: int, head: str, stem_kernel: int) -> Callable[..., IResNet]:
-    """Build the ``iresnet{depth}{head}[_k7]`` entrypoint (timm registers it by its ``__name__``)."""
-    name = f"iresnet{depth}{head}{'_k7' if stem_kernel == 7 else ''}"
-    model_args = dict(layers=DEPTHS[depth], head=HEADS[head], stem_kernel=stem_kernel)
-
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> IResNet:
-        return _create_iresnet(name, pretrained, **dict(model_args, **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f"IResNet-{depth}, {_HEAD_DOC[HEADS[head]]}, {stem_kernel}x{stem_kernel} stem."
-    return entrypoint
+@register_model
+def iresnet18_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, flatten head (insightface baseline, Linear(25088, E)), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[18], head="flatten", stem_kernel=7)
+    return _create_iresnet("iresnet18_k7", pretrained, **dict(model_args, **kwargs))
 
 
-for _depth in DEPTHS:
-    for _head in HEADS:
-        for _stem_kernel in (3, 7):
-            _fn = _make_entrypoint(_depth, _head, _stem_kernel)
-            globals()[_fn.__name__] = register_model(_fn)
-            __all__.append(_fn.__name__)
-del _depth, _head, _stem_kernel, _fn
+@register_model
+def iresnet18_gap(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, global average pooling head, 3x3 stem."""
+    model_args = dict(layers=DEPTHS[18], head="avg", stem_kernel=3)
+    return _create_iresnet("iresnet18_gap", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet18_gap_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, global average pooling head, 7x7 stem."""
+    model_args = dict(layers=DEPTHS[18], head="avg", stem_kernel=7)
+    return _create_iresnet("iresnet18_gap_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet18_gwp(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, Gaussian Weighted Pooling head (GWP paper), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[18], head="gwp", stem_kernel=3)
+    return _create_iresnet("iresnet18_gwp", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet18_gwp_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, Gaussian Weighted Pooling head (GWP paper), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[18], head="gwp", stem_kernel=7)
+    return _create_iresnet("iresnet18_gwp_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet18_gdc(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, global depthwise conv head (MobileFaceNet GDC), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[18], head="gdc", stem_kernel=3)
+    return _create_iresnet("iresnet18_gdc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet18_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-18, global depthwise conv head (MobileFaceNet GDC), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[18], head="gdc", stem_kernel=7)
+    return _create_iresnet("iresnet18_gdc_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[34], head="flatten", stem_kernel=3)
+    return _create_iresnet("iresnet34", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, flatten head (insightface baseline, Linear(25088, E)), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[34], head="flatten", stem_kernel=7)
+    return _create_iresnet("iresnet34_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gap(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, global average pooling head, 3x3 stem."""
+    model_args = dict(layers=DEPTHS[34], head="avg", stem_kernel=3)
+    return _create_iresnet("iresnet34_gap", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gap_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, global average pooling head, 7x7 stem."""
+    model_args = dict(layers=DEPTHS[34], head="avg", stem_kernel=7)
+    return _create_iresnet("iresnet34_gap_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gwp(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, Gaussian Weighted Pooling head (GWP paper), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[34], head="gwp", stem_kernel=3)
+    return _create_iresnet("iresnet34_gwp", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gwp_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, Gaussian Weighted Pooling head (GWP paper), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[34], head="gwp", stem_kernel=7)
+    return _create_iresnet("iresnet34_gwp_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gdc(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, global depthwise conv head (MobileFaceNet GDC), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[34], head="gdc", stem_kernel=3)
+    return _create_iresnet("iresnet34_gdc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet34_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-34, global depthwise conv head (MobileFaceNet GDC), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[34], head="gdc", stem_kernel=7)
+    return _create_iresnet("iresnet34_gdc_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem. insightface's r50."""
+    model_args = dict(layers=DEPTHS[50], head="flatten", stem_kernel=3)
+    return _create_iresnet("iresnet50", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, flatten head (insightface baseline, Linear(25088, E)), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[50], head="flatten", stem_kernel=7)
+    return _create_iresnet("iresnet50_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gap(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, global average pooling head, 3x3 stem."""
+    model_args = dict(layers=DEPTHS[50], head="avg", stem_kernel=3)
+    return _create_iresnet("iresnet50_gap", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gap_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, global average pooling head, 7x7 stem."""
+    model_args = dict(layers=DEPTHS[50], head="avg", stem_kernel=7)
+    return _create_iresnet("iresnet50_gap_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gwp(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, Gaussian Weighted Pooling head (GWP paper), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[50], head="gwp", stem_kernel=3)
+    return _create_iresnet("iresnet50_gwp", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gwp_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, Gaussian Weighted Pooling head (GWP paper), 7x7 stem. The GWP paper's r50 (31.02M parameters)."""
+    model_args = dict(layers=DEPTHS[50], head="gwp", stem_kernel=7)
+    return _create_iresnet("iresnet50_gwp_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gdc(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, global depthwise conv head (MobileFaceNet GDC), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[50], head="gdc", stem_kernel=3)
+    return _create_iresnet("iresnet50_gdc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet50_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-50, global depthwise conv head (MobileFaceNet GDC), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[50], head="gdc", stem_kernel=7)
+    return _create_iresnet("iresnet50_gdc_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem. insightface's r100 (MS1MV3 / Glint360K releases)."""
+    model_args = dict(layers=DEPTHS[100], head="flatten", stem_kernel=3)
+    return _create_iresnet("iresnet100", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, flatten head (insightface baseline, Linear(25088, E)), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[100], head="flatten", stem_kernel=7)
+    return _create_iresnet("iresnet100_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gap(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, global average pooling head, 3x3 stem."""
+    model_args = dict(layers=DEPTHS[100], head="avg", stem_kernel=3)
+    return _create_iresnet("iresnet100_gap", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gap_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, global average pooling head, 7x7 stem."""
+    model_args = dict(layers=DEPTHS[100], head="avg", stem_kernel=7)
+    return _create_iresnet("iresnet100_gap_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gwp(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, Gaussian Weighted Pooling head (GWP paper), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[100], head="gwp", stem_kernel=3)
+    return _create_iresnet("iresnet100_gwp", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gwp_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, Gaussian Weighted Pooling head (GWP paper), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[100], head="gwp", stem_kernel=7)
+    return _create_iresnet("iresnet100_gwp_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gdc(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, global depthwise conv head (MobileFaceNet GDC), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[100], head="gdc", stem_kernel=3)
+    return _create_iresnet("iresnet100_gdc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet100_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-100, global depthwise conv head (MobileFaceNet GDC), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[100], head="gdc", stem_kernel=7)
+    return _create_iresnet("iresnet100_gdc_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[200], head="flatten", stem_kernel=3)
+    return _create_iresnet("iresnet200", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, flatten head (insightface baseline, Linear(25088, E)), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[200], head="flatten", stem_kernel=7)
+    return _create_iresnet("iresnet200_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gap(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, global average pooling head, 3x3 stem."""
+    model_args = dict(layers=DEPTHS[200], head="avg", stem_kernel=3)
+    return _create_iresnet("iresnet200_gap", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gap_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, global average pooling head, 7x7 stem."""
+    model_args = dict(layers=DEPTHS[200], head="avg", stem_kernel=7)
+    return _create_iresnet("iresnet200_gap_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gwp(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, Gaussian Weighted Pooling head (GWP paper), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[200], head="gwp", stem_kernel=3)
+    return _create_iresnet("iresnet200_gwp", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gwp_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, Gaussian Weighted Pooling head (GWP paper), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[200], head="gwp", stem_kernel=7)
+    return _create_iresnet("iresnet200_gwp_k7", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gdc(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, global depthwise conv head (MobileFaceNet GDC), 3x3 stem."""
+    model_args = dict(layers=DEPTHS[200], head="gdc", stem_kernel=3)
+    return _create_iresnet("iresnet200_gdc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def iresnet200_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200, global depthwise conv head (MobileFaceNet GDC), 7x7 stem."""
+    model_args = dict(layers=DEPTHS[200], head="gdc", stem_kernel=7)
+    return _create_iresnet("iresnet200_gdc_k7", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,320 @@
+"""Reading face-backbone checkpoints: file checks, unwrapping, AdaFace key mapping, and errors that explain.
+
+* :func:`check_checkpoint_file` -- the file exists and is a torch checkpoint or a safetensors file (else it says what
+  it is not), before timm's loader sees it;
+* :func:`unwrap_state_dict` -- the state_dict inside a training checkpoint (``{'state_dict': ...}``, ``model``,
+  ``backbone``), DDP / ``torch.compile`` prefixes cleaned by timm's ``clean_state_dict``;
+* :func:`map_adaface_keys` -- AdaFace / TFace / CVLface "IR" checkpoints (``input_layer`` / ``body`` /
+  ``output_layer`` keys, Lightning ``model.`` prefix) renamed to facezoo's keys, BGR first conv turned RGB;
+* :func:`describe_state_dict` -- which facezoo model a state_dict looks like, for error messages;
+* :func:`load_weights_only` / :func:`convert_checkpoint` -- ``torch.load(weights_only=True)`` with refused objects
+  left out (never unpickled), and the tensors of a training checkpoint written to a safetensors file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.models import clean_state_dict
+
+from facezoo.errors import CheckpointError, require_path
+
+__all__ = ["check_checkpoint_file", "unwrap_state_dict", "adaface_prefix", "map_adaface_keys", "describe_state_dict",
+           "refused_checkpoint_message", "load_weights_only", "convert_checkpoint", "short_list"]
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+#: containers training code wraps a backbone's state_dict in (Lightning, timm train.py, insightface / custom scripts)
+_CONTAINERS = ("state_dict", "model", "backbone")
+_PREFIXES = ("backbone.",)
+
+
+def _depths() -> Mapping[int, Tuple[int, ...]]:
+    from facezoo.models.iresnet import DEPTHS  # the model file owns the depths; imported late (it imports us)
+
+    return DEPTHS
+
+
+# --- the file -------------------------------------------------------------------------------------------------------
+
+def check_checkpoint_file(path: PathLike) -> Path:
+    """``Path(path)`` if it is a file that timm can read as weights: a ``.safetensors`` file, or what ``torch.save``
+    writes (a zip archive, or the legacy pickle format). Otherwise :class:`CheckpointError` saying what it is not."""
+    p = require_path(path, "checkpoint file", kind="file")
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt"):
+                pass
+        except Exception as exc:
+            raise CheckpointError(f"{p}: not a safetensors file ({' '.join(str(exc).split())})") from None
+        return p
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                raise CheckpointError(f"{p}: a zip archive, but not a torch checkpoint (no data.pkl inside)")
+        return p
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # the legacy (pre-1.6) torch.save format: pickles
+        return p
+    if not head:
+        raise CheckpointError(f"{p}: the file is empty, not a torch checkpoint or a safetensors file")
+    raise CheckpointError(f"{p}: not a torch checkpoint (torch.save writes a zip archive) nor a safetensors file; "
+                          f"it starts with {head[:8]!r}")
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
+    """The backbone state_dict inside a checkpoint: containers unwrapped, ``module.`` / ``_orig_mod.`` (timm's
+    ``clean_state_dict``) and ``backbone.`` prefixes removed."""
+    state_dict: Any = checkpoint
+    for container in _CONTAINERS:
+        if isinstance(state_dict, Mapping) and isinstance(state_dict.get(container), Mapping):
+            state_dict = state_dict[container]
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"no state_dict in this checkpoint (found {type(state_dict).__name__})")
+    out = {}
+    for k, v in clean_state_dict(dict(state_dict)).items():
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+# --- AdaFace / TFace / CVLface ---------------------------------------------------------------------------------------
+
+# AdaFace / TFace / CVLface "IR" checkpoints (AdaFace ``net.py`` ``Backbone(mode='ir')``, TFace ``model_irse.py``)
+_ADAFACE_STEM_KEY = "input_layer.0.weight"
+_ADAFACE_MODULES = ("input_layer.", "body.", "output_layer.")
+#: their stem and output modules -> facezoo's (output_layer = BN2d, Dropout, Flatten, Linear, BN1d(affine=False))
+_ADAFACE_TOP = {"input_layer.0": "conv1", "input_layer.1": "bn1", "input_layer.2": "prelu",
+                "output_layer.0": "bn2", "output_layer.3": "fc", "output_layer.4": "features"}
+#: ``BasicBlockIR.res_layer`` (BN, conv3x3, BN, PReLU, conv3x3 stride, BN) -> IBasicBlock; shortcut_layer -> downsample
+_ADAFACE_RES = ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3")
+_ADAFACE_UNIT = re.compile(r"body\.(\d+)\.(res_layer|shortcut_layer)\.([^.]+)\.(.+)$")
+_ADAFACE_CALL = "timm.create_model({name!r}, layout='adaface', pretrained=True, pretrained_cfg_overlay=dict(file=...))"
+
+
+def adaface_prefix(state_dict: Dict[str, Any]) -> Optional[str]:
+    """The prefix of an AdaFace-style backbone's keys ('', or 'model.' in Lightning ``.ckpt`` files), else None."""
+    prefixes = [k[:-len(_ADAFACE_STEM_KEY)] for k in state_dict if k.endswith(_ADAFACE_STEM_KEY)]
+    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
+    return min(prefixes, key=len) if prefixes else None
+
+
+def _adaface_stages(keys: Sequence[str]) -> Tuple[int, ...]:
+    """Units per stage of an AdaFace-style ``body``: a stage starts at unit 0 and at each conv shortcut."""
+    keys = set(keys)
+    units = {int(m.group(1)) for k in keys if (m := _ADAFACE_UNIT.match(k))}
+    if not units:
+        return ()
+    n = max(units) + 1
+    starts = sorted({0} | {i for i in range(n) if f"body.{i}.shortcut_layer.0.weight" in keys})
+    return tuple(b - a for a, b in zip(starts, starts[1:] + [n]))
+
+
+def _adaface_unsupported(keys: Sequence[str]) -> Optional[str]:
+    """Why an AdaFace-style backbone is no IResNet (IR-SE, or the bottleneck IR-152 / IR-200), else None."""
+    odd = sorted({m.group(3) for k in keys if (m := _ADAFACE_UNIT.match(k)) and m.group(2) == "res_layer"}
+                 - {str(i) for i in range(len(_ADAFACE_RES))})
+    if not odd:
+        return None
+    return (f"its units have res_layer modules {odd} besides BasicBlockIR's 0-5: an IR-SE ('se_block') or bottleneck "
+            "(AdaFace/TFace IR-152 / IR-200, widths 256-2048) backbone, which facezoo's IResNet does not implement")
+
+
+def _adaface_model_name(keys: Sequence[str]) -> Optional[str]:
+    """The facezoo model with an AdaFace-style backbone's blocks per stage, e.g. 'iresnet50', else None."""
+    stages = _adaface_stages(keys)
+    return next((f"iresnet{d}" for d, b in _depths().items() if b == stages), None)
+
+
+def _describe_adaface(keys: Sequence[str]) -> str:
+    what = "an AdaFace/TFace/CVLface 'IR' checkpoint (input_layer/body/output_layer keys)"
+    reason = _adaface_unsupported(keys)
+    if reason:
+        return f"{what}; {reason}"
+    name = _adaface_model_name(keys)
+    if name is None:
+        return f"{what} with blocks {_adaface_stages(keys)}, which no facezoo depth has"
+    return f"{what} with the blocks of {name}: load it with {_ADAFACE_CALL.format(name=name)}"
+
+
+def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and turn
+    the BGR first conv into an RGB one (reverse its input channels) so the model takes RGB like every facezoo model."""
+    names = {key: key[len(prefix):] for key in state_dict if key.startswith(prefix)}
+    backbone = [k for k in names.values() if k.startswith(_ADAFACE_MODULES)]
+    reason = _adaface_unsupported(backbone)
+    if reason:
+        raise CheckpointError(f"cannot load this AdaFace/TFace/CVLface 'IR' checkpoint: {reason}.")
+    if getattr(model, "layout", "insightface") != "adaface":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        name = _adaface_model_name(backbone) or cfg.get("architecture", "iresnet50")
+        raise CheckpointError(
+            "The model was built without layout='adaface', but this is an AdaFace/TFace/CVLface 'IR' checkpoint "
+            f"(input_layer/body/output_layer keys), whose network differs from insightface's IResNet (parameter-free "
+            f"first shortcut, BatchNorm1d without affine). Pass layout='adaface': {_ADAFACE_CALL.format(name=name)}")
+    position = [(s, b) for s, n in enumerate(_adaface_stages(backbone), start=1) for b in range(n)]
+    out: Dict[str, torch.Tensor] = {}
+    dropped = []
+    for key, v in state_dict.items():
+        k = names.get(key, "")
+        if not k.startswith(_ADAFACE_MODULES):
+            dropped.append(key)
+        elif m := _ADAFACE_UNIT.match(k):
+            stage, block = position[int(m.group(1))]
+            part, idx, param = m.group(2), m.group(3), m.group(4)
+            name = _ADAFACE_RES[int(idx)] if part == "res_layer" else f"downsample.{idx}"
+            out[f"layer{stage}.{block}.{name}.{param}"] = v
+        else:
+            module, _, param = k.rpartition(".")
+            out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
+    if dropped:
+        _logger.info(f"AdaFace-style checkpoint: dropped {len(dropped)} keys outside the backbone: {short_list(dropped)}")
+    if "conv1.weight" in out:
+        out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
+    return out
+
+
+
+
+# --- diagnostics ----------------------------------------------------------------------------------------------------
+
+def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
+    prefix = adaface_prefix(state_dict)
+    if prefix is not None:
+        return _describe_adaface([k[len(prefix):] for k in state_dict if k.startswith(prefix)])
+    keys = list(state_dict)
+    if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
+        return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
+    blocks = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        blocks.append(max(idx) + 1 if idx else 0)
+    depth = next((d for d, b in _depths().items() if tuple(blocks) == b), None)
+    depth_name = f"iresnet{depth}" if depth else f"an IResNet with blocks {tuple(blocks)}"
+    k = state_dict["conv1.weight"].shape[-1]
+    fc_in = state_dict["fc.weight"].shape[1]
+    if "pool.conv.weight" in state_dict:
+        head = "_gdc"
+    elif fc_in == 512:
+        head = "_gwp (or _gap: same keys)"
+    else:
+        head = ""
+    stem = "_k7" if k == 7 else ""
+    adaface = "layer1.0.downsample.0.weight" not in state_dict and "features.weight" not in state_dict
+    layout = " with layout='adaface'" if adaface else ""
+    if head.startswith("_gwp"):
+        return f"{depth_name}_gwp{stem}{layout} (or {depth_name}_gap{stem}{layout}: same keys)"
+    return f"{depth_name}{head}{stem}{layout}"
+
+
+
+
+def short_list(items: List[str], limit: int = 8) -> str:
+    if not items:
+        return "[]"
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ... (%d more)' % (len(items) - limit) if len(items) > limit else ''}]"
+
+
+
+
+def refused_checkpoint_message(path: Optional[str]) -> str:
+    """timm loads checkpoints with ``torch.load(weights_only=True)``: say what it refused and how to get the weights."""
+    refused = ""
+    if path and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        try:
+            refused = f" ({', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path))})"
+        except Exception:  # e.g. not a zip checkpoint: the message still holds without the list
+            pass
+    src = path or "IN.ckpt"
+    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{refused}, "
+            "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
+            f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
+            "loads with weights_only=True, leaving those objects out) and pass "
+            "pretrained_cfg_overlay=dict(file='weights.safetensors').")
+
+
+
+
+# --- weights_only loading and conversion ----------------------------------------------------------------------------
+
+class _Dropped(list):
+    """Stands in for a pickled object that ``weights_only=True`` refuses (hyper-parameters, callback state).
+
+    It takes any arguments and state and keeps none, so no code the checkpoint names is run: the restricted
+    unpickler still calls only torch's allowlist and this class. (A ``list`` so that pickled list items can land.)
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Dropped":
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def load_weights_only(path: PathLike) -> Tuple[Any, List[str]]:
+    """``torch.load(path, weights_only=True)``; objects of globals it refuses load as inert placeholders.
+
+    Returns the checkpoint and the refused globals (empty when the plain load worked). Raises
+    :class:`CheckpointError` for a file that is not a checkpoint, or when even the placeholders are not enough
+    (e.g. a dict subclass holding items).
+    """
+    path = check_checkpoint_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), []
+    except pickle.UnpicklingError as exc:
+        if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it: {' '.join(str(exc).split()[:30])}")
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    try:
+        with torch.serialization.safe_globals([(_Dropped, name) for name in refused]):
+            return torch.load(path, map_location="cpu", weights_only=True), refused
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: torch.load(weights_only=True) cannot read this checkpoint even with its Python objects "
+            f"({', '.join(refused) or 'none named'}) left out, and facezoo unpickles nothing else "
+            f"({' '.join(str(exc).split()[:20])}). Save the weights alone from the code that wrote it, e.g. "
+            "torch.save(module.state_dict(), 'weights.pth'), and load or convert that file.") from None
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike) -> Dict[str, Any]:
+    """Write the tensors of a checkpoint's state_dict (keys kept as they are) to the safetensors file ``dst``,
+    atomically (``dst`` is the whole file or untouched). Returns what was written and left out."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise CheckpointError(f"{dst}: the output must end in .safetensors")
+    ckpt, refused = load_weights_only(src)
+    state_dict: Any = ckpt
+    for container in ("state_dict", "model"):
+        if isinstance(state_dict, Mapping) and isinstance(state_dict.get(container), Mapping):
+            state_dict = state_dict[container]
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{src}: no state_dict in this checkpoint (found {type(state_dict).__name__})")
+    tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{src}: the state_dict holds no tensors")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst.with_name(dst.name + ".partial")
+    save_file(tensors, str(partial))
+    os.replace(partial, dst)
+    return {"tensors": len(tensors), "bytes": dst.stat().st_size, "left_out": len(state_dict) - len(tensors),
+            "refused": list(refused)}
