@@ -1,11 +1,11 @@
-"""RecordIODataset + DataLoader throughput vs the raw JPEG decode bound, side by side, per worker.
+"""RecordIOFaces + DataLoader throughput vs the raw JPEG decode bound, side by side, per worker.
 
 Builds a 20k-image insightface-style ``.rec`` of 112x112 JPEG faces (SyntheticFaces), then for 0 (in-process),
 1 and 2 workers measures, in alternating rounds,
   bound:  the same JPEG bytes decoded from memory in a loop (``facezoo.data.decode_rgb``, the readers' decoder;
           the bytes held in writable buffers, so the bound includes no read and no copy), by max(1, W) processes
           at once (capped at the cores): what this machine can decode with that many processes;
-  loader: ``RecordIODataset`` (shuffled random access through the ``.idx``) + ``DataLoader`` (batch 256,
+  loader: ``RecordIOFaces`` (shuffled random access through the ``.idx``) + ``DataLoader`` (batch 256,
           persistent workers) with ``facezoo.data.collate_faces`` (the recommended collate_fn; channels-last
           batches); the same with the consumer converting each batch to channel-first memory; and with PyTorch's
           ``default_collate``.
@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from facezoo.data import RecordIODataset, collate_faces, decode_rgb, encode_image
+from facezoo.data import RecordIOFaces, collate_faces, decode_rgb, encode_image
 from facezoo.data.recordio import write_face_records
 from facezoo.data.synthetic import SyntheticFaces
 
@@ -43,7 +43,7 @@ def build_rec(folder: Path, n: int, unique: int = 1000) -> list[bytearray]:
     per_id = 20
     items = ((jpegs[i % unique], i // per_id) for i in range(n))
     write_face_records(folder, items, num_classes=(n + per_id - 1) // per_id)
-    ds = RecordIODataset(folder)
+    ds = RecordIOFaces(folder)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(2)).tolist()
     return [bytearray(ds.read_record(i)[1]) for i in order]
 
@@ -94,7 +94,7 @@ class LoaderStream:
     after first draining the batches the workers prefetched while the stream was not being read."""
 
     def __init__(self, folder: Path, workers: int, collate_fn, contiguous: bool) -> None:
-        self.loader = DataLoader(RecordIODataset(folder), batch_size=BATCH, shuffle=True, num_workers=workers,
+        self.loader = DataLoader(RecordIOFaces(folder), batch_size=BATCH, shuffle=True, num_workers=workers,
                                  drop_last=True, persistent_workers=workers > 0, collate_fn=collate_fn,
                                  generator=torch.Generator().manual_seed(0))
         self.contiguous = contiguous
@@ -132,7 +132,7 @@ def cold_rates(folder: Path, images: int = 5120, rounds: int = 3) -> Optional[tu
     if not hasattr(os, "posix_fadvise"):
         return None
     rec = folder / "train.rec"
-    order = torch.randperm(len(RecordIODataset(folder)), generator=torch.Generator().manual_seed(3)).tolist()[:images]
+    order = torch.randperm(len(RecordIOFaces(folder)), generator=torch.Generator().manual_seed(3)).tolist()[:images]
     batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
     got: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
@@ -141,7 +141,7 @@ def cold_rates(folder: Path, images: int = 5120, rounds: int = 3) -> Optional[tu
             os.fsync(fd)  # a freshly written file's pages are dirty, and dirty pages are not evicted
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
-            ds = RecordIODataset(folder)
+            ds = RecordIOFaces(folder)
             start = time.perf_counter()
             for b in batches:
                 if items:
@@ -154,8 +154,8 @@ def cold_rates(folder: Path, images: int = 5120, rounds: int = 3) -> Optional[tu
 
 
 def dataset_rate(folder: Path, images: int) -> float:
-    """``RecordIODataset[i]`` in a loop (shuffled keys), no DataLoader: the per-item path's overhead over the bound."""
-    ds = RecordIODataset(folder)
+    """``RecordIOFaces[i]`` in a loop (shuffled keys), no DataLoader: the per-item path's overhead over the bound."""
+    ds = RecordIOFaces(folder)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)).tolist()
     for i in order[:200]:
         ds[i]
@@ -187,7 +187,7 @@ def main() -> None:
               f"in {time.time() - t0:.1f}s; {cores} cores; {args.rounds} rounds of {args.seconds:.1f} s per cell")
         one = DecodeBound(jpegs, 1)
         single, alone = one.rate(3.0), dataset_rate(folder, 8000)
-        print(f"single process: decode bound {single:,.0f} img/s, RecordIODataset[i] loop (per-item path) "
+        print(f"single process: decode bound {single:,.0f} img/s, RecordIOFaces[i] loop (per-item path) "
               f"{alone:,.0f} img/s (ratio {alone / single:.2f})")
         cold = cold_rates(folder)
         if cold is not None:

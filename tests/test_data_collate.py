@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from facezoo.data import RecordIODataset, collate_faces, encode_image
+from facezoo.data import RecordIOFaces, collate_faces, encode_image
 from facezoo.data.recordio import write_face_records
 
 
@@ -66,11 +66,11 @@ def test_buffers_are_reused_only_when_released():
 
 
 def test_decoded_batches_are_channels_last_and_zero_copy(tmp_path):
-    # RecordIODataset decodes straight into a pooled (B, H, W, 3) buffer; collate_faces hands it out whole
+    # RecordIOFaces decodes straight into a pooled (B, H, W, 3) buffer; collate_faces hands it out whole
     g = torch.Generator().manual_seed(2)
     ims = (torch.rand(16, 3, 10, 12, generator=g) * 255).to(torch.uint8)
     write_face_records(tmp_path, ((encode_image(im, "png"), i) for i, im in enumerate(ims)))
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     items = ds.__getitems__(list(range(8)))
     x, y = collate_faces(items)
     assert x.shape == (8, 3, 10, 12) and x.is_contiguous(memory_format=torch.channels_last)
@@ -90,7 +90,7 @@ def test_dataloader_batches_stay_intact(tmp_path, workers):
     g = torch.Generator().manual_seed(1)
     ims = (torch.rand(48, 3, 12, 12, generator=g) * 255).to(torch.uint8)
     write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=collate_faces,
                         persistent_workers=workers > 0)
     for epoch in range(3):
@@ -111,7 +111,7 @@ def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(4)
     ims = (torch.rand(96, 3, 16, 16, generator=g) * 255).to(torch.uint8)
     write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
-    expected = torch.stack([RecordIODataset(tmp_path)[i][0] for i in range(96)])  # PNG: lossless = ims
+    expected = torch.stack([RecordIOFaces(tmp_path)[i][0] for i in range(96)])  # PNG: lossless = ims
     assert torch.equal(expected, ims)
     calls = {"whole": 0, "key": 0}
     rebuild = C._rebuild
@@ -121,7 +121,7 @@ def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
         return rebuild(token, key, buffer, labels, channels_last)
 
     monkeypatch.setattr(C, "_REMOTE", {})
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     for epoch in range(2):  # fresh workers each epoch
         loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate_faces, timeout=60)
         it = iter(loader)  # workers fork here, with the real _rebuild; the main process unpickles with the counter

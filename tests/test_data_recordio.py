@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from facezoo.data import DataError, RecordIODataset, encode_image
+from facezoo.data import DataError, RecordIOFaces, encode_image
 from facezoo.data.recordio import MAGIC, IRHeader, RecordReader, RecordWriter, pack, read_index, unpack, write_face_records
 
 MAGIC_FLOAT = float(np.frombuffer(struct.pack("<I", MAGIC), "<f4")[0])
@@ -51,7 +51,7 @@ def test_roundtrip_insightface_layout(tmp_path):
     ims, info = _write(tmp_path, labels)
     assert info["images"] == 6 and info["num_classes"] == 3
     assert (tmp_path / "property").read_text().strip() == "3,112,112"
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     assert ds.header == (7, 10) and len(ds) == 6 and ds.num_classes == 3
     for i in range(6):
         im, lab = ds[i]
@@ -64,7 +64,7 @@ def test_roundtrip_insightface_layout(tmp_path):
     assert ranges == [[1, 3], [3, 6], [6, 7]]
     # num_classes without property comes from the header record
     (tmp_path / "property").unlink()
-    assert RecordIODataset(tmp_path / "train.rec").num_classes == 3
+    assert RecordIOFaces(tmp_path / "train.rec").num_classes == 3
     with pytest.raises(IndexError):
         ds[6]
 
@@ -73,7 +73,7 @@ def test_file_without_header_record(tmp_path):
     labels = [4, 1, 4, 0, 2]
     ims, _ = _write(tmp_path, labels, header=False)
     (tmp_path / "property").unlink()
-    ds = RecordIODataset(tmp_path / "train.rec")
+    ds = RecordIOFaces(tmp_path / "train.rec")
     assert ds.header is None and len(ds) == 5
     assert ds.num_classes == 5  # scanned: max label + 1
     assert [ds[i][1] for i in range(5)] == labels
@@ -100,7 +100,7 @@ def test_split_records_and_multi_float_labels(tmp_path):
             break
         pos += 8 + ((lrec & (2**29 - 1)) + 3) // 4 * 4
     assert flags == [1, 2, 3]
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     assert [ds[i][1] for i in range(3)] == [0, 1, 1]
     for i in range(3):
         assert torch.equal(ds[i][0], ims[i])
@@ -158,7 +158,7 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt):
         lines = lines[:6]
         match, key, o = "truncated", 5, off[5]
     idx.write_text("\n".join(lines) + "\n")
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     i = key - 1
     for read in (lambda: ds[i], lambda: ds.__getitems__([0, i, 3])):
         with pytest.raises(DataError, match=match) as err:
@@ -168,7 +168,7 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt):
     for j in range(len(ds)):
         if j != i:
             ds[j]  # the others still read
-    skipping = RecordIODataset(tmp_path, on_error="skip")
+    skipping = RecordIOFaces(tmp_path, on_error="skip")
     assert len(skipping.__getitems__(list(range(len(skipping))))) == len(skipping) and skipping.skipped == 1
 
 
@@ -178,30 +178,30 @@ def test_skip_mode_counts_and_logs(tmp_path, caplog):
     lines = idx.read_text().splitlines()
     lines[2] = f"2\t{off[2] + 4}"
     idx.write_text("\n".join(lines) + "\n")
-    ds = RecordIODataset(tmp_path, on_error="skip")
+    ds = RecordIOFaces(tmp_path, on_error="skip")
     with caplog.at_level(logging.WARNING, logger="facezoo.data.sources"):
         im, lab = ds[1]
     assert torch.equal(im, ims[2]) and lab == 1  # replaced by the next readable sample
     assert ds.skipped == 1
     assert "1 skipped so far" in caplog.text and "record key 2" in caplog.text
     with pytest.raises(ValueError, match="on_error"):
-        RecordIODataset(tmp_path, on_error="ignore")
+        RecordIOFaces(tmp_path, on_error="ignore")
 
 
 def test_missing_index_and_bad_index_lines(tmp_path):
     _write(tmp_path, [0, 1])
     (tmp_path / "train.idx").write_text("0\t0\nnot-a-line\n")
     with pytest.raises(DataError, match=r"train\.idx:2"):
-        RecordIODataset(tmp_path)
+        RecordIOFaces(tmp_path)
     (tmp_path / "train.idx").unlink()
     with pytest.raises(FileNotFoundError, match="index file"):
-        RecordIODataset(tmp_path)
+        RecordIOFaces(tmp_path)
 
 
 def test_dataloader_workers_and_transform(tmp_path):
     labels = [i // 3 for i in range(24)]
     ims, _ = _write(tmp_path, labels, seed=2)
-    ds = RecordIODataset(tmp_path, transform=lambda x: x.float() / 255)
+    ds = RecordIOFaces(tmp_path, transform=lambda x: x.float() / 255)
     ds[0]  # opens a handle in the parent; workers must not share it
     loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=False)
     xs, ys = zip(*loader)
@@ -218,7 +218,7 @@ def test_batch_read_equals_single_items(tmp_path):
              (encode_image(ims[2], "jpeg"), 1), (encode_image(ims[3], "png"), [2.0, 0.5]),
              (encode_image(ims[4], "png"), 2)]
     assert write_face_records(tmp_path, items)["split_records"] == 1
-    ds = RecordIODataset(tmp_path, transform=lambda x: x[:, :8])
+    ds = RecordIOFaces(tmp_path, transform=lambda x: x[:, :8])
     order = [4, 1, 0, 3, 2, -1, 1]
     batch = ds.__getitems__(order)
     single = [ds[i] for i in order]
@@ -238,8 +238,8 @@ def test_batch_read_errors_and_skips(tmp_path, caplog):
     raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # key 2 (item 1) no longer decodes
     rec.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"train\.rec: record key 2 at byte offset \d+: .*cannot decode"):
-        RecordIODataset(tmp_path).__getitems__([0, 1, 2])
-    ds = RecordIODataset(tmp_path, on_error="skip")
+        RecordIOFaces(tmp_path).__getitems__([0, 1, 2])
+    ds = RecordIOFaces(tmp_path, on_error="skip")
     with caplog.at_level(logging.WARNING, logger="facezoo.data.sources"):
         batch = ds.__getitems__([0, 1, 2])
     assert ds.skipped == 1 and "record key 2" in caplog.text
@@ -260,7 +260,7 @@ def test_jpeg_batches_decode_into_one_buffer(tmp_path):
     from facezoo.data import collate_faces, decode_rgb
     from facezoo.data.collate import PooledSamples
     data, labels = _jpeg_file(tmp_path)
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     order = [5, 0, 11, 3, -2, 7]
     batch = ds.__getitems__(order)
     assert type(batch) is PooledSamples and len(batch) == 6
@@ -284,7 +284,7 @@ def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
              (encode_image(ims[2], "png"), 1), (encode_image(ims[3], "jpeg"), [2.0, 0.5]),  # multi-float label
              (encode_image(ims[4][:, :12], "jpeg"), 2), (encode_image(ims[5], "jpeg"), 3)]  # another size
     write_face_records(tmp_path, items)
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 5], [0, 5, 0]):
         batch = ds.__getitems__(order)
         single = [ds[i] for i in order]
@@ -299,7 +299,7 @@ def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
 def test_reader_map_is_per_process(tmp_path):
     import pickle
     _jpeg_file(tmp_path, n=3)
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     assert ds.reader.mapping() is ds.reader.mapping() and len(ds.reader.words()) == ds.reader.size // 4
     clone = pickle.loads(pickle.dumps(ds))  # spawn-style workers get no map, and make their own
     assert clone.reader._map is None and clone.reader._words is None

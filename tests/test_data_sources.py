@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from facezoo.data import (DataError, HFFaceDataset, HFFaceIterable, ImageFolderFaces, RecordIODataset, encode_image,
-                          load_bin, load_pairs_dataset, open_face_source, write_bin)
+from facezoo.data import (DataError, HFFaces, HFIterableFaces, ImageFolderFaces, RecordIOFaces, encode_image,
+                          load_bin, load_pairs_dataset, create_face_source, write_bin)
 from facezoo.data.convert import convert, hf_to_rec, rec_to_hf
 from facezoo.data.recordio import write_face_records
 
@@ -39,7 +39,7 @@ def test_identity_folders(tmp_path):
     im, lab = ds[0]
     assert torch.equal(im, ims[2]) and lab == 0
     assert [ds[i][1] for i in range(5)] == [0, 1, 1, 2, 2]
-    assert isinstance(open_face_source(tmp_path), ImageFolderFaces)
+    assert isinstance(create_face_source(tmp_path), ImageFolderFaces)
     (tmp_path / "carol" / "3.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"carol/3\.png"):
         ds[3]
@@ -58,7 +58,7 @@ def test_hf_dataset_local_sources(tmp_path):
             ds.save_to_disk(str(src))
         elif src == tmp_path / "x.parquet":
             ds.to_parquet(str(src))
-        hf = HFFaceDataset(src)
+        hf = HFFaces(src)
         assert len(hf) == 6 and hf.num_classes == 4  # from the ClassLabel feature
         assert hf.image_column == "img" and hf.label_column == "identity"
         for i in (0, 3):
@@ -67,17 +67,17 @@ def test_hf_dataset_local_sources(tmp_path):
         batch = hf.__getitems__([5, 0, -2])  # one Arrow take for the DataLoader's batch
         assert [lab for _, lab in batch] == [1, 0, 0] and torch.equal(batch[0][0], ims[5])
         assert torch.equal(batch[2][0], ims[4])
-    plain = HFFaceDataset(_hf(ims, labels, classlabel=False))
+    plain = HFFaces(_hf(ims, labels, classlabel=False))
     assert plain.num_classes == 3  # max label + 1
     bad = ds.cast_column("img", datasets.Image(decode=False)).map(
         lambda r, i: {"img": {"bytes": b"junk" if i == 2 else r["img"]["bytes"], "path": None}}, with_indices=True)
     with pytest.raises(DataError, match="row 2 column img"):
-        HFFaceDataset(bad).__getitems__([0, 2])
-    skip = HFFaceDataset(bad, on_error="skip")
+        HFFaces(bad).__getitems__([0, 2])
+    skip = HFFaces(bad, on_error="skip")
     assert [lab for _, lab in skip.__getitems__([1, 2])] == [2, 2] and skip.skipped == 1
-    assert isinstance(open_face_source(tmp_path / "disk"), HFFaceDataset)
+    assert isinstance(create_face_source(tmp_path / "disk"), HFFaces)
     with pytest.raises(ValueError, match="Image column"):
-        HFFaceDataset(datasets.Dataset.from_dict({"label": [1]}))
+        HFFaces(datasets.Dataset.from_dict({"label": [1]}))
 
 
 def test_hf_streamed_with_workers(tmp_path):
@@ -86,7 +86,7 @@ def test_hf_streamed_with_workers(tmp_path):
     ds = _hf(ims, labels)
     for k in range(2):  # two parquet shards so two workers each get one
         ds.shard(2, k, contiguous=True).to_parquet(str(tmp_path / f"train-{k}.parquet"))
-    stream = HFFaceIterable(str(tmp_path), num_classes=3)
+    stream = HFIterableFaces(str(tmp_path), num_classes=3)
     got = list(stream)
     assert len(got) == 8 and sorted(lab for _, lab in got) == sorted(labels)
     loader = DataLoader(stream, batch_size=None, num_workers=2)
@@ -96,7 +96,7 @@ def test_hf_streamed_with_workers(tmp_path):
     (tmp_path / "plain").mkdir()
     _hf(ims, labels, classlabel=False).to_parquet(str(tmp_path / "plain" / "x.parquet"))
     with pytest.raises(ValueError, match="num_classes"):
-        HFFaceIterable(str(tmp_path / "plain"))  # int labels, streamed: cannot know the class count
+        HFIterableFaces(str(tmp_path / "plain"))  # int labels, streamed: cannot know the class count
 
 
 def test_rec_hf_roundtrip_is_lossless(tmp_path):
@@ -105,8 +105,8 @@ def test_rec_hf_roundtrip_is_lossless(tmp_path):
     write_face_records(tmp_path / "rec", ((encode_image(im, "jpeg"), lab) for im, lab in zip(ims, labels)))
     info = rec_to_hf(tmp_path / "rec", tmp_path / "hf", format="parquet", progress=False)
     assert info == {"images": 7, "num_classes": 4, "dst": str(tmp_path / "hf")}
-    hf = HFFaceDataset(tmp_path / "hf")
-    rec = RecordIODataset(tmp_path / "rec")
+    hf = HFFaces(tmp_path / "hf")
+    rec = RecordIOFaces(tmp_path / "rec")
     assert hf.num_classes == 4 and len(hf) == 7
     for i in range(7):
         assert torch.equal(hf[i][0], rec[i][0]) and hf[i][1] == rec[i][1]
@@ -114,11 +114,11 @@ def test_rec_hf_roundtrip_is_lossless(tmp_path):
     shuffled = datasets.load_dataset(str(tmp_path / "hf"), split="train").shuffle(seed=0)
     shuffled.save_to_disk(str(tmp_path / "shuf"))
     hf_to_rec(tmp_path / "shuf", tmp_path / "back", progress=False)
-    back = RecordIODataset(tmp_path / "back")
+    back = RecordIOFaces(tmp_path / "back")
     assert [back[i][1] for i in range(7)] == labels and back.header is not None
     assert sorted(back.read_record(i)[1] for i in range(7)) == sorted(rec.read_record(i)[1] for i in range(7))
     arrow = rec_to_hf(tmp_path / "rec", tmp_path / "hf_arrow", format="arrow", progress=False)
-    assert len(HFFaceDataset(arrow["dst"])) == 7
+    assert len(HFFaces(arrow["dst"])) == 7
 
 
 def test_convert_cli_and_bin_pairs(tmp_path):

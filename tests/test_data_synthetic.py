@@ -94,11 +94,11 @@ def test_untrained_model_is_near_chance():
 
 def test_synth_cli_writes_rec_and_bin(tmp_path):
     from facezoo.cli import main
-    from facezoo.data import RecordIODataset
+    from facezoo.data import RecordIOFaces
 
     assert main(["data", "synth", str(tmp_path), "--identities", "4", "--per-identity", "3", "--pairs", "6",
                  "--quiet"]) == 0
-    ds = RecordIODataset(tmp_path)
+    ds = RecordIOFaces(tmp_path)
     assert len(ds) == 12 and ds.num_classes == 4 and ds.header is not None
     assert [ds[i][1] for i in range(12)] == [i // 3 for i in range(12)]
     ref = SyntheticFaces(4, 3)[5][0].float()

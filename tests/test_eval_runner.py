@@ -14,6 +14,7 @@ from facezoo.data import ARCFACE_TEMPLATE, encode_image, write_bin, write_pairs_
 from facezoo.data.synthetic import render_face, synthetic_pairs
 from facezoo.eval import extract, ijb, runner, verification
 from facezoo.eval.report import markdown_table
+from facezoo.models import create_model
 
 MODEL = "test_resnet"  # a tiny non-facezoo timm model (160x160 input: exercises the resize)
 
@@ -106,23 +107,32 @@ def test_run_verification_sets_in_process(model, bins):
         assert res[name]["xnorm"] > 0 and len(res[name]["roc"]["fpr"]) == 400
 
 
-def test_missing_set_names_paths(bins):
-    with pytest.raises(FileNotFoundError, match=r"'calfw' not found; looked for .*calfw.bin"):
+def test_missing_set_names_paths_and_default_finds_every_set(bins, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no verification set 'calfw' \(calfw.bin, calfw/ or calfw.parquet\); "
+                                                r"found agedb_30, cfp_fp, lfw"):
         runner.load_verification_sets(bins, ["calfw"])
+    with pytest.raises(FileNotFoundError, match="did you mean 'cfp_fp'"):
+        runner.load_verification_sets(bins, ["cfp-fp"])
+    assert list(runner.load_verification_sets(bins, progress=False)) == ["agedb_30", "cfp_fp", "lfw"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no verification sets in this folder"):
+        runner.load_verification_sets(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such folder of verification sets"):
+        runner.load_verification_sets(tmp_path / "missing")
 
 
 def test_cli_end_to_end(bins, ijb_root, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["eval", MODEL, "--bins", str(bins), "--targets", "lfw,cfp_fp,agedb_30", "--ijb", str(ijb_root),
-               "--target", "IJBC", "--ijb-modes", "default,no_flip", "--ijb-1n", "--batch-size", "16",
-               "--out", str(out), "--quiet"])
+               "--ijb-target", "IJBC", "--ijb-modes", "default,no_faceness", "--ijb-1n", "--batch-size", "16",
+               "--output-dir", str(out), "--quiet"])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["model"] == MODEL and doc["facezoo_version"] == facezoo.__version__ and doc["date"]
     assert set(doc["verification"]) == {"lfw", "cfp_fp", "agedb_30"}
     accs = [doc["verification"][n]["accuracy"] for n in ("lfw", "cfp_fp", "agedb_30")]
     assert doc["verification_average"] == pytest.approx(np.mean(accs))
-    assert set(doc["ijb"]["modes"]) == {"default", "no_flip"}
+    assert set(doc["ijb"]["modes"]) == {"default", "no_faceness"} and doc["ijb"]["flip"] is True
     tar = doc["ijb"]["modes"]["default"]["tar_at_far"]
     assert list(tar) == ["1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1"] and all(0 <= v <= 1 for v in tar.values())
     assert set(doc["ijb"]["one_to_n"]) == {"mixed", "G1", "G2"}
@@ -141,14 +151,14 @@ def test_checkpoint_roundtrip_and_ijb_numbers(model, bins, ijb_root, tmp_path):
 
     ckpt = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    loaded = runner.load_model(MODEL, checkpoint=str(ckpt))
+    loaded = create_model(MODEL, checkpoint=str(ckpt), num_classes=0).eval()
     images, issame = synthetic_pairs(4, seed=3)
     np.testing.assert_allclose(extract.extract_embeddings(loaded, images, progress=False),
                                extract.extract_embeddings(model, images, progress=False), atol=1e-6)
 
     out = tmp_path / "out"
-    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--ijb", str(ijb_root), "--out", str(out), "--quiet",
-                 "--ijb-1n"]) == 0
+    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--ijb", str(ijb_root), "--output-dir", str(out),
+                 "--quiet", "--ijb-1n"]) == 0
     doc = json.loads((out / "results.json").read_text())
     from facezoo.data.ijb import IJBAlignedImages, read_ijb
 
@@ -162,28 +172,33 @@ def test_checkpoint_roundtrip_and_ijb_numbers(model, bins, ijb_root, tmp_path):
     assert 0 <= mixed["cmc"]["1"] <= mixed["cmc"]["5"] <= 1
 
 
-def test_cli_bad_arguments(bins, tmp_path):
-    with pytest.raises(SystemExit, match="--bins DIR and/or --ijb ROOT"):
-        main(["eval", MODEL])
-    with pytest.raises(SystemExit, match="unknown --ijb-modes"):
-        main(["eval", MODEL, "--bins", str(bins), "--ijb-modes", "fast"])
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        main(["eval", MODEL, "--bins", str(bins), "--checkpoint", str(tmp_path / "nope.pth")])
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("facezoo eval: error: "), err
+    return err[0]
 
 
-def test_odd_bin_and_bad_ijb_meta(tmp_path, ijb_root):
+def test_cli_bad_arguments(bins, tmp_path, capsys):
+    assert main(["eval", MODEL]) == 2
+    assert "--bins DIR" in _one_error_line(capsys)
+    assert main(["eval", MODEL, "--bins", str(bins), "--ijb-modes", "fast"]) == 2
+    assert "unknown --ijb-modes" in _one_error_line(capsys)
+    assert main(["eval", MODEL, "--bins", str(bins), "--checkpoint", str(tmp_path / "nope.pth")]) == 2
+    assert "nope.pth: no such checkpoint file" in _one_error_line(capsys)
+
+
+def test_odd_bin_and_bad_ijb_meta(tmp_path, ijb_root, capsys):
     import pickle
     import shutil
-
-    from facezoo.data import DataError
 
     bad = tmp_path / "bad"
     bad.mkdir()
     images, issame = synthetic_pairs(2, seed=0)
     with open(bad / "lfw.bin", "wb") as f:  # 3 images for 2 pairs
         pickle.dump(([encode_image(im) for im in images[:3]], [True, False]), f)
-    with pytest.raises(ValueError, match=r"lfw.bin"):
-        main(["eval", MODEL, "--bins", str(bad), "--targets", "lfw", "--out", str(tmp_path / "o"), "--quiet"])
+    assert main(["eval", MODEL, "--bins", str(bad), "--targets", "lfw", "--output-dir", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert "lfw.bin" in capsys.readouterr().err
 
     broken = tmp_path / "IJBC"
     shutil.copytree(ijb_root, broken)
@@ -191,5 +206,5 @@ def test_odd_bin_and_bad_ijb_meta(tmp_path, ijb_root):
     lines = pairs.read_text().splitlines()
     lines[4] = "9999 1 0"
     pairs.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"ijbc_template_pair_label.txt:5: template 9999 has no images"):
-        main(["eval", MODEL, "--ijb", str(broken), "--out", str(tmp_path / "o"), "--quiet"])
+    assert main(["eval", MODEL, "--ijb", str(broken), "--output-dir", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "ijbc_template_pair_label.txt:5: template 9999 has no images" in capsys.readouterr().err

@@ -184,7 +184,7 @@ def test_adaface_edge_cases_stay_finite(dtype):
 
 # ---------------------------------------------------------------- CurricularFace
 def test_curricularface_matches_reference_over_several_steps():
-    head = CurricularFace(s=64.0, m=0.5).train()
+    head = CurricularFace(s=64.0, m=0.5, straight_through=False).train()
     t = torch.zeros(1)
     for step in range(3):
         cos, labels, _, g = batch(seed=10 + step)
@@ -233,7 +233,7 @@ def test_magface_matches_reference_including_norm_gradients(easy_margin):
     cos, labels, norms, g = batch(seed=30, dtype=torch.float64)
     norms[0], norms[1] = 5.0, 150.0  # outside [l_a, u_a]: clamped
     cos[2, labels[2]] = -0.99  # threshold fallback
-    head = MagFace(easy_margin=easy_margin)
+    head = MagFace(straight_through=False, overflow="easy" if easy_margin else "threshold")
     x1, n1 = cos.clone().requires_grad_(True), norms.clone().requires_grad_(True)
     out = head(x1, labels, n1)
     ((out * g).sum() + head.regularizer(n1)).backward()
@@ -260,7 +260,7 @@ def test_curricular_and_magface_stay_finite_at_the_edges(dtype):
     cos = torch.tensor([[1.0, -1.0, 0.999], [-1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=dtype)
     labels = torch.tensor([0, 0, 2])
     norms = torch.tensor([0.0, 1e3, 20.0], dtype=dtype)
-    for head in (CurricularFace().train(), CurricularFace(straight_through=True).train(), MagFace()):
+    for head in (CurricularFace().train(), CurricularFace(straight_through=False).train(), MagFace(), MagFace(straight_through=False)):
         x, n = cos.clone().requires_grad_(True), norms.clone().requires_grad_(True)
         out = head(x, labels, n)
         loss = out.sum() + (head.regularizer(n) if head.regularizer(n) is not None else 0)

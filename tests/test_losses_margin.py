@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from facezoo.losses import ArcFace, CombinedMarginLoss, CosFace, build_margin_loss
+from facezoo.losses import ArcFace, CombinedMarginLoss, CosFace, create_margin_loss
 
 
 # ---------------------------------------------------------------- references (copied from insightface)
@@ -230,12 +230,12 @@ def test_invalid_settings_are_refused_clearly():
 
 
 def test_factory_builds_every_head_and_rejects_unknown():
-    assert isinstance(build_margin_loss("ArcFace", m=0.4), ArcFace)
-    assert build_margin_loss("arcface", m=0.4).m2 == 0.4
-    assert build_margin_loss("combined", s=64, m1=1.0, m2=0.0, m3=0.4).m3 == 0.4
+    assert isinstance(create_margin_loss("ArcFace", m=0.4), ArcFace)
+    assert create_margin_loss("arcface", m=0.4).m2 == 0.4
+    assert create_margin_loss("combined", s=64, m1=1.0, m2=0.0, m3=0.4).m3 == 0.4
     for name in ["cosface", "adaface", "curricular_face", "magface"]:
-        assert isinstance(build_margin_loss(name), torch.nn.Module)
+        assert isinstance(create_margin_loss(name), torch.nn.Module)
     with pytest.raises(ValueError, match="unknown margin loss"):
-        build_margin_loss("sphereface2")
+        create_margin_loss("sphereface2")
     with pytest.raises(TypeError, match="arcface"):
-        build_margin_loss("arcface", margin=0.5)
+        create_margin_loss("arcface", margin=0.5)

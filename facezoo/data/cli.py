@@ -11,7 +11,7 @@ from typing import Any
 def _convert(args: argparse.Namespace) -> int:
     from facezoo.data.convert import convert
 
-    info = convert(args.src, args.dst, format=args.format, split=args.split, image_column=args.image_column,
+    info = convert(args.src, args.dst, format=args.hf_format, split=args.split, image_column=args.image_column,
                    label_column=args.label_column, progress=not args.quiet)
     print(json.dumps(info))
     return 0
@@ -28,7 +28,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from facezoo.data.sources import open_face_source
+    from facezoo.data.sources import create_face_source
 
     if str(args.path).endswith(".bin"):
         from facezoo.data.verification import load_bin
@@ -36,7 +36,7 @@ def _info(args: argparse.Namespace) -> int:
         images, issame = load_bin(args.path)
         print(json.dumps({"pairs": len(issame), "positives": int(issame.sum()), "image_shape": list(images.shape[1:])}))
         return 0
-    ds: Any = open_face_source(args.path)
+    ds: Any = create_face_source(args.path)
     image, label = ds[0]
     print(json.dumps({"type": type(ds).__name__, "images": len(ds), "num_classes": ds.num_classes,
                       "image_shape": list(image.shape), "first_label": label}))
@@ -53,12 +53,12 @@ def register(subparsers: Any) -> None:
 
     c = sub.add_parser("convert", help="convert .rec <-> Hugging Face dataset, .bin <-> HF pair dataset",
                        description="SRC .rec (or folder with train.rec) -> DST Hugging Face dataset (Parquet shards in "
-                                   "DST/data, or --format arrow for save_to_disk); SRC .bin -> DST HF pair dataset; "
+                                   "DST/data, or --hf-format arrow for save_to_disk); SRC .bin -> DST HF pair dataset; "
                                    "SRC HF pair dataset -> DST .bin; SRC HF dataset (folder, .parquet, Hub id) -> DST "
                                    "folder with train.rec/train.idx/property. Image bytes are copied, not re-encoded.")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--format", choices=["parquet", "arrow"], default=None,
+    c.add_argument("--hf-format", choices=["parquet", "arrow"], default=None,
                    help="output format when writing a Hugging Face dataset (default parquet for .rec, arrow for .bin)")
     c.add_argument("--split", default=None, help="split of a Hugging Face source with several")
     c.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")

@@ -20,12 +20,12 @@ transpose of every image (JPEG decoders write pixels interleaved, channels last)
   ``(B, 3, H, W)`` tensor in ``torch.channels_last`` memory format (what GPU convolutions prefer; ``.contiguous()``
   gives channel-first memory). Images in channel-first memory give a contiguous batch;
 * takes batches that a source decoded straight into a pooled buffer (:func:`batch_buffer` wrapped in
-  :class:`PooledSamples`, as ``RecordIODataset.__getitems__`` returns them when it has no transform) without
+  :class:`PooledSamples`, as ``RecordIOFaces.__getitems__`` returns them when it has no transform) without
   copying them at all.
 
 Samples that are not ``(tensor, int label)`` pairs are passed to ``default_collate``.
 
-    loader = DataLoader(RecordIODataset("faces_emore"), batch_size=256, shuffle=True, num_workers=8,
+    loader = DataLoader(RecordIOFaces("faces_emore"), batch_size=256, shuffle=True, num_workers=8,
                         collate_fn=collate_faces)
 """
 from __future__ import annotations
@@ -189,7 +189,7 @@ def batch_buffer(shape: Sequence[int], dtype: torch.dtype = torch.uint8) -> Opti
 
 class PooledSamples(SequenceABC):
     """The ``(image (C, H, W), label)`` samples of a batch whose images fill a :func:`batch_buffer` ``(B, H, W, C)``
-    in order: what ``RecordIODataset.__getitems__`` returns. Samples are made on access (views of the buffer), so
+    in order: what ``RecordIOFaces.__getitems__`` returns. Samples are made on access (views of the buffer), so
     any ``collate_fn`` works; :func:`collate_faces` takes the buffer whole, without looking at each sample."""
 
     def __init__(self, buffer: torch.Tensor, labels: Sequence[int]) -> None:

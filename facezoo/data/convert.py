@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from facezoo.data.image import encode_image
+from facezoo.data.image import cell_bytes, encode_image
 from facezoo.data.recordio import write_face_records
-from facezoo.data.sources import HFFaceDataset, RecordIODataset, _cell_label
+from facezoo.data.sources import HFFaces, RecordIOFaces, _cell_label
 from facezoo.data.verification import load_bin, load_pairs_dataset, write_bin, write_pairs_dataset
 
 __all__ = ["rec_to_hf", "hf_to_rec", "convert", "write_synthetic", "is_rec_path"]
@@ -41,13 +41,13 @@ def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: b
     """
     import datasets
 
-    rec = RecordIODataset(src)
+    rec = RecordIOFaces(src)
     n, ncls = len(rec), rec.num_classes
     label_feature = datasets.ClassLabel(num_classes=ncls) if ncls <= _CLASSLABEL_MAX else datasets.Value("int64")
     features = datasets.Features({"image": datasets.Image(), "label": label_feature})
 
     def rows(rec_path: str) -> Iterator[dict]:
-        ds = RecordIODataset(rec_path)
+        ds = RecordIOFaces(rec_path)
         for i in tqdm(range(len(ds)), desc=f"{Path(rec_path).name} -> {format}", disable=not progress):
             head, data = ds.read_record(i)
             yield {"image": {"bytes": data, "path": None}, "label": ds._label(head)}
@@ -75,7 +75,7 @@ def hf_to_rec(src: Any, dst: PathLike, split: Optional[str] = None, image_column
               label_column: Optional[str] = None, progress: bool = True) -> dict:
     """Write a Hugging Face face dataset as insightface ``train.rec``/``train.idx``/``property`` in ``dst``
     (a folder, or a ``.rec`` path). Images are grouped by identity (stable sort by label), bytes copied as stored."""
-    hf = HFFaceDataset(src, split=split, image_column=image_column, label_column=label_column)
+    hf = HFFaces(src, split=split, image_column=image_column, label_column=label_column)
     labels = np.asarray(hf.ds.data.column(hf.label_column).to_numpy(zero_copy_only=False), dtype=np.int64)
     order = np.argsort(labels, kind="stable")
 
@@ -84,15 +84,7 @@ def hf_to_rec(src: Any, dst: PathLike, split: Optional[str] = None, image_column
             row = hf.ds[int(i)]
             cell = row[hf.image_column]
             where = f"{hf.source}: row {int(i)}"
-            if cell.get("bytes") is not None:
-                data = cell["bytes"]
-            elif cell.get("path"):
-                data = Path(cell["path"]).read_bytes()
-            else:
-                from facezoo.data.image import DataError
-
-                raise DataError(f"{where}: image cell has neither bytes nor path")
-            yield data, _cell_label(row[hf.label_column], where)
+            yield cell_bytes(cell, where), _cell_label(row[hf.label_column], where)
 
     info = write_face_records(dst, items(), num_classes=hf.num_classes)
     return {"images": info["images"], "num_classes": info["num_classes"], "dst": str(info["rec"])}
@@ -130,14 +122,14 @@ class _EncodedSynthetic(torch.utils.data.Dataset):
         return encode_image(image, "jpeg", self.quality), label
 
 
-def write_synthetic(out: PathLike, num_identities: int = 1000, images_per_identity: int = 20,
+def write_synthetic(path: PathLike, num_identities: int = 1000, images_per_identity: int = 20,
                     num_pairs: int = 3000, seed: int = 0, difficulty: float = 1.0, workers: int = 0,
                     verify_name: str = "synth_verify", quality: int = 95, progress: bool = True) -> dict:
-    """Write ``out/train.rec``, ``train.idx``, ``property`` (SyntheticFaces, JPEG) and ``out/<verify_name>.bin``
+    """Write ``path/train.rec``, ``train.idx``, ``property`` (SyntheticFaces, JPEG) and ``path/<verify_name>.bin``
     (held-out pairs from disjoint identities)."""
     from facezoo.data.synthetic import SyntheticFaces, synthetic_pairs
 
-    out = Path(out)
+    out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     ds = SyntheticFaces(num_identities, images_per_identity, seed=seed, difficulty=difficulty)
     loader = torch.utils.data.DataLoader(_EncodedSynthetic(ds, quality), batch_size=None, num_workers=workers)

@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from facezoo.data.align import align_face
-from facezoo.data.image import DataError, decode_rgb
+from facezoo.data.image import decode_rgb
+from facezoo.errors import DataError
+from facezoo.errors import require_path
 
 __all__ = ["IJBMeta", "read_ijb", "IJBAlignedImages"]
 
@@ -66,13 +68,13 @@ def _ints(path: Path, lineno: int, parts: list[str], n: int, what: str) -> list[
         raise DataError(f"{path}:{lineno}: expected integers ({what}), got {' '.join(parts)!r}") from None
 
 
-def read_ijb(root: Union[str, os.PathLike], target: str = "IJBC", check_images: bool = True) -> IJBMeta:
-    """Read and cross-check the IJB meta files under ``root`` for ``target`` ('IJBB' or 'IJBC').
+def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: bool = True) -> IJBMeta:
+    """Read and cross-check the IJB meta files under the release folder ``path`` for ``target`` ('IJBB' or 'IJBC').
 
     Raises :class:`DataError` naming file and line for malformed lines, images in one meta file but not the other,
     templates in the pair list with no images, and (``check_images``) image files missing from ``loose_crop/``.
     """
-    root = Path(root)
+    root = require_path(path, f"IJB release folder ({target}: meta/ and loose_crop/)", kind="dir")
     t = target.lower()
     if t not in ("ijbb", "ijbc"):
         raise ValueError(f"target must be 'IJBB' or 'IJBC', got {target!r}")

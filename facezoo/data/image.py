@@ -2,13 +2,14 @@
 
 One decoder for every reader, so the benchmark's raw decode bound and the datasets measure the same thing:
 JPEG through ``simplejpeg`` (libjpeg-turbo; the same pixels as ``torchvision.io``, ~10% faster here, and it can
-decode straight into a caller's buffer, which ``RecordIODataset``'s batch reader uses), everything else, and any JPEG simplejpeg
+decode straight into a caller's buffer, which ``RecordIOFaces``'s batch reader uses), everything else, and any JPEG simplejpeg
 refuses, through ``torchvision.io`` (libjpeg-turbo / libpng / libwebp).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Union
+from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ with warnings.catch_warnings():
 
 _RGB = ImageReadMode.RGB.value
 
-__all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw"]
+__all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw", "cell_bytes"]
 
 
 def _is_jpeg(data: Union[bytes, bytearray, memoryview]) -> bool:
@@ -107,3 +108,16 @@ def encode_image(image: Union[torch.Tensor, np.ndarray, Image.Image], format: st
         if fmt == "png":
             return encode_png(chw).numpy().tobytes()
     raise ValueError(f"unknown image format {format!r}; expected 'jpeg' or 'png'")
+
+
+def cell_bytes(cell: Any, where: str) -> bytes:
+    """The encoded bytes of a Hugging Face ``Image`` cell read with ``decode=False`` (``{'bytes', 'path'}``)."""
+    if isinstance(cell, dict):
+        if cell.get("bytes") is not None:
+            return cell["bytes"]
+        if cell.get("path"):
+            try:
+                return Path(cell["path"]).read_bytes()
+            except OSError as exc:
+                raise DataError(f"{where}: cannot read image file {cell['path']}: {exc.strerror or exc}") from None
+    raise DataError(f"{where}: image cell has neither bytes nor a readable path")

@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from facezoo.data.image import DataError
+from facezoo.errors import DataError, MissingPathError
 
 __all__ = ["MAGIC", "IRHeader", "pack", "unpack", "read_index", "RecordReader", "RecordWriter",
            "write_face_records", "write_property", "read_property", "resolve_rec_paths"]
@@ -66,21 +66,21 @@ def unpack(payload: Union[bytes, memoryview], where: str = "<record>") -> tuple[
     return IRHeader(flag, label, id1, id2), payload[pos:]
 
 
-def read_index(idx_path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_index(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``.idx`` file into ``(keys, offsets)`` int64 arrays, in file order."""
     keys, offsets = [], []
-    with open(idx_path, "r", encoding="ascii", errors="replace") as f:
+    with open(path, "r", encoding="ascii", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 2:
-                raise DataError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line.rstrip()!r}")
+                raise DataError(f"{path}:{lineno}: expected 'key<TAB>offset', got {line.rstrip()!r}")
             try:
                 keys.append(int(parts[0]))
                 offsets.append(int(parts[1]))
             except ValueError:
-                raise DataError(f"{idx_path}:{lineno}: key and offset must be integers, got {line.rstrip()!r}") from None
+                raise DataError(f"{path}:{lineno}: key and offset must be integers, got {line.rstrip()!r}") from None
     return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
 
@@ -90,14 +90,14 @@ def resolve_rec_paths(path: PathLike) -> tuple[Path, Path]:
     if p.is_dir():
         recs = [p / "train.rec"] if (p / "train.rec").exists() else sorted(p.glob("*.rec"))
         if len(recs) != 1:
-            raise FileNotFoundError(f"{p}: expected train.rec (or exactly one .rec file) in the folder, found "
-                                    f"{[r.name for r in recs]}")
+            raise MissingPathError(f"{p}: expected train.rec (or exactly one .rec file) in the folder, found "
+                                   f"{[r.name for r in recs]}")
         p = recs[0]
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: RecordIO file not found")
+        raise MissingPathError(f"{p}: no such RecordIO file (.rec)")
     idx = p.with_suffix(".idx")
     if not idx.is_file():
-        raise FileNotFoundError(f"{idx}: index file not found beside {p.name} (needed for random access)")
+        raise MissingPathError(f"{idx}: index file not found beside {p.name} (needed for random access)")
     return p, idx
 
 
@@ -105,8 +105,8 @@ class RecordReader:
     """Random-access reader of one ``.rec`` file. Opens its file (and its memory map) lazily and again in each new
     process, so one instance can be shared with DataLoader workers (fork or spawn) without sharing a file offset."""
 
-    def __init__(self, rec_path: PathLike) -> None:
-        self.path = Path(rec_path)
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
         self.size = self.path.stat().st_size
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
@@ -125,7 +125,7 @@ class RecordReader:
         """This process's read-only memory map of the whole file (shared page cache, no copy per read), or None
         where the file cannot be mapped (empty, or a file system without mmap): callers then read with
         :meth:`read_into`. Random access through a map must say which pages it wants (``madvise(WILLNEED)``,
-        as ``RecordIODataset.__getitems__`` does for a batch) or pay one synchronous page fault at a time.
+        as ``RecordIOFaces.__getitems__`` does for a batch) or pay one synchronous page fault at a time.
         The file must not shrink while mapped (reading a page past the new end kills the process with SIGBUS)."""
         pid = os.getpid()
         if self._map_pid != pid:
@@ -231,8 +231,8 @@ class RecordReader:
 class RecordWriter:
     """Write ``.rec`` (+ ``.idx`` when given), the byte layout dmlc-core's ``RecordIOWriter`` produces."""
 
-    def __init__(self, rec_path: PathLike, idx_path: Optional[PathLike] = None) -> None:
-        self.rec_path = Path(rec_path)
+    def __init__(self, path: PathLike, idx_path: Optional[PathLike] = None) -> None:
+        self.rec_path = Path(path)
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
         self._rec: BinaryIO = open(self.rec_path, "wb")
         self._idx = open(idx_path, "w", encoding="ascii") if idx_path is not None else None
@@ -283,14 +283,14 @@ class RecordWriter:
         self.close()
 
 
-def write_property(folder: PathLike, num_classes: int, size: tuple[int, int] = (112, 112)) -> None:
+def write_property(path: PathLike, num_classes: int, size: tuple[int, int] = (112, 112)) -> None:
     """insightface's ``property`` file: ``num_classes,H,W``."""
-    Path(folder, "property").write_text(f"{int(num_classes)},{size[0]},{size[1]}\n")
+    Path(path, "property").write_text(f"{int(num_classes)},{size[0]},{size[1]}\n")
 
 
-def read_property(folder: PathLike) -> Optional[tuple[int, int, int]]:
-    """Parse ``folder/property`` (``num_classes,H,W``) or return None when there is none."""
-    p = Path(folder, "property")
+def read_property(path: PathLike) -> Optional[tuple[int, int, int]]:
+    """Parse ``path/property`` (``num_classes,H,W``) or return None when there is none."""
+    p = Path(path, "property")
     if not p.is_file():
         return None
     text = p.read_text().strip()
@@ -303,7 +303,7 @@ def read_property(folder: PathLike) -> Optional[tuple[int, int, int]]:
     return (vals[0], vals[1], vals[2]) if len(vals) == 3 else (vals[0], 0, 0)
 
 
-def write_face_records(folder_or_rec: PathLike, items: Iterable[tuple[bytes, Union[int, Sequence[float]]]],
+def write_face_records(path: PathLike, items: Iterable[tuple[bytes, Union[int, Sequence[float]]]],
                        num_classes: Optional[int] = None, insightface_header: bool = True,
                        image_size: tuple[int, int] = (112, 112)) -> dict:
     """Write an insightface-style face ``.rec``/``.idx`` (+ ``property``) from ``(encoded_image, label)`` items.
@@ -311,10 +311,10 @@ def write_face_records(folder_or_rec: PathLike, items: Iterable[tuple[bytes, Uni
     With ``insightface_header`` (the default, what insightface's tools expect) the images must come grouped by
     identity: key 0 is the header record ``[a, b]``, images are keys ``1..a-1``, and keys ``a..b-1`` are one
     record per identity with its image key range. Without it, images are keys ``0..n-1`` (like DALI-shuffled files).
-    ``folder_or_rec``: a folder (gets ``train.rec``/``train.idx``/``property``) or a ``.rec`` path.
+    ``path``: a folder (gets ``train.rec``/``train.idx``/``property``) or a ``.rec`` path.
     Returns ``{"images", "num_classes", "split_records", "rec", "idx"}``.
     """
-    p = Path(folder_or_rec)
+    p = Path(path)
     rec = p if p.suffix == ".rec" else p / "train.rec"
     idx = rec.with_suffix(".idx")
     first = 1 if insightface_header else 0

@@ -1,8 +1,8 @@
 """Training sources with one interface: ``len(ds)``, ``ds[i] -> (image, int label)``, ``ds.num_classes``.
 
 The image is ``transform(uint8 RGB tensor (3, H, W))``, or the tensor itself without a transform. Sources:
-MXNet RecordIO (:class:`RecordIODataset`), identity folders (:class:`ImageFolderFaces`), Hugging Face datasets
-(:class:`HFFaceDataset`, :class:`HFFaceIterable` for streaming) and :class:`facezoo.data.SyntheticFaces`.
+MXNet RecordIO (:class:`RecordIOFaces`), identity folders (:class:`ImageFolderFaces`), Hugging Face datasets
+(:class:`HFFaces`, :class:`HFIterableFaces` for streaming) and :class:`facezoo.data.SyntheticFaces`.
 
 Bad records raise :class:`DataError` naming the file and where. Training may pass ``on_error='skip'``: the
 sample is replaced by the next readable one and every skip is counted (``ds.skipped``, per process) and logged.
@@ -23,19 +23,29 @@ from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from facezoo.data.collate import PooledSamples, batch_buffer
-from facezoo.data.image import DataError, _sj_decode, _sj_header, decode_rgb
+from facezoo.data.image import _sj_decode, _sj_header, cell_bytes, decode_rgb
+from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_local_path, require_path
 from facezoo.data.recordio import (_HEADER, _LEN_MASK, MAGIC, RecordReader, read_index, read_property,
                                    resolve_rec_paths, unpack)
 
-__all__ = ["FaceDataset", "RecordIODataset", "ImageFolderFaces", "HFFaceDataset", "HFFaceIterable",
-           "open_face_source", "IMAGE_EXTENSIONS"]
+__all__ = ["FaceDataset", "RecordIOFaces", "ImageFolderFaces", "HFFaces", "HFIterableFaces",
+           "create_face_source", "IMAGE_EXTENSIONS"]
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 Transform = Optional[Callable[[torch.Tensor], Any]]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 _MAX_SKIP_TRIES = 64
 _SCALAR = namedtuple("_SCALAR", ["flag", "label"])
+
+
+def checked_num_classes(found: int, override: Optional[int], where: Any) -> int:
+    """``override`` when given (it may exceed the classes found, never be below them), else ``found``."""
+    if override is None:
+        return int(found)
+    if int(override) < int(found):
+        raise ConfigError(f"{where}: num_classes={override} is below the {found} classes in the data")
+    return int(override)
 
 
 class FaceDataset(Dataset):
@@ -60,7 +70,7 @@ class FaceDataset(Dataset):
     def _note_skip(self, index: int, exc: Exception) -> None:
         self.skipped += 1
         if self.skipped <= 10 or self.skipped % 100 == 0:
-            logger.warning("skipping unreadable sample %d (%s); %d skipped so far in process %d",
+            _logger.warning("skipping unreadable sample %d (%s); %d skipped so far in process %d",
                            index, exc, self.skipped, os.getpid())
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
@@ -113,7 +123,7 @@ _PAGE = mmap.PAGESIZE
 _WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None
 
 
-class RecordIODataset(FaceDataset):
+class RecordIOFaces(FaceDataset):
     """Face images from an MXNet RecordIO ``.rec`` (+ ``.idx`` beside it), as insightface packs MS1MV2/V3,
     Glint360K and WebFace4M/42M. ``path``: the ``.rec`` file or its folder.
 
@@ -315,14 +325,15 @@ class RecordIODataset(FaceDataset):
 
 
 class ImageFolderFaces(FaceDataset):
-    """Aligned faces in ``root/<identity>/*.jpg``; identities are sorted folder names -> labels 0..C-1."""
+    """Aligned faces in ``path/<identity>/*.jpg``; identities are sorted folder names -> labels 0..C-1.
 
-    def __init__(self, root: PathLike, transform: Transform = None, on_error: str = "raise",
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
+    ``num_classes`` may raise the class count above the folders found (e.g. to share a classifier with more
+    identities); it cannot lower it."""
+
+    def __init__(self, path: PathLike, transform: Transform = None, on_error: str = "raise",
+                 num_classes: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         super().__init__(transform, on_error)
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: identity folder root not found")
+        self.root = require_path(path, "folder of identity folders", kind="dir")
         exts = tuple(e.lower() for e in extensions)
         self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -331,8 +342,9 @@ class ImageFolderFaces(FaceDataset):
             files = sorted(e.name for e in os.scandir(self.root / c) if e.is_file() and e.name.lower().endswith(exts))
             self.samples.extend((os.path.join(c, f), self.class_to_idx[c]) for f in files)
         if not self.samples:
-            raise FileNotFoundError(f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders")
-        self.num_classes = len(self.classes)
+            raise DataError(f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders "
+                            f"({len(self.classes)} sub-folders found); expected {self.root}/<identity>/<image>.jpg")
+        self.num_classes = checked_num_classes(len(self.classes), num_classes, self.root)
         self.targets = [s[1] for s in self.samples]
 
     def __len__(self) -> int:
@@ -353,15 +365,17 @@ class ImageFolderFaces(FaceDataset):
 _LABEL_NAMES = ("label", "labels", "identity", "id", "class", "person", "target")
 
 
-def _load_hf(source: Any, split: Optional[str], streaming: bool) -> Any:
+def _load_hf(path: Any, split: Optional[str], streaming: bool) -> Any:
+    """A ``datasets`` dataset from a loaded one, a ``save_to_disk`` folder, a data file, a folder of data files or a
+    Hub id. A local path that does not exist is reported at once; a Hub id is checked for reachability first, so
+    an offline machine fails in seconds with a message saying so."""
     import datasets
 
-    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        return source
-    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        ds = source
+    if isinstance(path, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict,
+                         datasets.IterableDatasetDict)):
+        ds = path
     else:
-        p = Path(source)
+        p = Path(path).expanduser()
         if p.is_dir() and ((p / "state.json").exists() or (p / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(p))
             if streaming:
@@ -369,12 +383,23 @@ def _load_hf(source: Any, split: Optional[str], streaming: bool) -> Any:
                     datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in ds.items()})
         elif p.is_file() and p.suffix in (".parquet", ".arrow"):
             ds = datasets.load_dataset(p.suffix[1:], data_files=str(p), streaming=streaming)
-        else:  # a folder of data files or a Hub id
-            ds = datasets.load_dataset(str(source), streaming=streaming)
+        elif p.is_dir():
+            if not any(p.iterdir()):
+                raise DataError(f"{p}: the folder is empty (expected a Hugging Face dataset, a .rec, or identity "
+                                "folders of images)")
+            ds = datasets.load_dataset(str(p), streaming=streaming)
+        elif looks_like_local_path(path):
+            raise MissingPathError(f"{path}: no such file or folder (expected a dataset: a .rec, a folder of identity "
+                                   "folders, a Hugging Face dataset folder or .parquet file, or a Hub id ORG/NAME)")
+        else:
+            from facezoo.models.factory import check_hub_reachable
+
+            check_hub_reachable(str(path), repo_type="dataset")
+            ds = datasets.load_dataset(str(path), streaming=streaming)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None))
         if name is None or name not in ds:
-            raise KeyError(f"{source}: choose a split with split=; available: {list(ds)}")
+            raise ConfigError(f"{path}: choose a split with split=; available: {list(ds)}")
         ds = ds[name]
     return ds
 
@@ -384,35 +409,27 @@ def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], 
 
     feats = ds.features
     if feats is None:
-        raise ValueError(f"{source}: the dataset has no feature schema; pass image_column= and label_column=")
+        raise DataError(f"{source}: the dataset has no feature schema; pass image_column= and label_column=")
     if image_column is None:
         imgs = [k for k, v in feats.items() if isinstance(v, datasets.Image)]
         if not imgs:
-            raise ValueError(f"{source}: no Image column among {list(feats)}; pass image_column=")
+            raise DataError(f"{source}: no Image column among {list(feats)}; pass image_column=")
         image_column = imgs[0]
     if label_column is None:
         cls = [k for k, v in feats.items() if isinstance(v, datasets.ClassLabel)]
         named = [k for k in _LABEL_NAMES if k in feats]
         if not cls and not named:
-            raise ValueError(f"{source}: no label column (ClassLabel or one of {list(_LABEL_NAMES)}) among "
+            raise DataError(f"{source}: no label column (ClassLabel or one of {list(_LABEL_NAMES)}) among "
                              f"{list(feats)}; pass label_column=")
         label_column = cls[0] if cls else named[0]
     for c in (image_column, label_column):
         if c not in feats:
-            raise ValueError(f"{source}: no column {c!r}; columns are {list(feats)}")
+            raise DataError(f"{source}: no column {c!r}; columns are {list(feats)}")
     return image_column, label_column
 
 
 def _cell_image(cell: Any, where: str) -> torch.Tensor:
-    if isinstance(cell, dict):
-        if cell.get("bytes") is not None:
-            return decode_rgb(cell["bytes"], where=where)
-        if cell.get("path"):
-            try:
-                return decode_rgb(Path(cell["path"]).read_bytes(), where=f"{where} ({cell['path']})")
-            except OSError as exc:
-                raise DataError(f"{where}: cannot read {cell['path']}: {exc}") from exc
-    raise DataError(f"{where}: empty image cell")
+    return decode_rgb(cell_bytes(cell, where), where=where)
 
 
 def _cell_label(value: Any, where: str) -> int:
@@ -423,34 +440,33 @@ def _cell_label(value: Any, where: str) -> int:
     return int(value)
 
 
-class HFFaceDataset(FaceDataset):
+class HFFaces(FaceDataset):
     """A Hugging Face dataset with an image column and a label column, as a map-style training source.
 
-    ``source``: a ``datasets.Dataset``, a ``save_to_disk`` folder, a ``.parquet``/``.arrow`` file, a folder of data
+    ``path``: a ``datasets.Dataset``, a ``save_to_disk`` folder, a ``.parquet``/``.arrow`` file, a folder of data
     files, or a Hub id. Columns are detected (first ``Image`` feature; first ``ClassLabel`` or a column named
     ``label``/``identity``/...) unless given. Images are decoded from their stored bytes (no PIL round trip).
     """
 
-    def __init__(self, source: Any, split: Optional[str] = None, transform: Transform = None,
+    def __init__(self, path: Any, split: Optional[str] = None, transform: Transform = None,
                  image_column: Optional[str] = None, label_column: Optional[str] = None,
                  on_error: str = "raise", num_classes: Optional[int] = None) -> None:
         import datasets
         import pyarrow.compute as pc
 
         super().__init__(transform, on_error)
-        ds = _load_hf(source, split, streaming=False)
+        ds = _load_hf(path, split, streaming=False)
         if not isinstance(ds, datasets.Dataset):
-            raise TypeError(f"{source}: streamed datasets are iterable-only; use HFFaceIterable")
-        self.source = str(source) if not isinstance(source, datasets.Dataset) else (ds.info.dataset_name or "dataset")
+            raise ConfigError(f"{path}: streamed datasets are iterable-only; use HFIterableFaces")
+        self.source = str(path) if not isinstance(path, datasets.Dataset) else (ds.info.dataset_name or "dataset")
         self.image_column, self.label_column = _columns(ds, image_column, label_column, self.source)
         feat = ds.features[self.label_column]
-        if num_classes is not None:
-            self.num_classes = int(num_classes)
-        elif isinstance(feat, datasets.ClassLabel):
+        if isinstance(feat, datasets.ClassLabel) and num_classes is None:
             self.num_classes = feat.num_classes
-        else:
+        else:  # the labels present bound an override from below
             col = ds.data.column(self.label_column)
-            self.num_classes = int(pc.max(col).as_py()) + 1 if len(col) else 0
+            found = int(pc.max(col).as_py()) + 1 if len(col) else 0
+            self.num_classes = checked_num_classes(found, num_classes, self.source)
         self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
             [self.image_column, self.label_column])
 
@@ -478,32 +494,32 @@ class HFFaceDataset(FaceDataset):
         return out
 
 
-class HFFaceIterable(IterableDataset):
+class HFIterableFaces(IterableDataset):
     """A streamed (or iterable) Hugging Face dataset as a training source: yields ``(image, int label)``.
 
     DataLoader workers each read their own shards (``datasets`` splits shards by worker). ``num_classes`` comes
     from a ``ClassLabel`` feature or must be given. ``on_error='skip'`` skips and counts unreadable rows.
     """
 
-    def __init__(self, source: Any, split: Optional[str] = None, transform: Transform = None,
+    def __init__(self, path: Any, split: Optional[str] = None, transform: Transform = None,
                  image_column: Optional[str] = None, label_column: Optional[str] = None,
                  on_error: str = "raise", num_classes: Optional[int] = None) -> None:
         import datasets
 
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        ds = _load_hf(source, split, streaming=True)
+        ds = _load_hf(path, split, streaming=True)
         if isinstance(ds, datasets.Dataset):
             ds = ds.to_iterable_dataset()
-        self.source = str(source)
+        self.source = str(path)
         self.image_column, self.label_column = _columns(ds, image_column, label_column, self.source)
         feat = ds.features[self.label_column]
-        if num_classes is not None:
+        if num_classes is not None:  # a stream cannot be checked ahead; training checks every batch's labels
             self.num_classes = int(num_classes)
         elif isinstance(feat, datasets.ClassLabel):
             self.num_classes = feat.num_classes
         else:
-            raise ValueError(f"{source}: label column {self.label_column!r} is not a ClassLabel, so a streamed "
+            raise ConfigError(f"{path}: label column {self.label_column!r} is not a ClassLabel, so a streamed "
                              "dataset cannot know num_classes without reading it all; pass num_classes=")
         self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
             [self.image_column, self.label_column])
@@ -525,28 +541,35 @@ class HFFaceIterable(IterableDataset):
                     raise
                 self.skipped += 1
                 if self.skipped <= 10 or self.skipped % 100 == 0:
-                    logger.warning("skipping unreadable row (%s); %d skipped so far in process %d", exc,
+                    _logger.warning("skipping unreadable row (%s); %d skipped so far in process %d", exc,
                                    self.skipped, os.getpid())
                 continue
             yield (self.transform(image) if self.transform is not None else image), label
 
 
-def open_face_source(source: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
-                     **kwargs: Any) -> Union[FaceDataset, HFFaceIterable]:
+def create_face_source(path: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
+                       **kwargs: Any) -> Union[FaceDataset, HFIterableFaces]:
     """Open any training source by what it is: ``'synthetic'``, a ``.rec`` file or folder with one, a folder of
-    identity folders, a Hugging Face dataset (folder, parquet file, Hub id; ``streaming=True`` for iterable)."""
-    if isinstance(source, str) and source == "synthetic":
+    identity folders, a Hugging Face dataset (folder, parquet file, Hub id; ``streaming=True`` for iterable).
+
+    A local path that does not exist (``faces_emore``, ``./data``, ``/data/x.rec``) is reported at once, never
+    looked up on the Hub; ``ORG/NAME`` that is not a local folder is a Hub id."""
+    if isinstance(path, str) and path == "synthetic":
         from facezoo.data.synthetic import SyntheticFaces
 
         return SyntheticFaces(transform=transform, **kwargs)
-    p = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    p = Path(path).expanduser() if isinstance(path, (str, os.PathLike)) else None
+    if p is not None and not p.exists() and looks_like_local_path(path):
+        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
+                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
+                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
     if p is not None and (p.suffix == ".rec" or (p.is_dir() and ((p / "train.rec").exists() or any(p.glob("*.rec"))))):
-        return RecordIODataset(p, transform=transform, on_error=on_error, **kwargs)
+        return RecordIOFaces(p, transform=transform, on_error=on_error, **kwargs)
     if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
         entries = list(os.scandir(p))
         data_files = [e for e in entries if e.is_file() and e.name.endswith((".parquet", ".arrow", ".csv", ".json", ".jsonl"))]
         if not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir():
             return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
     if streaming:
-        return HFFaceIterable(source, transform=transform, on_error=on_error, **kwargs)
-    return HFFaceDataset(source, transform=transform, on_error=on_error, **kwargs)
+        return HFIterableFaces(path, transform=transform, on_error=on_error, **kwargs)
+    return HFFaces(path, transform=transform, on_error=on_error, **kwargs)

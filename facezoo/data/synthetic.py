@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from facezoo.errors import ConfigError
+
 __all__ = ["SyntheticFaces", "render_face", "render_face_chw", "synthetic_pairs", "VERIFY_IDENTITY_OFFSET"]
 
 VERIFY_IDENTITY_OFFSET = 1 << 30
@@ -459,14 +461,15 @@ class SyntheticFaces(Dataset):
     ``i // images_per_identity``. The image is a uint8 RGB tensor (3, 112, 112), or ``transform`` of it.
 
     ``identity_offset`` shifts the identities drawn (labels stay 0..N-1); :func:`synthetic_pairs` uses identities
-    from ``VERIFY_IDENTITY_OFFSET`` on, disjoint from any training set.
+    from ``VERIFY_IDENTITY_OFFSET`` on, disjoint from any training set. ``num_classes`` (default
+    ``num_identities``) may be larger, as for every training source.
     """
 
     def __init__(self, num_identities: int = 1000, images_per_identity: int = 20, seed: int = 0,
                  transform: Optional[Callable[[torch.Tensor], Any]] = None, difficulty: float = 1.0,
-                 identity_offset: int = 0) -> None:
+                 identity_offset: int = 0, num_classes: Optional[int] = None) -> None:
         if num_identities < 1 or images_per_identity < 1:
-            raise ValueError("num_identities and images_per_identity must be >= 1")
+            raise ConfigError("num_identities and images_per_identity must be >= 1")
         if identity_offset + num_identities > VERIFY_IDENTITY_OFFSET and identity_offset < VERIFY_IDENTITY_OFFSET:
             raise ValueError("training identities must stay below VERIFY_IDENTITY_OFFSET (2**30)")
         self.num_identities = int(num_identities)
@@ -475,7 +478,9 @@ class SyntheticFaces(Dataset):
         self.transform = transform
         self.difficulty = float(difficulty)
         self.identity_offset = int(identity_offset)
-        self.num_classes = self.num_identities
+        self.num_classes = self.num_identities if num_classes is None else int(num_classes)
+        if self.num_classes < self.num_identities:
+            raise ConfigError(f"SyntheticFaces: num_classes={num_classes} is below num_identities={num_identities}")
 
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity

@@ -18,6 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import ColorJitter
 from torchvision.transforms.v2 import functional as TF
 
+from facezoo.constants import FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
 from facezoo.data.image import to_uint8_chw
 
 __all__ = ["FaceTransform", "create_face_transform", "resolve_face_data_config"]
@@ -32,8 +33,8 @@ def resolve_face_data_config(cfg_or_model: Union[nn.Module, dict, None]) -> dict
     from timm.data import resolve_data_config
 
     if cfg_or_model is None:
-        cfg_or_model = {"input_size": (3, 112, 112), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-                        "interpolation": "bilinear", "crop_pct": 1.0}
+        cfg_or_model = {"input_size": FACE_INPUT_SIZE, "mean": FACE_MEAN, "std": FACE_STD,
+                        "interpolation": FACE_INTERPOLATION, "crop_pct": 1.0}
     if isinstance(cfg_or_model, nn.Module):
         return resolve_data_config(model=cfg_or_model)
     if hasattr(cfg_or_model, "to_dict"):  # timm PretrainedCfg

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from facezoo.data.image import DataError, decode_rgb, encode_image, to_uint8_chw
+from facezoo.data.image import cell_bytes, decode_rgb, encode_image, to_uint8_chw
+from facezoo.errors import DataError
 
 __all__ = ["load_bin", "write_bin", "load_pairs_dataset", "write_pairs_dataset", "UnsafePickleError"]
 
@@ -180,15 +181,6 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     raise ValueError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
 
 
-def _image_bytes(cell: Any, where: str) -> bytes:
-    if isinstance(cell, dict):
-        if cell.get("bytes") is not None:
-            return cell["bytes"]
-        if cell.get("path"):
-            return Path(cell["path"]).read_bytes()
-    raise DataError(f"{where}: image cell has neither bytes nor a readable path")
-
-
 def load_pairs_dataset(path: PathLike, split: Optional[str] = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a verification set stored as a Hugging Face dataset of image pairs (same output as :func:`load_bin`).
 
@@ -206,7 +198,7 @@ def load_pairs_dataset(path: PathLike, split: Optional[str] = None, progress: bo
     flags: list[bool] = []
     for i, row in enumerate(tqdm(ds, desc=f"decode {Path(path).name}", disable=not progress)):
         for c in (c1, c2):
-            images.append(decode_rgb(_image_bytes(row[c], f"{path}: row {i} {c}"), where=f"{path}: row {i} column {c}"))
+            images.append(decode_rgb(cell_bytes(row[c], f"{path}: row {i} {c}"), where=f"{path}: row {i} column {c}"))
         v = row[cs]
         if v is None or (not isinstance(v, (bool, int, np.integer, np.bool_))) or int(v) not in (0, 1):
             raise DataError(f"{path}: row {i} column {cs} is {v!r}, expected a bool or 0/1")

@@ -22,3 +22,10 @@ def to_numpy(x: ArrayLike, dtype: Optional[Any] = None) -> np.ndarray:
         x = x.numpy()
     arr = np.asarray(x)
     return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalization as ``sklearn.preprocessing.normalize`` (zero rows stay zero)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0.0] = 1.0
+    return x / norms[:, None]

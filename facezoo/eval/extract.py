@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from facezoo.constants import FACE_INPUT_SIZE, FACE_MEAN, FACE_STD
+from facezoo.eval._arrays import l2_normalize
+
 Images = Union[torch.Tensor, np.ndarray, Dataset]
 
 
@@ -26,7 +29,7 @@ def model_preprocessing(model: torch.nn.Module) -> Tuple[Tuple[int, int], torch.
         size = tuple(int(v) for v in cfg["input_size"][1:])
         mean, std = cfg["mean"], cfg["std"]
     except Exception:  # not a timm model: the face-recognition convention
-        size, mean, std = (112, 112), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        size, mean, std = FACE_INPUT_SIZE[1:], FACE_MEAN, FACE_STD
     return size, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)  # type: ignore
 
 
@@ -45,13 +48,6 @@ def _collate(batch: Sequence[Any]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(x) for x in items])
 
 
-def _shard(n: int, rank: int, world: int) -> Tuple[int, int]:
-    """Contiguous shard of ``n`` items for ``rank`` (the first ``n % world`` ranks hold one extra)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 128,
                      device: Union[str, torch.device, None] = None, flip: bool = True,
@@ -59,23 +55,27 @@ def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 1
                      desc: str = "extract") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Raw model outputs ``f(img)`` and (``flip``) ``f(flip(img))``, float32 (N, D) on the CPU, in input order.
 
-    With an ``accelerate.Accelerator`` running several processes, each process embeds a contiguous shard on its
-    device and the shards are gathered, so every process returns the full arrays. The model is put in eval mode
-    (and restored afterwards).
+    With an ``accelerate.Accelerator`` running several processes, each process embeds its contiguous part of the
+    items (``accelerator.split_between_processes``, padded to equal length) on its device and the parts are
+    gathered (``accelerator.gather``) with their item indices, so every process returns the full arrays in input
+    order. The model is put in eval mode (and restored afterwards).
     """
     dataset = _as_dataset(images)
     n = len(dataset)  # type: ignore[arg-type]
-    rank, world = 0, 1
+    world = accelerator.num_processes if accelerator is not None else 1
     if accelerator is not None:
-        rank, world = accelerator.process_index, accelerator.num_processes
         device = accelerator.device
-        if n < world:  # too few items to give every process a shard: each embeds everything
-            rank, world = 0, 1
+    if n < world:  # too few items to give every process one: each embeds everything
+        world = 1
+    indices = list(range(n))
+    if world > 1:
+        with accelerator.split_between_processes(indices, apply_padding=True) as mine:
+            indices = list(mine)
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     device = torch.device(device)
-    start, stop = _shard(n, rank, world)
-    part = Subset(dataset, range(start, stop)) if world > 1 else dataset
+    rank = accelerator.process_index if world > 1 else 0
+    part = Subset(dataset, indices) if world > 1 else dataset
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
     size, mean, std = model_preprocessing(model)
     mean, std = mean.to(device).view(1, 3, 1, 1), std.to(device).view(1, 3, 1, 1)
@@ -102,25 +102,19 @@ def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 1
     feats = torch.cat(outs) if outs else torch.zeros(0, dim)
     flip_feats = (torch.cat(flips) if flips else torch.zeros(0, dim)) if flip else None
     if world > 1:
-        feats = _gather(accelerator, feats, n, world)
-        flip_feats = _gather(accelerator, flip_feats, n, world) if flip else None
+        feats = _gather(accelerator, feats, indices, n)
+        flip_feats = _gather(accelerator, flip_feats, indices, n) if flip else None
     return feats, flip_feats
 
 
-def _gather(accelerator: Any, x: torch.Tensor, n: int, world: int) -> torch.Tensor:
-    """All-gather contiguous shards of unequal length (padded to the longest), back to the (n, D) array."""
-    longest = _shard(n, 0, world)[1]
-    pad = torch.zeros(longest, x.shape[1], dtype=x.dtype)
-    pad[: x.shape[0]] = x
-    allx = accelerator.gather(pad.to(accelerator.device)).cpu().view(world, longest, -1)
-    return torch.cat([allx[r, : _shard(n, r, world)[1] - _shard(n, r, world)[0]] for r in range(world)])
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalization as ``sklearn.preprocessing.normalize`` (zero rows stay zero)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0.0] = 1.0
-    return x / norms[:, None]
+def _gather(accelerator: Any, x: torch.Tensor, indices: Sequence[int], n: int) -> torch.Tensor:
+    """Every process's rows (equal counts: ``split_between_processes`` padded them) back to the (n, D) array,
+    placed by their item indices (a padded repeat lands on its own row again)."""
+    rows = accelerator.gather(torch.as_tensor(indices, dtype=torch.long, device=accelerator.device)).cpu()
+    allx = accelerator.gather(x.to(accelerator.device)).cpu()
+    out = torch.empty(n, x.shape[1], dtype=x.dtype)
+    out[rows] = allx
+    return out
 
 
 def fuse_embeddings(feats: torch.Tensor, flip_feats: Optional[torch.Tensor]) -> np.ndarray:

@@ -22,11 +22,7 @@ from typing import Any, Dict, Iterable, Tuple, Union
 
 import numpy as np
 
-from facezoo.eval._arrays import ArrayLike, to_numpy
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from facezoo.eval._arrays import ArrayLike, l2_normalize, to_numpy
 
 
 def similarity(probe_feats: ArrayLike, gallery_feats: ArrayLike, normalize: bool = True) -> np.ndarray:
@@ -36,7 +32,7 @@ def similarity(probe_feats: ArrayLike, gallery_feats: ArrayLike, normalize: bool
     if p.ndim != 2 or g.ndim != 2 or p.shape[1] != g.shape[1]:
         raise ValueError(f"probe and gallery features must be (Q, D) and (G, D), got {p.shape} and {g.shape}")
     if normalize:
-        p, g = _normalize(p), _normalize(g)
+        p, g = l2_normalize(p), l2_normalize(g)
     return p @ g.T
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
+from facezoo.errors import DataError
 from facezoo.eval._arrays import ArrayLike, to_numpy
 from facezoo.eval.roc import DEFAULT_FARS, auc, tar_at_far
 
@@ -46,6 +47,9 @@ def image_features(features: ArrayLike, flip_features: Optional[ArrayLike] = Non
         if ff.shape != f.shape:
             raise ValueError(f"flip_features shape {ff.shape} differs from features shape {f.shape}")
         f = f + ff
+    bad = int((~np.isfinite(f)).any(axis=1).sum())
+    if bad:
+        raise DataError(f"IJB: {bad} of {f.shape[0]} image features are not finite (NaN or Inf); refusing to score")
     if normalize_images:
         f = f / np.sqrt(np.sum(f ** 2, -1, keepdims=True))
     if faceness is not None:

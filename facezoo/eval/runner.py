@@ -16,65 +16,70 @@ import torch
 from facezoo.eval import ijb as ijb_protocol
 from facezoo.eval import identification, verification
 from facezoo.eval.extract import extract_features, fuse_embeddings
+from facezoo.errors import ConfigError, DataError, MissingPathError, did_you_mean, require_path
 from facezoo.eval.roc import DEFAULT_FARS
 
-_LOG = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 PAPER_TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 
 VerificationSet = Tuple[torch.Tensor, torch.Tensor]
 
 
-def load_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
-               device: Union[str, torch.device] = "cpu", **kwargs: Any) -> torch.nn.Module:
-    """A timm model (any timm name, facezoo name, ``hf-hub:`` or ``local-dir:`` id) that outputs embeddings.
-
-    ``num_classes=0`` is passed so classifiers become feature extractors. ``checkpoint`` loads a local
-    ``.safetensors`` / ``.pth`` through timm (``pretrained_cfg_overlay=dict(file=...)``, the model's checkpoint
-    filter maps foreign layouts). ``hf-hub:``/``local-dir:`` ids always load their weights; a plain name without
-    ``checkpoint`` or ``pretrained`` is randomly initialized (logged as a warning).
-    """
-    import timm
-
-    import facezoo  # noqa: F401  (registers the face models)
-
-    kw: Dict[str, Any] = dict(num_classes=0, **kwargs)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        kw["pretrained_cfg_overlay"] = dict(file=str(path))
-        pretrained = True
-    elif name.startswith(("hf-hub:", "local-dir:")):
-        pretrained = True
-    elif not pretrained:
-        _LOG.warning("%s: no --checkpoint and not --pretrained: evaluating randomly initialized weights", name)
-    model = timm.create_model(name, pretrained=pretrained, **kw)
-    return model.to(device).eval()
+def find_verification_sets(path: Union[str, Path]) -> Dict[str, Path]:
+    """Every verification set in the folder ``path``: ``NAME.bin`` files, and Hugging Face pair datasets
+    (``NAME/`` folders saved by ``facezoo data convert``, ``NAME.parquet``), by name, sorted."""
+    root = require_path(path, "folder of verification sets", kind="dir")
+    found: Dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if p.suffix in (".bin", ".parquet") and p.is_file():
+            found.setdefault(p.stem, p)
+        elif p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()
+                             or (p / "dataset_dict.json").exists() or any(p.glob("*.parquet"))
+                             or any(p.glob("data/*.parquet"))):
+            found.setdefault(p.name, p)
+    return found
 
 
-def find_verification_set(root: Union[str, Path], name: str) -> Path:
-    """Path of set ``name`` under ``root``: ``name.bin``, else a HF dataset (``name/`` folder or ``name.parquet``)."""
-    root = Path(root)
-    candidates = [root / f"{name}.bin", root / name, root / f"{name}.parquet"]
-    for c in candidates:
+def find_verification_set(path: Union[str, Path], name: str) -> Path:
+    """Path of set ``name`` in the folder ``path``: ``name.bin``, else a HF dataset (``name/`` or ``name.parquet``)."""
+    root = require_path(path, "folder of verification sets", kind="dir")
+    for c in (root / f"{name}.bin", root / name, root / f"{name}.parquet"):
         if c.exists():
             return c
-    raise FileNotFoundError(f"verification set {name!r} not found; looked for " + ", ".join(map(str, candidates)))
+    available = sorted(find_verification_sets(root))
+    raise MissingPathError(f"{root}: no verification set {name!r} ({name}.bin, {name}/ or {name}.parquet); found "
+                           f"{', '.join(available) if available else 'none'}{did_you_mean(name, available)}")
 
 
-def load_verification_sets(root: Union[str, Path], targets: Iterable[str], progress: bool = True
+def load_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None, progress: bool = True
                            ) -> Dict[str, VerificationSet]:
-    """``{name: (uint8 images (2P, 3, H, W), issame (P,))}`` for each target found under ``root``."""
+    """``{name: (uint8 images (2P, 3, H, W), issame (P,))}`` for each target in the folder ``path``; ``targets``
+    None loads every set found there (an empty folder is an error)."""
     from facezoo.data import load_bin, load_pairs_dataset
 
+    if targets is None:
+        paths = find_verification_sets(path)
+        if not paths:
+            raise MissingPathError(f"{path}: no verification sets in this folder (expected NAME.bin files such as "
+                                   "lfw.bin, or Hugging Face pair datasets NAME/ / NAME.parquet)")
+        _logger.info("verification sets in %s: %s", path, ", ".join(paths))
+    else:
+        paths = {name: find_verification_set(path, name) for name in targets}
     sets = {}
-    for name in targets:
-        path = find_verification_set(root, name)
-        sets[name] = load_bin(path, progress=progress) if path.suffix == ".bin" else \
-            load_pairs_dataset(path, progress=progress)
-        _LOG.info("%s: %d pairs from %s", name, len(sets[name][1]), path)
+    for name, p in paths.items():
+        sets[name] = load_bin(p, progress=progress) if p.suffix == ".bin" else load_pairs_dataset(p, progress=progress)
+        _logger.info("%s: %d pairs from %s", name, len(sets[name][1]), p)
     return sets
+
+
+def check_finite(name: str, features: torch.Tensor) -> None:
+    """Refuse non-finite embeddings: they would score 50% silently (an untrained insightface-initialized model
+    in eval mode overflows; a broken checkpoint looks the same)."""
+    bad = int((~torch.isfinite(features)).any(dim=1).sum())
+    if bad:
+        raise DataError(f"{name}: {bad} of {features.shape[0]} embeddings are not finite (NaN or Inf); the model's "
+                        "output is broken (an untrained or diverged model, or a checkpoint that does not belong to it)")
 
 
 def run_verification_sets(model: torch.nn.Module, sets: Mapping[str, VerificationSet], batch_size: int = 128,
@@ -92,49 +97,54 @@ def run_verification_sets(model: torch.nn.Module, sets: Mapping[str, Verificatio
         t0 = time.perf_counter()
         feats, flips = extract_features(model, images, batch_size, device, flip=flip, accelerator=accelerator,
                                         progress=progress, desc=name)
+        check_finite(name, feats if flips is None else torch.cat([feats, flips]))
         emb = fuse_embeddings(feats, flips)
         res = verification.evaluate(emb, issame, nfolds=nfolds)
         raw = feats if flips is None else torch.cat([feats, flips])
         res["xnorm"] = float(raw.double().norm(dim=1).mean())
         res["seconds"] = time.perf_counter() - t0
-        _LOG.info("[%s] accuracy-flip %.5f+-%.5f  TAR@FAR=1e-3 %.5f  XNorm %.4f", name, res["accuracy"],
+        _logger.info("[%s] accuracy-flip %.5f+-%.5f  TAR@FAR=1e-3 %.5f  XNorm %.4f", name, res["accuracy"],
                   res["accuracy_std"], res["tar_at_far"], res["xnorm"])
         results[name] = res
     return results
 
 
-def run_ijb(model: torch.nn.Module, root: Union[str, Path], target: str = "IJBC", batch_size: int = 128,
-            device: Union[str, torch.device, None] = None, fars: Sequence[float] = DEFAULT_FARS,
+#: IJB 1:1 modes: insightface's default (faceness-weighted, no per-image L2), without the detector score, with L2
+IJB_MODES = ("default", "no_faceness", "image_l2")
+
+
+def run_ijb(model: torch.nn.Module, path: Union[str, Path], target: str = "IJBC", batch_size: int = 128,
+            device: Union[str, torch.device, None] = None, flip: bool = True, fars: Sequence[float] = DEFAULT_FARS,
             modes: Sequence[str] = ("default",), one_to_n: bool = False, accelerator: Any = None,
             num_workers: int = 0, progress: bool = True) -> Dict[str, Any]:
-    """IJB-B/C 1:1 (and optionally 1:N) evaluation of ``model`` on the release under ``root``.
+    """IJB-B/C 1:1 (and optionally 1:N) evaluation of ``model`` on the release folder ``path``.
 
-    ``modes``: any of ``default`` (flip + faceness, no per-image L2: insightface's defaults), ``no_flip``,
+    ``flip``: flip TTA (``f(img) + f(flip)``, insightface's default), as in :func:`run_verification_sets`.
+    ``modes``: any of ``IJB_MODES`` -- ``default`` (faceness-weighted, no per-image L2: insightface's defaults),
     ``no_faceness``, ``image_l2``; one TAR@FAR dict per mode. 1:N runs on the default mode's template features
-    when ``root/meta`` holds the 1:N CSVs.
+    when ``path/meta`` holds the 1:N CSVs.
     """
     from facezoo.data.ijb import IJBAlignedImages, read_ijb
 
+    unknown = [m for m in modes if m not in IJB_MODES]
+    if unknown:
+        raise ConfigError(f"unknown IJB mode {unknown[0]!r}; choose from {', '.join(IJB_MODES)}"
+                          f"{did_you_mean(unknown[0], IJB_MODES)}")
+    root = Path(path)
     meta = read_ijb(root, target)
-    flip_needed = any(m != "no_flip" for m in modes)
-    feats, flips = extract_features(model, IJBAlignedImages(meta), batch_size, device, flip=flip_needed,
+    feats, flips = extract_features(model, IJBAlignedImages(meta), batch_size, device, flip=flip,
                                     accelerator=accelerator, num_workers=num_workers, progress=progress,
                                     desc=meta.target)
+    check_finite(meta.target, feats if flips is None else torch.cat([feats, flips]))
     out: Dict[str, Any] = {"target": meta.target, "num_images": len(meta), "num_pairs": int(len(meta.t1)),
-                           "modes": {}}
-    options = {"default": dict(), "no_flip": dict(flip=False), "no_faceness": dict(faceness=False),
-               "image_l2": dict(normalize_images=True)}
+                           "flip": bool(flip), "modes": {}}
     for mode in modes:
-        if mode not in options:
-            raise ValueError(f"unknown IJB mode {mode!r}; choose from {sorted(options)}")
-        o = options[mode]
         res = ijb_protocol.evaluate(
             feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels,
-            faceness=meta.faceness if o.get("faceness", True) else None, fars=fars,
-            flip_features=flips if o.get("flip", True) else None,
-            normalize_images=o.get("normalize_images", False))
+            faceness=None if mode == "no_faceness" else meta.faceness, fars=fars, flip_features=flips,
+            normalize_images=mode == "image_l2")
         out["modes"][mode] = res
-        _LOG.info("[%s %s] TAR@FAR %s", meta.target, mode,
+        _logger.info("[%s %s] TAR@FAR %s", meta.target, mode,
                   "  ".join(f"{f:g}: {100 * t:.2f}" for f, t in res["tar_at_far"].items()))
     files = identification.ijb_1n_files(root, meta.target)
     if one_to_n:

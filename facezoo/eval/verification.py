@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from facezoo.errors import DataError
 from facezoo.eval._arrays import ArrayLike, to_numpy
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
@@ -134,6 +135,10 @@ def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_tar
     (``{'fpr', 'tpr', 'thresholds'}``, mean over folds), ``num_pairs``, ``nfolds``.
     """
     dist = pair_distances(embeddings)
+    bad = int((~np.isfinite(dist)).sum())
+    if bad:
+        raise DataError(f"verification: {bad} of {dist.shape[0]} pairs have non-finite embeddings (NaN or Inf); "
+                        "refusing to score them (they would count as 'different' and give a meaningless accuracy)")
     same = to_numpy(issame).astype(bool).reshape(-1)
     if same.shape[0] != dist.shape[0]:
         raise ValueError(f"{dist.shape[0]} pairs of embeddings but {same.shape[0]} issame labels")

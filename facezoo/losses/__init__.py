@@ -8,7 +8,7 @@ Heads map (cosine logits [N, C], labels [N]; -1 = class on another shard) to sca
 from facezoo.losses.adaface import AdaFace
 from facezoo.losses.base import MarginHead
 from facezoo.losses.curricularface import CurricularFace
-from facezoo.losses.factory import build_margin_loss
+from facezoo.losses.factory import create_margin_loss
 from facezoo.losses.magface import MagFace
 from facezoo.losses.margin import ArcFace, CombinedMarginLoss, CosFace
 from facezoo.losses.partial_fc import (
@@ -29,7 +29,7 @@ __all__ = [
     "MagFace",
     "MarginHead",
     "PartialFC",
-    "build_margin_loss",
+    "create_margin_loss",
     "gather_shards",
     "load_shard_file",
     "reshard",

@@ -27,9 +27,9 @@ class AdaFace(MarginHead):
     """AdaFace margin head; ``forward(cosine, labels, norms)`` with the norms before L2 normalization.
 
     Args:
+        s: scale (64).
         m: margin (0.4).
         h: concentration of the norm-to-margin mapping (0.333: ~68% of z within [-0.333, 0.333]).
-        s: scale (64).
         t_alpha: EMA factor of the norm statistics: ``new = t_alpha * batch + (1 - t_alpha) * old``
             (the authors' configs use 0.01).
         eps: cosine clamp [-1 + eps, 1 - eps], angle clamp [eps, pi - eps] and std offset (1e-3).
@@ -50,28 +50,29 @@ class AdaFace(MarginHead):
 
     def __init__(
         self,
+        s: float = 64.0,
         m: float = 0.4,
         h: float = 0.333,
-        s: float = 64.0,
         t_alpha: float = 0.01,
         eps: float = 1e-3,
+        *,
         process_group: Optional[Any] = None,
     ) -> None:
         super().__init__()
-        check_scale_and_margin("AdaFace", m=m, h=h, s=s, t_alpha=t_alpha, eps=eps)
+        check_scale_and_margin("AdaFace", s=s, m=m, h=h, t_alpha=t_alpha, eps=eps)
         if s <= 0:
             raise ValueError(f"AdaFace: scale s must be > 0, got {s}")
         if not 0 <= t_alpha <= 1:
             raise ValueError(f"AdaFace: t_alpha must be in [0, 1], got {t_alpha}")
         if not 0 < eps < 0.5:
             raise ValueError(f"AdaFace: eps must be in (0, 0.5), got {eps}")
-        self.m, self.h, self.s, self.t_alpha, self.eps = float(m), float(h), float(s), float(t_alpha), float(eps)
+        self.s, self.m, self.h, self.t_alpha, self.eps = float(s), float(m), float(h), float(t_alpha), float(eps)
         self.process_group = process_group
         self.register_buffer("batch_mean", torch.ones(1) * 20)
         self.register_buffer("batch_std", torch.ones(1) * 100)
 
     def extra_repr(self) -> str:
-        return f"m={self.m}, h={self.h}, s={self.s}, t_alpha={self.t_alpha}, eps={self.eps}"
+        return f"s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha}, eps={self.eps}"
 
     @torch.no_grad()
     def update_norm_stats(self, safe_norms: torch.Tensor, global_batch: bool = False) -> None:

@@ -154,6 +154,29 @@ def angular_margin(
     return _AngularMargin.apply(t, m2, float(m1), bool(straight_through))
 
 
+#: what a head does where theta + m passes pi (where cos(theta + m) stops decreasing with theta):
+#: ``"wrap"`` nothing (current insightface), ``"threshold"`` cos(theta) - m*sin(m) past pi - m (older insightface and
+#: the CurricularFace / MagFace references), ``"easy"`` the margin only where cos(theta) > 0 ("easy margin")
+OVERFLOW_MODES = ("wrap", "threshold", "easy")
+
+
+def check_overflow(head: str, overflow: str) -> str:
+    if overflow not in OVERFLOW_MODES:
+        raise ValueError(f"{head}: overflow must be one of {OVERFLOW_MODES}, got {overflow!r}")
+    return overflow
+
+
+def apply_overflow(target: torch.Tensor, t: torch.Tensor, m: torch.Tensor | float, overflow: str) -> torch.Tensor:
+    """``target`` = cos(theta + m) of target cosines ``t``, with the ``overflow`` rule (see ``OVERFLOW_MODES``)."""
+    if overflow == "easy":
+        return torch.where(t > 0, target, t)
+    if overflow == "threshold":
+        if torch.is_tensor(m):
+            return torch.where(t > torch.cos(math.pi - m), target, t - torch.sin(math.pi - m) * m)
+        return torch.where(t > math.cos(math.pi - m), target, t - math.sin(math.pi - m) * m)
+    return target
+
+
 def scatter_targets(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Write ``values`` at (rows, cols) of ``logits`` (autograd-aware, in place on an owned tensor)."""
     if rows.numel():

@@ -16,7 +16,9 @@ import torch
 from facezoo.losses.base import (
     MarginHead,
     angular_margin,
+    apply_overflow,
     check_inputs,
+    check_overflow,
     check_scale_and_margin,
     compute_dtype,
     scatter_targets,
@@ -31,8 +33,11 @@ class CurricularFace(MarginHead):
         s: scale (64).
         m: additive angular margin in radians (0.5).
         t_alpha: EMA factor of the mean target cosine t (the reference's fixed 0.01).
-        straight_through: False (default, as the reference) gives the exact gradient of cos(theta + m), kept
-            finite at cosine = +-1; True back-propagates the target as an identity (like insightface's ArcFace).
+        straight_through: True (the default of every facezoo head, insightface's ArcFace gradient) back-propagates
+            the target as an identity; False gives the exact gradient of cos(theta + m) (the reference's), kept
+            finite at cosine = +-1.
+        overflow: past pi - m, ``"threshold"`` (default, the reference: cos(theta) - m*sin(m)), ``"easy"`` or
+            ``"wrap"`` (see ``facezoo.losses.base.OVERFLOW_MODES``).
         process_group: group over which the mean target cosine is pooled when distributed (default: world).
 
     The buffer ``t`` (initially 0, the reference's name) is in the state_dict. It is updated only in training
@@ -48,7 +53,9 @@ class CurricularFace(MarginHead):
         s: float = 64.0,
         m: float = 0.5,
         t_alpha: float = 0.01,
-        straight_through: bool = False,
+        *,
+        straight_through: bool = True,
+        overflow: str = "threshold",
         process_group: Optional[Any] = None,
     ) -> None:
         super().__init__()
@@ -61,13 +68,12 @@ class CurricularFace(MarginHead):
             raise ValueError(f"CurricularFace: t_alpha must be in [0, 1], got {t_alpha}")
         self.s, self.m, self.t_alpha = float(s), float(m), float(t_alpha)
         self.straight_through = bool(straight_through)
+        self.overflow = check_overflow("CurricularFace", overflow)
         self.process_group = process_group
-        self.threshold = math.cos(math.pi - self.m)
-        self.mm = math.sin(math.pi - self.m) * self.m
         self.register_buffer("t", torch.zeros(1))
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}"
+        return f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}, overflow={self.overflow!r}"
 
     @torch.no_grad()
     def update_t(self, target_cosine: torch.Tensor, global_batch: bool = False) -> None:
@@ -115,6 +121,5 @@ class CurricularFace(MarginHead):
         t = self.t.to(x.dtype)
         logits = torch.where(hard, x * (t + x), x) * self.s
         pos = x[rows, cols]
-        target = angular_margin(pos, self.m, 1.0, self.straight_through)
-        target = torch.where(pos > self.threshold, target, pos - self.mm)
+        target = apply_overflow(angular_margin(pos, self.m, 1.0, self.straight_through), pos, self.m, self.overflow)
         return scatter_targets(logits, rows, cols, target * self.s)

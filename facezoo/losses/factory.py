@@ -21,8 +21,8 @@ MARGIN_LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_margin_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Margin head by name (case-insensitive; '-' and '_' ignored), e.g. ``build_margin_loss("arcface", m=0.4)``.
+def create_margin_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Margin head by name (case-insensitive; '-' and '_' ignored), e.g. ``create_margin_loss("arcface", m=0.4)``.
 
     Names: arcface, cosface, combined (CombinedMarginLoss: s, m1, m2, m3), adaface, curricularface, magface.
     Keyword arguments are the head's constructor arguments; a wrong one raises a TypeError naming the head.
@@ -34,4 +34,4 @@ def build_margin_loss(name: str, **kwargs: Any) -> nn.Module:
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise TypeError(f"build_margin_loss({name!r}): {err}") from err
+        raise TypeError(f"create_margin_loss({name!r}): {err}") from err

@@ -16,8 +16,10 @@ import torch
 from facezoo.losses.base import (
     MarginHead,
     angular_margin,
+    apply_overflow,
     check_inputs,
     check_norms,
+    check_overflow,
     check_scale_and_margin,
     compute_dtype,
     scatter_targets,
@@ -32,11 +34,13 @@ class MagFace(MarginHead):
         l_a, u_a: norm range [10, 110] over which the margin varies (norms are clamped to it).
         l_margin, u_margin: margin at l_a and at u_a (0.45, 0.8).
         lambda_g: weight of the norm regulariser (35).
-        easy_margin: False (default, reference): past pi - m(a) the target is cos(theta) - m(a)*sin(m(a));
-            True: the margin is applied only where cos(theta) > 0.
+        straight_through: True (the default of every facezoo head) back-propagates the target cosine as an identity
+            (insightface's ArcFace gradient); False gives the exact derivative of cos(theta + m(a)) (the
+            reference's), finite at cosine = +-1.
+        overflow: past pi - m(a), ``"threshold"`` (default, the reference: cos(theta) - m(a)*sin(m(a))), ``"easy"``
+            (the margin only where cos(theta) > 0) or ``"wrap"``.
 
-    Gradients flow into the norms through the margin and the regulariser, as in the reference; the target's
-    derivative is exact and finite at cosine = +-1. ``facezoo.losses.PartialFC`` adds the regulariser itself.
+    Gradients flow into the norms through the margin and the regulariser, as in the reference. ``facezoo.losses.PartialFC`` adds the regulariser itself.
     """
 
     needs_norms = True
@@ -49,7 +53,9 @@ class MagFace(MarginHead):
         l_margin: float = 0.45,
         u_margin: float = 0.8,
         lambda_g: float = 35.0,
-        easy_margin: bool = False,
+        *,
+        straight_through: bool = True,
+        overflow: str = "threshold",
     ) -> None:
         super().__init__()
         check_scale_and_margin(
@@ -63,12 +69,14 @@ class MagFace(MarginHead):
             raise ValueError(f"MagFace: need 0 <= l_margin <= u_margin < pi, got {l_margin}, {u_margin}")
         self.s, self.l_a, self.u_a = float(s), float(l_a), float(u_a)
         self.l_margin, self.u_margin, self.lambda_g = float(l_margin), float(u_margin), float(lambda_g)
-        self.easy_margin = bool(easy_margin)
+        self.straight_through = bool(straight_through)
+        self.overflow = check_overflow("MagFace", overflow)
 
     def extra_repr(self) -> str:
         return (
             f"s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_margin={self.l_margin}, u_margin={self.u_margin}, "
-            f"lambda_g={self.lambda_g}, easy_margin={self.easy_margin}"
+            f"lambda_g={self.lambda_g}, "
+            f"straight_through={self.straight_through}, overflow={self.overflow!r}"
         )
 
     def margin(self, a: torch.Tensor) -> torch.Tensor:
@@ -100,9 +108,5 @@ class MagFace(MarginHead):
         cols = labels[rows]
         ma = self.margin(norms.to(dtype).clamp(self.l_a, self.u_a)[rows])
         t = x[rows, cols]
-        target = angular_margin(t, ma)
-        if self.easy_margin:
-            target = torch.where(t > 0, target, t)
-        else:
-            target = torch.where(t > torch.cos(math.pi - ma), target, t - torch.sin(math.pi - ma) * ma)
+        target = apply_overflow(angular_margin(t, ma, 1.0, self.straight_through), t, ma, self.overflow)
         return scatter_targets(logits, rows, cols, target * self.s)

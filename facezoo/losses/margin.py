@@ -23,13 +23,13 @@ import torch
 from facezoo.losses.base import (
     MarginHead,
     angular_margin,
+    apply_overflow,
     check_inputs,
+    check_overflow,
     check_scale_and_margin,
     compute_dtype,
     scatter_targets,
 )
-
-OVERFLOW_MODES = ("wrap", "threshold", "easy")
 
 
 class CombinedMarginLoss(MarginHead):
@@ -73,8 +73,7 @@ class CombinedMarginLoss(MarginHead):
             raise ValueError(f"{name}: m2 (additive angular margin, radians) must be in [0, pi), got {m2}")
         if m3 < 0:
             raise ValueError(f"{name}: m3 (additive cosine margin) must be >= 0, got {m3}")
-        if overflow not in OVERFLOW_MODES:
-            raise ValueError(f"{name}: overflow must be one of {OVERFLOW_MODES}, got {overflow!r}")
+        check_overflow(name, overflow)
         if overflow == "threshold" and m1 != 1.0:
             raise ValueError(
                 f"{name}: overflow='threshold' (cos(theta) - m2*sin(m2) past pi - m2) is defined for m1 == 1 only, "
@@ -84,9 +83,6 @@ class CombinedMarginLoss(MarginHead):
         self.straight_through = bool(straight_through)
         self.overflow = overflow
         self.interclass_filtering_threshold = float(interclass_filtering_threshold)
-        # insightface's constants for the threshold fallback
-        self.theta_threshold = math.cos(math.pi - self.m2)
-        self.sinmm = math.sin(math.pi - self.m2) * self.m2
 
     def extra_repr(self) -> str:
         return (
@@ -99,11 +95,7 @@ class CombinedMarginLoss(MarginHead):
         if self.m1 == 1.0 and self.m2 == 0.0:
             out = t
         else:
-            out = angular_margin(t, self.m2, self.m1, self.straight_through)
-            if self.overflow == "threshold":
-                out = torch.where(t > self.theta_threshold, out, t - self.sinmm)
-            elif self.overflow == "easy":
-                out = torch.where(t > 0, out, t)
+            out = apply_overflow(angular_margin(t, self.m2, self.m1, self.straight_through), t, self.m2, self.overflow)
         return out - self.m3 if self.m3 else out
 
     def forward(
@@ -140,6 +132,7 @@ class ArcFace(CombinedMarginLoss):
 
     def __init__(self, s: float = 64.0, m: float = 0.5, *, straight_through: bool = True, overflow: str = "wrap") -> None:
         super().__init__(s, 1.0, m, 0.0, straight_through=straight_through, overflow=overflow)
+        self.m = float(m)
 
 
 class CosFace(CombinedMarginLoss):
@@ -151,3 +144,4 @@ class CosFace(CombinedMarginLoss):
 
     def __init__(self, s: float = 64.0, m: float = 0.4) -> None:
         super().__init__(s, 1.0, 0.0, m)
+        self.m = float(m)

@@ -88,7 +88,7 @@ class PartialFC(nn.Module):
         margin_loss: a facezoo margin head (``ArcFace``, ``CosFace``, ``CombinedMarginLoss``, ``AdaFace``,
             ``CurricularFace``, ``MagFace``) or any module ``(cosine [N, C_local], labels [N]) -> logits`` with
             labels -1 for rows whose class is elsewhere (insightface's ``CombinedMarginLoss`` works as is).
-        embedding_size: E, the embedding dimension.
+        embed_dim: E, the embedding dimension.
         num_classes: C, the total number of classes over all ranks.
         sample_rate: fraction of this shard's classes used per step (>= 1 class); every positive class of
             the global batch is always kept, the rest are random negatives (1.0 = no sampling).
@@ -115,7 +115,7 @@ class PartialFC(nn.Module):
     def __init__(
         self,
         margin_loss: nn.Module,
-        embedding_size: int,
+        embed_dim: int,
         num_classes: int,
         sample_rate: float = 1.0,
         *,
@@ -126,26 +126,26 @@ class PartialFC(nn.Module):
         super().__init__()
         if not isinstance(margin_loss, nn.Module):
             raise TypeError(f"PartialFC: margin_loss must be an nn.Module, got {type(margin_loss).__name__}")
-        if int(embedding_size) < 1 or int(num_classes) < 1:
-            raise ValueError(f"PartialFC: embedding_size and num_classes must be >= 1, got {embedding_size}, {num_classes}")
+        if int(embed_dim) < 1 or int(num_classes) < 1:
+            raise ValueError(f"PartialFC: embed_dim and num_classes must be >= 1, got {embed_dim}, {num_classes}")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
         self.margin_loss = margin_loss
-        self.embedding_size, self.num_classes = int(embedding_size), int(num_classes)
+        self.embed_dim, self.num_classes = int(embed_dim), int(num_classes)
         self.sample_rate = float(sample_rate)
         self.process_group = process_group
         self.compensate_ddp_average = bool(compensate_ddp_average)
         self.rank, self.world_size = rank_and_world_size(process_group)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world_size, self.rank)
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
-        self.weight = nn.Parameter(torch.normal(0.0, init_std, (self.num_local, self.embedding_size)))
+        self.weight = nn.Parameter(torch.normal(0.0, init_std, (self.num_local, self.embed_dim)))
         spec = [self.num_classes, self.world_size, self.rank, self.class_start, self.num_local]
         self.register_buffer(SPEC_KEY, torch.tensor(spec, dtype=torch.long))
         self.weight_index: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
         return (
-            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, sample_rate={self.sample_rate}, "
+            f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, sample_rate={self.sample_rate}, "
             f"rank={self.rank}, world_size={self.world_size}, class_start={self.class_start}, num_local={self.num_local}"
         )
 
@@ -182,9 +182,9 @@ class PartialFC(nn.Module):
             embeddings: [N_local, E] this rank's embeddings, not normalized (any float dtype).
             labels: [N_local] (or [N_local, 1]) global class ids in [0, num_classes).
         """
-        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
             raise ValueError(
-                f"PartialFC: embeddings must be [N, {self.embedding_size}], got {tuple(embeddings.shape)}"
+                f"PartialFC: embeddings must be [N, {self.embed_dim}], got {tuple(embeddings.shape)}"
             )
         if labels.dim() == 2 and labels.shape[1] == 1:
             labels = labels.view(-1)
@@ -260,9 +260,9 @@ class PartialFC(nn.Module):
     @torch.no_grad()
     def load_full_weight(self, weight: torch.Tensor) -> None:
         """Copy this rank's rows out of a full class-center matrix [num_classes, E]."""
-        if tuple(weight.shape) != (self.num_classes, self.embedding_size):
+        if tuple(weight.shape) != (self.num_classes, self.embed_dim):
             raise ValueError(
-                f"PartialFC.load_full_weight: expected shape ({self.num_classes}, {self.embedding_size}), "
+                f"PartialFC.load_full_weight: expected shape ({self.num_classes}, {self.embed_dim}), "
                 f"got {tuple(weight.shape)}"
             )
         self.weight.copy_(weight[self.class_start : self.class_start + self.num_local])
