@@ -12,7 +12,7 @@ from facezoo import layers, models  # noqa: F401  (importing models registers th
 
 __version__ = "0.1.0"
 
-_LAZY_SUBPACKAGES = ("losses", "data", "eval")
+_LAZY_SUBPACKAGES = ("losses", "data", "eval", "train")
 
 
 def __getattr__(name: str) -> Any:

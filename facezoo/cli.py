@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "facezoo.models.cli",   # facezoo models
     "facezoo.data.cli",     # facezoo data {convert,synth,info}
     "facezoo.eval.cli",     # facezoo eval
+    "facezoo.train.cli",    # facezoo train
 )
 
 #: exceptions that mean "the input is wrong", shown as one line with exit code 2
@@ -70,7 +71,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = debug_requested(args_in)
     args_in = [a for a in args_in if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(args_in)
+    args, extra = parser.parse_known_args(args_in)
+    if extra:  # key=value overrides may follow options (facezoo train RECIPE --output-dir D a.b=1)
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.parse_args(args_in)  # the usual one-line error for what is really unknown
+        args.overrides = list(args.overrides) + extra
     args.debug = debug
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -58,7 +58,11 @@ class HubError(FacezooError, ConnectionError):
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """``"; did you mean 'a' or 'b'?"`` for the registered names closest to ``name``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(str(name), choices, n=n, cutoff=0.6)
+    if not close:  # 'lr_rate' -> 'lr': a valid name that the typo starts with (or that starts with it)
+        close = sorted((c for c in choices if len(c) >= 2 and (str(name).startswith(c) or c.startswith(str(name)))),
+                       key=lambda c: -len(c))[:n]
     if not close:
         return ""
     quoted = [repr(c) for c in close]

@@ -430,3 +430,38 @@ def reshard_files(
         save_file({k: v.contiguous() for k, v in sd.items()}, str(target))
         written.append(target)
     return written
+
+
+def read_shard_range(
+    paths: Sequence[PathLike], class_start: int, num_local: int, keys: Sequence[str] = ("weight",)
+) -> dict[str, torch.Tensor]:
+    """Rows ``[class_start, class_start + num_local)`` of the row-sharded tensors ``keys`` from facezoo shard files.
+
+    The files are ``.safetensors`` shards carrying ``shard_spec`` (any world size, any order); each is opened lazily
+    and only the overlapping rows are read, so a rank re-sharding a 2M-class checkpoint never holds the full matrix.
+    Every key must be row-aligned with the weight (``[num_local_saved, ...]``: the weight itself, or its optimizer
+    buffers such as SGD's ``momentum_buffer``). Missing rows raise an error naming them.
+    """
+    from safetensors import safe_open
+
+    stop = class_start + num_local
+    parts: dict[str, list[tuple[int, torch.Tensor]]] = {k: [] for k in keys}
+    covered = 0
+    for path in paths:
+        with safe_open(str(path), framework="pt") as f:
+            if SPEC_KEY not in f.keys():
+                raise ValueError(f"{path}: no {SPEC_KEY!r}; not a facezoo Partial FC shard")
+            spec = dict(zip(SPEC_FIELDS, [int(v) for v in f.get_tensor(SPEC_KEY).tolist()]))
+            lo, hi = max(class_start, spec["class_start"]), min(stop, spec["class_start"] + spec["num_local"])
+            if lo >= hi:
+                continue
+            covered += hi - lo
+            a, b = lo - spec["class_start"], hi - spec["class_start"]
+            for k in keys:
+                if k not in f.keys():
+                    raise KeyError(f"{path}: no {k!r} in this shard (keys: {sorted(f.keys())[:8]})")
+                parts[k].append((lo, f.get_slice(k)[a:b]))
+    if covered != num_local:
+        raise ValueError(f"Partial FC shards {[str(p) for p in paths]} cover {covered} of the {num_local} classes "
+                         f"[{class_start}, {stop}); pass every rank's shard once")
+    return {k: torch.cat([t for _, t in sorted(v, key=lambda item: item[0])]) for k, v in parts.items()}

@@ -52,8 +52,16 @@ DEPTHS: Dict[int, Tuple[int, int, int, int]] = {
 HEADS: Dict[str, str] = {"": "flatten", "_gap": "avg", "_gwp": "gwp", "_gdc": "gdc"}
 #: ``layout`` values: whose variant of the architecture (and whose checkpoints) the model follows
 LAYOUTS = ("insightface", "adaface")
-_WIDTHS = (64, 128, 256, 512)
+#: channels of the stem / stage 1 and of stages 2-4, as insightface
+WIDTHS = (64, 128, 256, 512)
 _BN_EPS = 1e-5
+
+
+def _map_side(side: int) -> int:
+    """Side of the last map: four stride-2 3x3 convs with padding 1, each giving ceil(side / 2) (112 -> 7)."""
+    for _ in range(4):
+        side = (side + 1) // 2
+    return side
 
 
 def model_names() -> List[str]:
@@ -152,6 +160,7 @@ class IResNet(nn.Module):
             drop_rate: float = 0.0,
             img_size: Union[int, Tuple[int, int]] = 112,
             layout: str = "insightface",
+            widths: Sequence[int] = WIDTHS,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -175,6 +184,8 @@ class IResNet(nn.Module):
                 without affine parameters (gamma 1, beta 0) instead of insightface's fixed gamma / trained beta.
                 Everything else, module names included, is the same, so their checkpoints load with a key map.
                 (Their IR-152 / IR-200 are bottleneck networks, widths 256-2048: not this architecture.)
+            widths: channels of the stem and the 4 stages, insightface's (64, 128, 256, 512) by default. Narrower
+                nets (e.g. (16, 32, 64, 128)) are for demos and tests on a CPU; no published checkpoint has them.
         """
         super().__init__()
         if head not in POOL_TYPES:
@@ -185,29 +196,32 @@ class IResNet(nn.Module):
             raise ValueError(f"layers must give the blocks of 4 stages, got {layers!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must give the channels of 4 stages, got {widths!r}")
         dd = dict(device=device, dtype=dtype)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.embed_dim = embed_dim
-        self.num_features = _WIDTHS[-1]
+        self.num_features = widths[-1]
         self.head_hidden_size = embed_dim
         self.stem_kernel = stem_kernel
         self.layout = layout
         self.pool_type = head  # the pooling the fc was built for
         self.global_pool = head  # the pooling in use ('' = none, forward returns the map)
         self.grad_checkpointing = False
-        map_size = (img_size[0] // 16, img_size[1] // 16)
+        map_size = (_map_side(img_size[0]), _map_side(img_size[1]))
 
         # stem
-        self.conv1 = nn.Conv2d(in_chans, 64, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False, **dd)
-        self.bn1 = nn.BatchNorm2d(64, eps=_BN_EPS, **dd)
-        self.prelu = nn.PReLU(64, **dd)
+        chs = widths[0]
+        self.conv1 = nn.Conv2d(in_chans, chs, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(chs, eps=_BN_EPS, **dd)
+        self.prelu = nn.PReLU(chs, **dd)
         # stages
-        chs = 64
-        self.feature_info = [dict(num_chs=64, reduction=1, module="prelu")]
-        for i, (width, n) in enumerate(zip(_WIDTHS, layers)):
+        self.feature_info = [dict(num_chs=chs, reduction=1, module="prelu")]
+        for i, (width, n) in enumerate(zip(widths, layers)):
             self.add_module(f"layer{i + 1}", make_stage(chs, width, n, layout=layout, **dd))
             chs = width
             self.feature_info.append(dict(num_chs=width, reduction=2 ** (i + 1), module=f"layer{i + 1}"))

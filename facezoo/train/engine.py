@@ -1,0 +1,612 @@
+"""The training engine: a backbone under Accelerate (DDP), sharded Partial FC, exact and elastic resume.
+
+One :class:`Trainer` per process. Accelerate starts the process group (``accelerate launch``, torchrun, SLURM, or one
+plain process), places the model and wraps the backbone in DDP; facezoo owns what Accelerate does not do for a
+sharded classifier: the Partial FC shard of each rank (built after the process group, never prepared), the sample
+order (:mod:`facezoo.train.sampler`), the loss-scale agreement (:mod:`facezoo.train.amp`), the learning-rate
+schedule (stepped once per optimizer step) and the checkpoints (:mod:`facezoo.train.checkpoint`).
+
+A step: each micro-batch is augmented and normalized on the device, the backbone runs under autocast, Partial FC
+returns the global-batch loss; after the last micro-batch the gradients are unscaled and checked, and one small
+all-reduce makes every rank agree on "some gradient or loss is not finite" and "a stop signal arrived". A bad
+step is skipped on every rank (counted, logged; ``train.max_bad_steps`` in a row stop the run); SIGTERM / SIGINT
+write a checkpoint at the current step and stop with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from facezoo.errors import ConfigError, DataError, FacezooError
+from facezoo.losses.partial_fc import SPEC_KEY
+from facezoo.train import checkpoint as ckpt
+from facezoo.train.amp import LossScaler, autocast, unscale_and_check
+from facezoo.train.augment import DeviceAugment
+from facezoo.train.config import Recipe, save_recipe
+from facezoo.train.data import build_eval_sets, build_train_source, max_label
+from facezoo.train.sampler import BatchPlan, RankBatchSampler
+from facezoo.train.schedule import create_scheduler
+
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train"]
+
+_logger = logging.getLogger(__name__)
+_PFC_BLOCK = 1 << 16  # classes per block of the world-size-independent Partial FC initialization
+
+
+class TrainingError(FacezooError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(FacezooError):
+    """A SIGTERM / SIGINT stopped the run after writing a checkpoint; ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _init_partial_fc(pfc: nn.Module, seed: int, std: float = 0.01) -> None:
+    """N(0, std) class centres that do not depend on the number of processes: the matrix is drawn in blocks of
+    ``_PFC_BLOCK`` classes, each from a generator seeded with (seed, block), and every rank keeps its rows."""
+    start, stop = pfc.class_start, pfc.class_start + pfc.num_local
+    rows = []
+    for block in range(start // _PFC_BLOCK, (stop - 1) // _PFC_BLOCK + 1):
+        g = torch.Generator().manual_seed(int(seed) * 7919 + block)
+        lo = block * _PFC_BLOCK
+        n = min(_PFC_BLOCK, pfc.num_classes - lo)
+        w = torch.randn(n, pfc.embed_dim, generator=g) * std
+        rows.append(w[max(start - lo, 0):min(stop - lo, n)])
+    with torch.no_grad():
+        pfc.weight.copy_(torch.cat(rows).to(pfc.weight))
+
+
+class Trainer:
+    """Builds everything a recipe names, then :meth:`fit` trains, evaluates, checkpoints and exports."""
+
+    def __init__(self, recipe: Recipe, output_dir: os.PathLike, resume: Optional[str] = None,
+                 progress: bool = True) -> None:
+        self.recipe, self.output_dir, self.progress = recipe, Path(output_dir), progress
+        self.resume_arg = resume
+        self._stop_signal = 0
+        self._saved_step: Optional[int] = None
+        self._setup()
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        cfg = self.recipe
+        log_with = None
+        if cfg.train.tensorboard:
+            from accelerate.utils import is_tensorboard_available
+
+            if is_tensorboard_available():
+                log_with = "tensorboard"
+            else:
+                _logger.warning("train.tensorboard: the tensorboard package is not installed; no TensorBoard logs")
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False, bucket_cap_mb=16)
+        # mixed precision is the recipe's (train.mixed_precision), run by facezoo's autocast + loss scaler
+        self.accelerator = acc = Accelerator(mixed_precision="no", log_with=log_with, project_dir=str(self.output_dir),
+                                             kwargs_handlers=[ddp])
+        self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        self._setup_logging()
+        self.resume_path = ckpt.resolve_resume(self.resume_arg, self.output_dir)
+        if self.resume_arg == "latest" and self.resume_path is None:
+            _logger.info("--resume latest: no checkpoint in %s yet, starting from step 0", self.output_dir)
+        if cfg.train.mixed_precision == "fp16" and self.device.type == "cpu":
+            _logger.warning("train.mixed_precision fp16 on the CPU is slow and rarely useful; bf16 or no is the "
+                            "usual choice there")
+
+        # data first: a wrong path fails before any model is built
+        set_seed(cfg.train.seed)
+        self.backbone = self._build_model()
+        self.input_size = self._input_size()
+        self.source = build_train_source(cfg, self.input_size, progress=self.progress and self.is_main)
+        if isinstance(self.source, IterableDataset):
+            raise ConfigError(f"data.train {cfg.data.train!r} is a streamed (iterable) dataset, which cannot be "
+                              "sampled or resumed exactly; use a local copy (facezoo data convert) or a map-style "
+                              "Hugging Face dataset")
+        self.num_classes = int(cfg.data.num_classes or self.source.num_classes)
+        top = max_label(self.source)
+        if top is not None and top >= self.num_classes:
+            raise DataError(f"data.train {cfg.data.train}: labels go up to {top}, but num_classes is "
+                            f"{self.num_classes} (labels must be 0..num_classes-1; set data.num_classes)")
+        self.plan = BatchPlan(len(self.source), cfg.data.batch_size, cfg.train.grad_accum, self.world, self.rank,
+                              cfg.train.seed)
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.plan.steps_per_epoch
+        self.eval_sets = build_eval_sets(cfg, progress=self.progress and self.is_main)
+
+        # model, loss, optimizer
+        from facezoo.losses import PartialFC, create_margin_loss
+
+        self.embed_dim = int(getattr(self.backbone, "embed_dim", None) or self.backbone.num_features)
+        head = create_margin_loss(cfg.loss.name, **self._loss_kwargs())
+        self.pfc = PartialFC(head, self.embed_dim, self.num_classes, cfg.loss.sample_rate).to(self.device)
+        _init_partial_fc(self.pfc, cfg.train.seed)
+        self._freeze()
+        self.backbone.to(self.device)
+        if cfg.model.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if cfg.model.grad_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
+        model: nn.Module = self.backbone
+        if cfg.model.compile:
+            model = torch.compile(model)
+        self.model = acc.prepare(model)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = create_scheduler(self.optimizer, self.total_steps, cfg.train.epochs, cfg.schedule,
+                                          cfg.optim.lr)
+        self.scaler = LossScaler(cfg.train.mixed_precision == "fp16")
+        cfg_pre = self.backbone.pretrained_cfg if hasattr(self.backbone, "pretrained_cfg") else {}
+        self.augment = DeviceAugment(cfg.data.augment, self.input_size, cfg_pre.get("mean", (0.5,) * 3),
+                                     cfg_pre.get("std", (0.5,) * 3), cfg.train.seed, cfg.model.channels_last)
+
+        # where the run stands
+        self.step, self.epoch, self.offset = 0, 0, 0
+        self.bad_streak, self.skipped = 0, 0
+        if self.resume_path is not None:
+            self._load_checkpoint(self.resume_path)
+        else:
+            torch.manual_seed(cfg.train.seed * 1000 + self.rank)  # rank-local randomness (dropout, PFC sampling)
+        if self.is_main:
+            save_recipe(cfg, self.output_dir / "recipe.yaml")
+        self._init_trackers()
+        _logger.info(
+            "training %s on %s: %d images, %d classes, %d process(es) on %s, global batch %d (%d per process and "
+            "micro-batch), %d steps (%d per epoch), %s%s", self.arch, cfg.data.train, len(self.source),
+            self.num_classes, self.world, self.device, cfg.data.batch_size, self.plan.local_batch, self.total_steps,
+            self.plan.steps_per_epoch, f"mixed precision {cfg.train.mixed_precision}",
+            f", resumed from {self.resume_path} at step {self.step}" if self.resume_path else "")
+
+    def _setup_logging(self) -> None:
+        root = logging.getLogger("facezoo")
+        if self.is_main:
+            handler = logging.FileHandler(self.output_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(handler)
+            root.setLevel(min(root.level or logging.INFO, logging.INFO))
+            self._log_handler: Optional[logging.Handler] = handler
+        else:
+            root.setLevel(logging.WARNING)
+            self._log_handler = None
+
+    def _build_model(self) -> nn.Module:
+        import timm
+
+        from facezoo.models import create_model
+
+        m = self.recipe.model
+        kwargs: Dict[str, Any] = dict(m.args)
+        if "embed_dim" in kwargs or "num_classes" in kwargs:
+            raise ConfigError("model.args: give the embedding size as model.embed_dim (num_classes is the training "
+                              "set's)")
+        name = m.name
+        hub = (m.pretrained or "").startswith(("hf-hub:", "local-dir:"))
+        if hub:
+            name = m.pretrained
+        takes_embed_dim = not hub and name is not None and timm.is_model(name) and \
+            timm.models.model_entrypoint(name).__module__.startswith("facezoo")
+        if takes_embed_dim or "embed_dim" in m.model_fields_set:
+            kwargs["embed_dim"] = m.embed_dim
+        if "img_size" in kwargs:
+            size = kwargs["img_size"]
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            kwargs["pretrained_cfg_overlay"] = dict(input_size=(3, *size))
+        checkpoint = m.pretrained if m.pretrained and not hub else None
+        try:
+            model = create_model(name, checkpoint=checkpoint, num_classes=0, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model.args: {exc}") from None
+        self.arch = model.pretrained_cfg.get("architecture", name) if hasattr(model, "pretrained_cfg") else name
+        return model
+
+    def _input_size(self) -> Tuple[int, int, int]:
+        cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
+        return tuple(cfg.get("input_size", (3, 112, 112)))  # type: ignore[return-value]
+
+    def _loss_kwargs(self) -> Dict[str, Any]:
+        loss = self.recipe.loss
+        kw = dict(loss.args, s=loss.s)
+        if loss.m is not None:
+            kw["m"] = loss.m
+        return kw
+
+    def _freeze(self) -> None:
+        prefixes = self.recipe.model.freeze
+        if not prefixes:
+            self.frozen: List[nn.Module] = []
+            return
+        names = dict(self.backbone.named_modules())
+        for p in prefixes:
+            if p not in names:
+                top = [n for n, _ in self.backbone.named_children()]
+                from facezoo.errors import did_you_mean
+
+                raise ConfigError(f"model.freeze: no module {p!r} in {self.arch}{did_you_mean(p, list(names))} "
+                                  f"(top-level modules: {', '.join(top)})")
+        self.frozen = [names[p] for p in prefixes]
+        for mod in self.frozen:
+            for param in mod.parameters():
+                param.requires_grad_(False)
+        _logger.info("frozen: %s (%d parameters)", ", ".join(prefixes),
+                     sum(p.numel() for mod in self.frozen for p in mod.parameters()))
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.recipe.optim
+        no_decay_ids = set()
+        if o.no_weight_decay_on_bn:
+            for mod in self.backbone.modules():
+                if isinstance(mod, nn.modules.batchnorm._NormBase):
+                    no_decay_ids.update(id(p) for p in mod.parameters(recurse=False))
+        decay = [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in no_decay_ids]
+        no_decay = [p for p in self.backbone.parameters() if p.requires_grad and id(p) in no_decay_ids]
+        lr_b = o.lr * o.backbone_lr_scale
+        groups = [dict(params=decay, lr=lr_b, weight_decay=o.weight_decay, name="backbone")]
+        if no_decay:
+            groups.append(dict(params=no_decay, lr=lr_b, weight_decay=0.0, name="backbone_no_decay"))
+        groups.append(dict(params=[self.pfc.weight], lr=o.lr, weight_decay=o.weight_decay, name="partial_fc"))
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def identity(self) -> Dict[str, Any]:
+        """What a checkpoint must share with this recipe to be resumed."""
+        return {"architecture": self.arch, "num_classes": self.num_classes, "embed_dim": self.embed_dim,
+                "loss": self.recipe.loss.name, "model_args": json.loads(json.dumps(self.recipe.model.args))}
+
+    def _init_trackers(self) -> None:
+        if self.accelerator.log_with is None or not self.accelerator.log_with:
+            self.trackers = False
+            return
+        self.accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": self.step}})
+        self.trackers = True
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _backbone_optim_state(self) -> Dict[str, torch.Tensor]:
+        out = {}
+        for name, p in self.backbone.named_parameters():
+            for k, v in self.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    out[f"{name}.{k}"] = v
+        return out
+
+    def _pfc_state(self) -> Dict[str, torch.Tensor]:
+        state = {k: v for k, v in self.pfc.state_dict().items()}
+        for k, v in self.optimizer.state.get(self.pfc.weight, {}).items():
+            if torch.is_tensor(v):
+                state[f"optim.{k}"] = v
+        return state
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_<step>`` (every rank calls this), then prune to ``train.keep_last``."""
+        cfg = self.recipe
+
+        def rank_files(folder: Path) -> None:
+            ckpt.save_tensors(self._pfc_state(), folder / "partial_fc" / f"rank{self.rank}_of_{self.world}.safetensors")
+            ckpt.save_rng_state(folder / "rng" / f"rank{self.rank}.pt")
+
+        def main_files(folder: Path) -> None:
+            ckpt.save_tensors(self.backbone.state_dict(), folder / "backbone.safetensors")
+            ckpt.save_tensors(self._backbone_optim_state(), folder / "backbone_optim.safetensors")
+            ckpt.save_json({
+                "step": self.step, "epoch": self.epoch, "offset": self.offset, "world_size": self.world,
+                "global_batch": cfg.data.batch_size, "grad_accum": cfg.train.grad_accum,
+                "num_samples": len(self.source), "total_steps": self.total_steps,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "bad_streak": self.bad_streak, "skipped": self.skipped, "identity": self.identity(),
+                "optimizer": cfg.optim.name, "time": time.time(),
+            }, folder / ckpt.STATE_FILE)
+
+        path = ckpt.write_checkpoint(self.output_dir, self.step, self.rank, self.world,
+                                     self.accelerator.wait_for_everyone, rank_files, main_files)
+        if self.is_main:
+            for removed in ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_last):
+                _logger.info("removed old checkpoint %s (train.keep_last=%d)", removed.name, cfg.train.keep_last)
+            _logger.info("checkpoint %s", path)
+        self.accelerator.wait_for_everyone()
+        self._saved_step = self.step
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from facezoo.losses import read_shard_range
+        from facezoo.train.checkpoint import load_tensors
+
+        state = ckpt.read_trainer_state(path)
+        ckpt.check_identity(state.get("identity", {}), self.identity(), path)
+        if state.get("optimizer", self.recipe.optim.name) != self.recipe.optim.name:
+            raise ConfigError(f"{path} was trained with optim.name={state['optimizer']}; resuming with "
+                              f"{self.recipe.optim.name} would drop its optimizer state")
+        self.backbone.load_state_dict(load_tensors(path / "backbone.safetensors"), strict=True)
+        optim = load_tensors(path / "backbone_optim.safetensors")
+        for name, p in self.backbone.named_parameters():
+            entries = {k[len(name) + 1:]: v for k, v in optim.items() if k.startswith(name + ".")
+                       and "." not in k[len(name) + 1:]}
+            if entries:
+                self.optimizer.state[p] = {k: v.to(p.device) for k, v in entries.items()}
+        shards = sorted((path / "partial_fc").glob("rank*_of_*.safetensors"))
+        if not shards:
+            raise ckpt.CheckpointError(f"{path}: no Partial FC shards in partial_fc/")
+        first = load_tensors(shards[0])
+        optim_keys = [k for k in first if k.startswith("optim.")]
+        row_keys = [k for k in optim_keys if first[k].shape == first["weight"].shape]  # momentum, exp_avg, ...
+        rows = read_shard_range(shards, self.pfc.class_start, self.pfc.num_local, ["weight"] + row_keys)
+        head = {k: v for k, v in first.items() if k.startswith("margin_loss.")}  # the same on every rank
+        self.pfc.load_state_dict({"weight": rows.pop("weight"), SPEC_KEY: getattr(self.pfc, SPEC_KEY),
+                                  **head}, strict=True)
+        pfc_optim = {k[len("optim."):]: v.to(self.device) for k, v in rows.items()}
+        pfc_optim.update({k[len("optim."):]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
+        if pfc_optim:
+            self.optimizer.state[self.pfc.weight] = pfc_optim
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # load_state_dict restores the schedule's position, not the groups' current lr
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
+        self.bad_streak, self.skipped = int(state.get("bad_streak", 0)), int(state.get("skipped", 0))
+        if state["global_batch"] != self.recipe.data.batch_size:
+            _logger.warning("data.batch_size changed from %d to %d: the epoch continues at sample %d",
+                            state["global_batch"], self.recipe.data.batch_size, self.offset)
+        if state.get("num_samples") not in (None, len(self.source)):
+            raise ConfigError(f"{path} was trained on {state['num_samples']} images, data.train now has "
+                              f"{len(self.source)}: --resume continues the same data")
+        rng = path / "rng" / f"rank{self.rank}.pt"
+        if state["world_size"] == self.world and rng.is_file():
+            ckpt.load_rng_state(rng)
+        else:
+            torch.manual_seed(self.recipe.train.seed * 1000 + self.rank + 7 * self.step)
+            _logger.info("resumed on %d process(es) (checkpoint: %d): Partial FC re-sharded, RNG re-seeded",
+                         self.world, state["world_size"])
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def _loader(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        from facezoo.data import collate_faces
+
+        sampler = RankBatchSampler(self.plan, self.step, end, self.epoch, self.offset)
+        workers = self.recipe.data.num_workers
+        loader = DataLoader(self.source, batch_sampler=sampler, num_workers=workers, collate_fn=collate_faces,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator(), prefetch_factor=4 if workers else None)
+        return iter(loader)
+
+    def _agree(self, bad: torch.Tensor) -> Tuple[bool, bool]:
+        """(some rank's step is not finite, some rank got a stop signal): one all-reduce (max) of two flags."""
+        flags = torch.cat([bad.reshape(1).float(), torch.tensor([float(self._stop_signal > 0)], device=bad.device)])
+        if self.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _check_labels(self, labels: torch.Tensor, indices: List[int]) -> None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            bad = int(((labels < 0) | (labels >= self.num_classes)).nonzero()[0])
+            raise DataError(f"data.train {self.recipe.data.train}: sample {indices[bad]} has label {int(labels[bad])}, "
+                            f"outside 0..{self.num_classes - 1} (set data.num_classes)")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal:  # a second Ctrl-C: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        _logger.warning("%s: finishing step %d, writing a checkpoint, then stopping", signal.Signals(signum).name,
+                        self.step + 1)
+
+    def fit(self, stop_at: Optional[int] = None) -> Path:
+        """Train to ``total_steps`` (evaluating, checkpointing, logging), then evaluate and export; returns the
+        output folder. ``stop_at``: stop after that step of the schedule instead, with a checkpoint and without the
+        final evaluation and export (continue later with ``resume='latest'``)."""
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        end = self.total_steps if stop_at is None else min(int(stop_at), self.total_steps)
+        try:
+            if self.step < end:
+                self._train_loop(end)
+            if end < self.total_steps:
+                if self._saved_step != self.step:
+                    self.save_checkpoint()
+                _logger.info("stopped at step %d of %d as asked; continue with --resume latest", self.step,
+                             self.total_steps)
+                return self.output_dir
+            return self._finish()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if self.trackers:
+                self.accelerator.end_training()
+            if self._log_handler is not None:
+                logging.getLogger("facezoo").removeHandler(self._log_handler)
+                self._log_handler.close()
+
+    def _train_loop(self, end: int) -> None:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        cfg = self.recipe
+        accum, batch = cfg.train.grad_accum, cfg.data.batch_size
+        params = [p for p in self.backbone.parameters() if p.requires_grad] + [self.pfc.weight]
+        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        self.backbone.train()
+        for mod in self.frozen:
+            mod.eval()
+        bar = tqdm(total=self.total_steps * batch, initial=self.step * batch, unit="img", unit_scale=True,
+                   disable=not (self.progress and self.is_main), desc="train", dynamic_ncols=True)
+        window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        micro_batches = self.plan.iterate(self.step, end, self.epoch, self.offset)
+        with logging_redirect_tqdm(loggers=[logging.root]) if self.is_main else contextlib.nullcontext():
+            for (images, labels), mb in zip(self._loader(end), micro_batches):
+                self._check_labels(labels, mb.indices)
+                x = self.augment(images.to(self.device, non_blocking=True), torch.as_tensor(mb.indices), mb.epoch)
+                y = labels.to(self.device, non_blocking=True)
+                last = mb.micro == accum - 1
+                sync = contextlib.nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.model)
+                with sync:
+                    with autocast(self.device, cfg.train.mixed_precision):
+                        emb = self.model(x)
+                    loss = self.pfc(emb.float(), y)
+                    self.scaler.scale_loss(loss / accum).backward()
+                loss_sum = loss_sum + loss.detach() / accum
+                if not last:
+                    continue
+                found = unscale_and_check(params, self.scaler.scale, self.device, loss_sum)
+                bad, stop = self._agree(found)
+                grad_norm = float("nan")
+                if bad:
+                    self.skipped += 1
+                    self.bad_streak += 1
+                    self.scaler.update(True)
+                    _logger.warning("step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
+                                    "(%d in a row, %d in total%s)", self.step + 1, self.bad_streak, self.skipped,
+                                    f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "")
+                else:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in backbone_params if p.grad is not None])
+                    if cfg.optim.clip_grad_norm:
+                        torch.nn.utils.clip_grads_with_norm_(backbone_params, cfg.optim.clip_grad_norm, norm)
+                    grad_norm = float(norm)
+                    self.optimizer.step()
+                    self.scaler.update(False)
+                    self.bad_streak = 0
+                self.optimizer.zero_grad(set_to_none=True)
+                lr = self.optimizer.param_groups[-1]["lr"]
+                self.scheduler.step()
+                step_loss = float(loss_sum)
+                loss_sum = torch.zeros((), device=self.device)
+                self.step += 1
+                self.epoch, self.offset = self.plan.position_after(mb.epoch, mb.offset)
+                epoch_end = self.epoch != mb.epoch
+                bar.update(batch)
+                if not bad:
+                    window_loss, window_n = window_loss + step_loss, window_n + 1
+                if self.bad_streak >= cfg.train.max_bad_steps:
+                    raise TrainingError(
+                        f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
+                        f"{cfg.train.max_bad_steps}); stopped at step {self.step}. The last good checkpoint is "
+                        f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
+                        "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16")
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps or epoch_end:
+                    elapsed = time.perf_counter() - window_t
+                    speed = window_n * batch / elapsed if elapsed > 0 else 0.0
+                    mean_loss = window_loss / window_n if window_n else float("nan")
+                    bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
+                    _logger.info("step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s", self.step,
+                                 self.total_steps, mb.epoch, mean_loss, lr, grad_norm, speed,
+                                 f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "")
+                    self._log({"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": speed,
+                               "train/grad_norm": grad_norm, "train/grad_scale": self.scaler.scale,
+                               "train/skipped_steps": self.skipped})
+                    self._last_loss = mean_loss
+                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
+                    self.evaluate()
+                    self.backbone.train()
+                    for mod in self.frozen:
+                        mod.eval()
+                due = (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or epoch_end
+                if (due or stop or self.step == end) and self.step < self.total_steps:
+                    self.save_checkpoint()
+                if stop:
+                    bar.close()
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    raise TrainingInterrupted(
+                        f"stopped by {name} at step {self.step}/{self.total_steps}: checkpoint "
+                        f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
+                        "--resume latest", self._stop_signal or int(signal.SIGTERM))
+        bar.close()
+
+    def _log(self, values: Dict[str, float]) -> None:
+        if self.trackers:
+            self.accelerator.log({k: v for k, v in values.items() if v == v}, step=self.step)
+
+    # ------------------------------------------------------------------------------------------------ eval, end
+    def evaluate(self) -> Dict[str, Dict[str, Any]]:
+        """Verification on ``eval.targets`` (every process takes part); logs, TensorBoard and ``summary.csv``."""
+        from facezoo.eval import run_verification_sets
+
+        if not self.eval_sets:
+            return {}
+        e = self.recipe.eval
+        results = run_verification_sets(self.backbone, self.eval_sets, e.batch_size, self.device, flip=e.flip,
+                                        accelerator=self.accelerator if self.world > 1 else None,
+                                        progress=False)
+        line = "  ".join(f"{name} {100 * r['accuracy']:.2f}±{100 * r['accuracy_std']:.2f}" for name, r in
+                         results.items())
+        _logger.info("eval at step %d: %s", self.step, line)
+        self._log({f"eval/{name}/accuracy": r["accuracy"] for name, r in results.items()})
+        if self.is_main:
+            self._summary_row(results)
+        return results
+
+    def _summary_row(self, results: Dict[str, Dict[str, Any]]) -> None:
+        path = self.output_dir / "summary.csv"
+        row: Dict[str, Any] = {"step": self.step, "epoch": self.epoch if self.offset else self.epoch,
+                               "train_loss": round(getattr(self, "_last_loss", float("nan")), 6),
+                               "lr": self.optimizer.param_groups[-1]["lr"]}
+        for name, r in results.items():
+            row[f"{name}_accuracy"] = round(r["accuracy"], 6)
+            row[f"{name}_accuracy_std"] = round(r["accuracy_std"], 6)
+        rows = []
+        if path.is_file():  # a resumed run: keep the rows up to its step, so no step appears twice
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < self.step]
+        rows.append(row)
+        fields = list(row)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+
+    def _finish(self) -> Path:
+        """The end: a final checkpoint, the final evaluation (``eval.json``) and the export folder."""
+        from facezoo.eval import report
+
+        latest = ckpt.latest_checkpoint(self.output_dir)
+        if self._saved_step != self.step and (latest is None or latest.name != ckpt.step_dir_name(self.step)):
+            self.save_checkpoint()
+        results = self.evaluate() if self.eval_sets else {}
+        doc = None
+        if results and self.is_main:
+            doc = report.build_results(
+                self.arch, results, None,
+                extra={"checkpoint": str(self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)),
+                       "flip": self.recipe.eval.flip, "nfolds": 10, "step": self.step})
+            tmp = self.output_dir / "eval.json.tmp"
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, self.output_dir / "eval.json")
+        if self.recipe.export.enabled and self.is_main:
+            self._export(doc)
+        self.accelerator.wait_for_everyone()
+        _logger.info("done: %s", self.output_dir)
+        return self.output_dir
+
+    def _export(self, results: Optional[Dict[str, Any]]) -> None:
+        from facezoo.hub import save_pretrained
+
+        e = self.recipe.export
+        folder = save_pretrained(self.backbone.eval(), self.output_dir / "export", results=results,
+                                 training=self.recipe.model_dump(mode="json"), base_model=self.recipe.model.pretrained,
+                                 datasets=e.datasets or None, license=e.license, overwrite=True)
+        _logger.info("exported %s (load with timm.create_model('local-dir:%s', pretrained=True))", folder, folder)
+
+
+def train(recipe: Recipe, output_dir: os.PathLike, resume: Optional[str] = None, progress: bool = True,
+          stop_at: Optional[int] = None) -> Path:
+    """Train ``recipe`` into ``output_dir`` (``resume``: ``'latest'`` or a checkpoint path; ``stop_at``: see
+    :meth:`Trainer.fit`); the Python API of ``facezoo train``."""
+    return Trainer(recipe, output_dir, resume=resume, progress=progress).fit(stop_at=stop_at)
