@@ -27,6 +27,15 @@ __all__ = ["Recipe", "load_recipe", "recipe_from_dict", "apply_overrides", "reci
 MARGINS = ("arcface", "cosface", "combined", "adaface", "curricularface", "magface")
 
 
+def _check_arg_names(where: str, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Keyword-argument mappings must have names as keys: YAML's ``{a:1}`` (no space) is the key 'a:1'."""
+    for key in args:
+        if not str(key).isidentifier():
+            raise ValueError(f"{where}: {key!r} is not an argument name; in YAML write 'name: value' with a space "
+                             "after the colon, e.g. {widths: [16, 32, 64, 128], img_size: 64}")
+    return args
+
+
 class Section(BaseModel):
     """A recipe section: unknown keys are errors, values are validated on assignment too."""
 
@@ -46,6 +55,11 @@ class ModelConfig(Section):
     grad_checkpointing: bool = False
     freeze: List[str] = Field(default_factory=list, description="module-name prefixes kept frozen, e.g. "
                                                                 "[conv1, bn1, prelu, layer1]")
+
+    @field_validator("args")
+    @classmethod
+    def _names(cls, v: Dict[str, Any]) -> Dict[str, Any]:
+        return _check_arg_names("model.args", v)
 
 
 class SyntheticConfig(Section):
@@ -83,6 +97,11 @@ class LossConfig(Section):
     args: Dict[str, Any] = Field(default_factory=dict, description="other head arguments: m1, m2, m3 (combined), h, "
                                                                    "t_alpha (adaface), straight_through, overflow, ...")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: share of the class centres used per step")
+
+    @field_validator("args")
+    @classmethod
+    def _names(cls, v: Dict[str, Any]) -> Dict[str, Any]:
+        return _check_arg_names("loss.args", v)
 
     @model_validator(mode="after")
     def _check_args(self) -> "LossConfig":

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -43,6 +44,12 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train"]
 
 _logger = logging.getLogger(__name__)
 _PFC_BLOCK = 1 << 16  # classes per block of the world-size-independent Partial FC initialization
+
+
+def _has_accelerator() -> bool:
+    from accelerate.utils import is_mps_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_mps_available() or is_xpu_available()
 
 
 class TrainingError(FacezooError):
@@ -99,8 +106,9 @@ class Trainer:
                 _logger.warning("train.tensorboard: the tensorboard package is not installed; no TensorBoard logs")
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, bucket_cap_mb=16)
         # mixed precision is the recipe's (train.mixed_precision), run by facezoo's autocast + loss scaler
+        # without an accelerator, cpu=True lets torchrun / accelerate launch processes form a gloo group
         self.accelerator = acc = Accelerator(mixed_precision="no", log_with=log_with, project_dir=str(self.output_dir),
-                                             kwargs_handlers=[ddp])
+                                             kwargs_handlers=[ddp], cpu=not _has_accelerator())
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.is_main = acc.is_main_process
         if self.is_main:
@@ -149,7 +157,9 @@ class Trainer:
         model: nn.Module = self.backbone
         if cfg.model.compile:
             model = torch.compile(model)
-        self.model = acc.prepare(model)
+        with warnings.catch_warnings():  # torch >= 2.14 prefers forward_sync_buffers; older torch has only this
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            self.model = acc.prepare(model)
         self.optimizer = self._build_optimizer()
         self.scheduler = create_scheduler(self.optimizer, self.total_steps, cfg.train.epochs, cfg.schedule,
                                           cfg.optim.lr)
@@ -483,7 +493,9 @@ class Trainer:
                     self.bad_streak = 0
                 self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[-1]["lr"]
-                self.scheduler.step()
+                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                    self.scheduler.step()
                 step_loss = float(loss_sum)
                 loss_sum = torch.zeros((), device=self.device)
                 self.step += 1
