@@ -239,7 +239,7 @@ def _config_error(exc: ValidationError, where: str) -> ConfigError:
         return ConfigError(f"{where}: unknown key {key!r}{near}{listing}")
     if not key or err.get("type") == "value_error":
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        return ConfigError(f"{where}: {key + ': ' if key and not msg.startswith(key + '.') else ''}{msg}")
+        return ConfigError(f"{where}: {key + ': ' if key and not msg.startswith(key) else ''}{msg}")
     given = err.get("input")
     shown = f" {given!r}" if not isinstance(given, (dict, BaseModel)) else ""
     hint = ""
