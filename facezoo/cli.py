@@ -71,11 +71,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = debug_requested(args_in)
     args_in = [a for a in args_in if a != "--debug"]
     parser = build_parser()
-    args, extra = parser.parse_known_args(args_in)
-    if extra:  # key=value overrides may follow options (facezoo train RECIPE --output-dir D a.b=1)
-        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
-            parser.parse_args(args_in)  # the usual one-line error for what is really unknown
-        args.overrides = list(args.overrides) + extra
+    try:
+        args, extra = parser.parse_known_args(args_in)
+        if extra:  # overrides may follow options (facezoo train RECIPE --output-dir D a.b=1); the command checks them
+            if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+                parser.parse_args(args_in)  # the usual one-line error for what is really unknown
+            args.overrides = list(args.overrides) + extra
+    except SystemExit as exc:  # argparse's --help (0) and usage errors (2), as return codes for in-process callers
+        return int(exc.code or 0)
     args.debug = debug
     if getattr(args, "func", None) is None:
         parser.print_help()

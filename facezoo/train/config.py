@@ -142,6 +142,11 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1)
     tensorboard: bool = True
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False or v is None else v  # YAML reads a bare `no` as false
+
 
 class EvalConfig(Section):
     targets: List[str] = Field(default_factory=list, description="verification sets: .bin files, HF pair datasets, "

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from facezoo.errors import DataError, MissingPathError
 from facezoo.train.config import Recipe
 
-__all__ = ["InMemoryFaces", "build_train_source", "build_eval_sets", "max_label", "render_synthetic"]
+__all__ = ["InMemoryFaces", "build_train_source", "build_eval_sets", "check_inputs", "max_label",
+           "render_synthetic"]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +70,11 @@ def build_train_source(recipe: Recipe, input_size: Sequence[int], progress: bool
         _logger.info("rendered %d synthetic faces (%d identities) at %dx%d into memory (%.0f MB)", len(ds),
                      s.identities, size[0], size[1], images.numel() / 2 ** 20)
         return InMemoryFaces(images, labels, ds.num_classes)
-    return create_face_source(d.train, on_error=d.on_error, num_classes=d.num_classes)
+    try:
+        return create_face_source(d.train, on_error=d.on_error, num_classes=d.num_classes)
+    except (MissingPathError, DataError) as exc:
+        text = str(exc)
+        raise type(exc)(text if text.startswith("data.train") else f"data.train: {text}") from None
 
 
 def max_label(ds: Any) -> Optional[int]:
@@ -92,6 +97,28 @@ def max_label(ds: Any) -> Optional[int]:
         labels = ds.labels()
         return int(labels.max()) if len(labels) else None
     return None
+
+
+def check_inputs(recipe: Recipe, world_size: int) -> None:
+    """What can be checked before a model is built or data is read: ``data.train`` and every ``eval.targets`` entry
+    exist, the global batch splits over the processes and micro-batches, a synthetic set can fill one step."""
+    from facezoo.errors import looks_like_local_path
+    from facezoo.train.sampler import BatchPlan
+
+    d = recipe.data
+    BatchPlan.check_split(d.batch_size, recipe.train.grad_accum, world_size)
+    if d.train == "synthetic":
+        BatchPlan.check_fill(d.synthetic.identities * d.synthetic.images_per_identity, d.batch_size)
+
+    train = recipe.data.train
+    if train != "synthetic" and looks_like_local_path(train) and not Path(train).expanduser().exists():
+        raise MissingPathError(f"data.train: {train}: no such file or folder (expected 'synthetic', a .rec file or "
+                               "a folder with train.rec, identity folders, a Hugging Face dataset folder or .parquet "
+                               "file, or a Hub id ORG/NAME)")
+    for target in recipe.eval.targets:
+        if target != "synthetic" and not Path(target).expanduser().exists():
+            raise MissingPathError(f"eval.targets: {target}: no such verification set (a .bin file, a Hugging Face "
+                                   "pair dataset folder or .parquet file, a folder of them, or 'synthetic')")
 
 
 def build_eval_sets(recipe: Recipe, progress: bool = True) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:

@@ -36,7 +36,7 @@ from facezoo.train import checkpoint as ckpt
 from facezoo.train.amp import LossScaler, autocast, unscale_and_check
 from facezoo.train.augment import DeviceAugment
 from facezoo.train.config import Recipe, save_recipe
-from facezoo.train.data import build_eval_sets, build_train_source, max_label
+from facezoo.train.data import build_eval_sets, build_train_source, check_inputs, max_label
 from facezoo.train.sampler import BatchPlan, RankBatchSampler
 from facezoo.train.schedule import create_scheduler
 
@@ -122,9 +122,14 @@ class Trainer:
             _logger.warning("train.mixed_precision fp16 on the CPU is slow and rarely useful; bf16 or no is the "
                             "usual choice there")
 
-        # data first: a wrong path fails before any model is built
+        check_inputs(cfg, self.world)  # a typo fails before anything is built or rendered
         set_seed(cfg.train.seed)
         self.backbone = self._build_model()
+        self._freeze()
+        self.embed_dim = int(getattr(self.backbone, "embed_dim", None) or self.backbone.num_features)
+        if self.resume_path is not None:  # what is known without the data: refuse another run's checkpoint now
+            known = {k: v for k, v in self.identity().items() if v is not None}
+            ckpt.check_identity(ckpt.read_trainer_state(self.resume_path).get("identity", {}), known, self.resume_path)
         self.input_size = self._input_size()
         self.source = build_train_source(cfg, self.input_size, progress=self.progress and self.is_main)
         if isinstance(self.source, IterableDataset):
@@ -144,11 +149,9 @@ class Trainer:
         # model, loss, optimizer
         from facezoo.losses import PartialFC, create_margin_loss
 
-        self.embed_dim = int(getattr(self.backbone, "embed_dim", None) or self.backbone.num_features)
         head = create_margin_loss(cfg.loss.name, **self._loss_kwargs())
         self.pfc = PartialFC(head, self.embed_dim, self.num_classes, cfg.loss.sample_rate).to(self.device)
         _init_partial_fc(self.pfc, cfg.train.seed)
-        self._freeze()
         self.backbone.to(self.device)
         if cfg.model.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -277,8 +280,8 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
     def identity(self) -> Dict[str, Any]:
-        """What a checkpoint must share with this recipe to be resumed."""
-        return {"architecture": self.arch, "num_classes": self.num_classes, "embed_dim": self.embed_dim,
+        """What a checkpoint must share with this recipe to be resumed (num_classes is None until the data is open)."""
+        return {"architecture": self.arch, "num_classes": getattr(self, "num_classes", None), "embed_dim": self.embed_dim,
                 "loss": self.recipe.loss.name, "model_args": json.loads(json.dumps(self.recipe.model.args))}
 
     def _init_trackers(self) -> None:
@@ -442,7 +445,8 @@ class Trainer:
                 logging.getLogger("facezoo").removeHandler(self._log_handler)
                 self._log_handler.close()
 
-    def _train_loop(self, end: int) -> None:
+    def _train_loop(self, end: int, checkpoint_at_end: bool = True) -> None:
+        """Steps up to ``end``; a checkpoint at ``end`` when it is before the last step (``checkpoint_at_end``)."""
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -529,7 +533,7 @@ class Trainer:
                     for mod in self.frozen:
                         mod.eval()
                 due = (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or epoch_end
-                if (due or stop or self.step == end) and self.step < self.total_steps:
+                if (due or stop or (self.step == end and checkpoint_at_end)) and self.step < self.total_steps:
                     self.save_checkpoint()
                 if stop:
                     bar.close()

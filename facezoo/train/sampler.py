@@ -46,15 +46,23 @@ class MicroBatch:
 class BatchPlan:
     """Which items every rank reads at every micro-batch (see the module docstring)."""
 
-    def __init__(self, num_samples: int, global_batch: int, grad_accum: int, world_size: int, rank: int,
-                 seed: int) -> None:
+    @staticmethod
+    def check_split(global_batch: int, grad_accum: int, world_size: int) -> None:
         parts = grad_accum * world_size
         if global_batch % parts:
             raise ConfigError(f"data.batch_size {global_batch} cannot be split evenly over {world_size} process(es) x "
                               f"{grad_accum} micro-batch(es) (train.grad_accum); use a multiple of {parts}")
+
+    @staticmethod
+    def check_fill(num_samples: int, global_batch: int) -> None:
         if num_samples < global_batch:
             raise ConfigError(f"data.batch_size {global_batch} is larger than the training set ({num_samples} images): "
                               "one step could not be filled")
+
+    def __init__(self, num_samples: int, global_batch: int, grad_accum: int, world_size: int, rank: int,
+                 seed: int) -> None:
+        self.check_split(global_batch, grad_accum, world_size)
+        self.check_fill(num_samples, global_batch)
         self.num_samples, self.global_batch, self.grad_accum = int(num_samples), int(global_batch), int(grad_accum)
         self.world_size, self.rank, self.seed = int(world_size), int(rank), int(seed)
         self.micro_global = self.global_batch // self.grad_accum
