@@ -288,7 +288,7 @@ class Trainer:
         if self.accelerator.log_with is None or not self.accelerator.log_with:
             self.trackers = False
             return
-        self.accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": self.step}})
+        self.accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": self.step + 1}})
         self.trackers = True
 
     # ------------------------------------------------------------------------------------------------ checkpoints
