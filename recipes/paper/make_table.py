@@ -191,7 +191,8 @@ def generate() -> str:
               "where it gives one. B. Avg: mean 1:1 verification accuracy (%) over LFW, CFP-FP, AgeDB-30, CALFW and "
               "CPLFW; IJB-B / IJB-C: TAR (%) at FAR = 1e-4. \"±\": the std over the paper's five evaluations of the "
               "baseline.", "",
-              "| # | loss | depth | head | stem | model | params (M) | B. Avg | IJB-B | IJB-C | paper source | command |",
+              "| # | loss | depth | head | stem | model | params (M) | B. Avg | IJB-B | IJB-C | paper source "
+              "| command |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     i = 0
     for loss in LOSSES:
@@ -209,7 +210,8 @@ def generate() -> str:
     reported = len(TARGETS)
     lines += ["", f"{reported} of the {i} runs have numbers in the paper.", "",
               "### Not a training run: GWP weights evaluated without the Gaussian kernel (Table 3, \"w/o GWP†\")", "",
-              "| loss | weights of | evaluated as | B. Avg | IJB-B | IJB-C | paper source |", "|---|---|---|---|---|---|---|"]
+              "| loss | weights of | evaluated as | B. Avg | IJB-B | IJB-C | paper source |",
+              "|---|---|---|---|---|---|---|"]
     for loss, t in WITHOUT_KERNEL.items():
         lines.append(f"| {LOSSES[loss]} | `iresnet50_gwp_k7` | `iresnet50_gap_k7` | {t.avg} | {t.ijbb} | {t.ijbc} | "
                      f"{t.source} |")
