@@ -107,6 +107,9 @@ NOTES: Dict[str, str] = {
     "loss.sample_rate": "Partial FC: the share of each process's class centres used per step (every class of the "
                         "batch is always kept, plus random others). 1.0 = every centre (insightface's WebFace4M "
                         "configs); insightface uses 0.2-0.3 for WebFace42M.",
+    "loss.center_init": "How the class centres start: `normal`, N(0, 0.01) (insightface), or `unit`, uniform(-1, 1) "
+                        "rows scaled to norm 1 (AdaFace). Drawn in blocks seeded by `train.seed`, so the start does "
+                        "not depend on the number of processes.",
     # optim
     "optim.name": "`sgd` (insightface, AdaFace) or `adamw` (insightface's AdamW variant uses lr 1e-3, weight decay "
                   "0.1). Parameter groups: the backbone (plus its BatchNorm parameters apart with "

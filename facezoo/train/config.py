@@ -97,6 +97,8 @@ class LossConfig(Section):
     args: Dict[str, Any] = Field(default_factory=dict, description="other head arguments: m1, m2, m3 (combined), h, "
                                                                    "t_alpha (adaface), straight_through, overflow, ...")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: share of the class centres used per step")
+    center_init: Literal["normal", "unit"] = Field("normal", description="class centres: N(0, 0.01) (insightface) "
+                                                                         "or unit-norm rows (AdaFace)")
 
     @field_validator("args")
     @classmethod

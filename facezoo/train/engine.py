@@ -64,16 +64,21 @@ class TrainingInterrupted(FacezooError):
         self.signum = signum
 
 
-def _init_partial_fc(pfc: nn.Module, seed: int, std: float = 0.01) -> None:
-    """N(0, std) class centres that do not depend on the number of processes: the matrix is drawn in blocks of
-    ``_PFC_BLOCK`` classes, each from a generator seeded with (seed, block), and every rank keeps its rows."""
+def _init_partial_fc(pfc: nn.Module, seed: int, kind: str = "normal", std: float = 0.01) -> None:
+    """Class centres that do not depend on the number of processes: the matrix is drawn in blocks of ``_PFC_BLOCK``
+    classes, each from a generator seeded with (seed, block), and every rank keeps its rows. ``normal``: N(0, std)
+    (insightface); ``unit``: uniform(-1, 1) rows scaled to norm 1 (AdaFace's ``kernel.uniform_(-1, 1).renorm_``)."""
     start, stop = pfc.class_start, pfc.class_start + pfc.num_local
     rows = []
     for block in range(start // _PFC_BLOCK, (stop - 1) // _PFC_BLOCK + 1):
         g = torch.Generator().manual_seed(int(seed) * 7919 + block)
         lo = block * _PFC_BLOCK
         n = min(_PFC_BLOCK, pfc.num_classes - lo)
-        w = torch.randn(n, pfc.embed_dim, generator=g) * std
+        if kind == "unit":
+            w = torch.rand(n, pfc.embed_dim, generator=g) * 2 - 1
+            w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            w = torch.randn(n, pfc.embed_dim, generator=g) * std
         rows.append(w[max(start - lo, 0):min(stop - lo, n)])
     with torch.no_grad():
         pfc.weight.copy_(torch.cat(rows).to(pfc.weight))
@@ -151,7 +156,7 @@ class Trainer:
 
         head = create_margin_loss(cfg.loss.name, **self._loss_kwargs())
         self.pfc = PartialFC(head, self.embed_dim, self.num_classes, cfg.loss.sample_rate).to(self.device)
-        _init_partial_fc(self.pfc, cfg.train.seed)
+        _init_partial_fc(self.pfc, cfg.train.seed, cfg.loss.center_init)
         self.backbone.to(self.device)
         if cfg.model.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
@@ -367,9 +372,16 @@ class Trainer:
         pfc_optim.update({k[len("optim."):]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
         if pfc_optim:
             self.optimizer.state[self.pfc.weight] = pfc_optim
+        saved_base = list(state["scheduler"].get("base_lrs", []))
         self.scheduler.load_state_dict(state["scheduler"])
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-            group["lr"] = lr  # load_state_dict restores the schedule's position, not the groups' current lr
+        # the recipe's learning rates win over the checkpoint's (a resumed run may lower optim.lr on purpose)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        if saved_base and saved_base != self.scheduler.base_lrs:
+            _logger.warning("optim.lr / optim.backbone_lr_scale changed since the checkpoint: base learning rates %s "
+                            "-> %s from step %d", saved_base, self.scheduler.base_lrs, int(state["step"]))
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor  # load_state_dict restores the schedule's position, not the groups' lr
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
         self.bad_streak, self.skipped = int(state.get("bad_streak", 0)), int(state.get("skipped", 0))
