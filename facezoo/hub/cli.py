@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional
 
-from facezoo.errors import ConfigError
+from facezoo.errors import CheckpointError, ConfigError
 
 _BYTES_PER_MIB = 2 ** 20
 
@@ -85,7 +85,12 @@ def _create(args: argparse.Namespace):
 
     if not args.checkpoint and not args.model.startswith(("hf-hub:", "local-dir:")):
         logging.getLogger(__name__).warning("%s: no --checkpoint: exporting randomly initialized weights", args.model)
-    return create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args)).eval()
+    try:
+        return create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args)).eval()
+    except CheckpointError as exc:
+        if not args.checkpoint or str(args.checkpoint) in str(exc):
+            raise
+        raise CheckpointError(f"{args.checkpoint}: {exc}") from None  # name the file the message is about
 
 
 def read_recipe(path: str) -> Dict[str, Any]:
