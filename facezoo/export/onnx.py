@@ -12,17 +12,18 @@ and compared with torch (the max abs difference is returned and printed by ``fac
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from facezoo.errors import ConfigError, FacezooError
 
-__all__ = ["export_onnx", "require_onnx", "MissingDependencyError", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["export_onnx", "require_onnx", "check_input_size", "MissingDependencyError", "INPUT_NAME", "OUTPUT_NAME"]
 
 _logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def require_onnx() -> None:
                                      "pip install 'facezoo[onnx]'") from None
 
 
-def _input_hw(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple:
+def check_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> tuple:
+    """(height, width) to export ``model`` at: ``input_size`` or the model's; fixed-size heads refuse others."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     default = tuple(cfg.get("input_size", (3, 112, 112)))[1:]
     if input_size is None:
@@ -84,7 +86,7 @@ def export_onnx(
     installed or ``check`` is off).
     """
     require_onnx()
-    height, width = _input_hw(model, input_size)
+    height, width = check_input_size(model, input_size)
     in_chans = int(getattr(model, "in_chans", 3))
     out = Path(path).expanduser()
     if out.is_dir():
@@ -96,7 +98,7 @@ def export_onnx(
     try:
         example = torch.randn(2, in_chans, height, width, device=device)
         batch = torch.export.Dim("batch")
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter_logs():
             program = torch.onnx.export(
                 model, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
@@ -109,6 +111,20 @@ def export_onnx(
     finally:
         model.train(was_training)
     return info
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter's graph passes log every step at INFO (e.g. each deduplicated initializer): keep warnings only."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _opset_of(proto: Any) -> Optional[int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from facezoo.errors import CheckpointError, ConfigError
@@ -24,6 +25,7 @@ def register(subparsers: Any) -> None:
         description="Export a face model: 'hub' writes model.safetensors, timm's config.json and a model card with "
                     "the metrics of a facezoo eval run; 'onnx' writes an ONNX file checked against torch.")
     formats = p.add_subparsers(dest="export_format", metavar="FORMAT")
+    formats.required = True  # 'facezoo export' alone is a usage error
 
     h = formats.add_parser(
         "hub", help="model.safetensors + config.json + README.md (model card), loadable with timm",
@@ -78,13 +80,16 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return {k: v for k, v in (("layout", args.layout), ("embed_dim", args.embed_dim)) if v is not None}
 
 
-def _create(args: argparse.Namespace):
+def _warn_if_random(args: argparse.Namespace) -> None:
     import logging
-
-    from facezoo.models import create_model
 
     if not args.checkpoint and not args.model.startswith(("hf-hub:", "local-dir:")):
         logging.getLogger(__name__).warning("%s: no --checkpoint: exporting randomly initialized weights", args.model)
+
+
+def _create(args: argparse.Namespace):
+    from facezoo.models import create_model
+
     try:
         return create_model(args.model, checkpoint=args.checkpoint, **_model_kwargs(args)).eval()
     except CheckpointError as exc:
@@ -121,6 +126,7 @@ def run_export_hub(args: argparse.Namespace) -> int:
         check_repo_id(args.repo_id)
     check_output_folder(args.output, args.overwrite)
     model = _create(args)
+    _warn_if_random(args)
     out = save_pretrained(model, args.output, results=results, training=training, base_model=args.base_model,
                           datasets=args.datasets, license=args.license, overwrite=args.overwrite,
                           repo_id=args.repo_id)
@@ -132,10 +138,12 @@ def run_export_hub(args: argparse.Namespace) -> int:
 
 def run_export_onnx(args: argparse.Namespace) -> int:
     from facezoo.export import export_onnx
-    from facezoo.export.onnx import require_onnx
+    from facezoo.export.onnx import check_input_size, require_onnx
 
     require_onnx()  # before the model is built
     model = _create(args)
+    check_input_size(model, args.input_size)
+    _warn_if_random(args)
     info = export_onnx(model, args.output, opset=args.opset, input_size=args.input_size, check=not args.no_check)
     h, w = info["input_size"]
     print(f"wrote {info['path']}: opset {info['opset']}, input 'input' (batch, 3, {h}, {w}) RGB normalized, "
@@ -161,12 +169,12 @@ def run_push(args: argparse.Namespace) -> int:
         where: Optional[str] = repo.get("commit")
         if plan["dry_run"]:
             print(f"dry run: {repo['repo_id']} <- {repo['source']} ({len(repo['files'])} files, {size:.1f} MiB) "
-                  f"written to {args.dry_run}/{repo['folder']}")
+                  f"written to {Path(args.dry_run) / repo['folder']}")
         else:
             print(f"pushed {repo['source']} to {repo['repo_id']} ({size:.1f} MiB): {where}")
     if plan["collection"]:
         print(f"collection {plan['collection']['title']!r}: {len(plan['repos'])} model(s)"
               + ("" if plan["dry_run"] else f" ({plan['collection'].get('slug')})"))
     if plan["dry_run"]:
-        print(f"wrote {args.dry_run}/push_plan.json; nothing was uploaded")
+        print(f"wrote {Path(args.dry_run) / 'push_plan.json'}; nothing was uploaded")
     return 0

@@ -22,7 +22,8 @@ from facezoo.errors import CheckpointError, ConfigError, MissingPathError, Unkno
 from facezoo.hub.card import card_from_facts, describe_model, unwrap_model
 from facezoo.hub.results import ResultsLike, load_results
 
-__all__ = ["save_pretrained", "check_export_folder", "check_output_folder", "EXPORT_FILES", "WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME"]
+__all__ = ["save_pretrained", "check_export_folder", "check_output_folder", "EXPORT_FILES", "WEIGHTS_NAME",
+           "CONFIG_NAME", "CARD_NAME"]
 
 _logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def save_pretrained(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _logger.info("wrote %s (%s)", out, ", ".join(EXPORT_FILES))
+    _logger.debug("wrote %s (%s)", out, ", ".join(EXPORT_FILES))
     return out
 
 

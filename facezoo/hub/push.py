@@ -183,7 +183,7 @@ def push(
             files = _stage(folder, cfg, rid, out / rid)
             plan["repos"].append({"repo_id": rid, "source": str(folder), "folder": rid, **settings, "files": files})
         (out / PLAN_NAME).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
-        _logger.info("dry run: wrote %d repo folder(s) and %s to %s; nothing was uploaded", len(targets), PLAN_NAME,
+        _logger.debug("dry run: wrote %d repo folder(s) and %s to %s; nothing was uploaded", len(targets), PLAN_NAME,
                      out)
         return plan
     return _upload(targets, configs, plan, settings, token=token, overwrite_card=overwrite_card)
@@ -215,15 +215,15 @@ def _upload(targets: List[Tuple[Path, str]], configs: List[Dict[str, Any]], plan
                 url = api.create_repo(rid, private=True if settings["private"] else None, exist_ok=True)
                 if revision and not settings["create_pr"]:
                     api.create_branch(rid, branch=revision, exist_ok=True)
-                info = api.upload_folder(repo_id=rid, folder_path=str(staged), commit_message=settings["commit_message"],
-                                         revision=revision, create_pr=settings["create_pr"],
-                                         allow_patterns=list(EXPORT_FILES))
+                info = api.upload_folder(repo_id=rid, folder_path=str(staged),
+                                         commit_message=settings["commit_message"], revision=revision,
+                                         create_pr=settings["create_pr"], allow_patterns=list(EXPORT_FILES))
             except Exception as exc:
                 if not _is_hub_exception(exc):
                     raise
                 raise _hub_error(f"pushing {folder} to {rid}", exc) from None
             commit = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
-            _logger.info("pushed %s to %s (%s)", folder, getattr(url, "url", rid), commit)
+            _logger.debug("pushed %s to %s (%s)", folder, getattr(url, "url", rid), commit)
             plan["repos"].append({"repo_id": rid, "source": str(folder), **settings, "files": files,
                                   "commit": commit})
     if plan["collection"]:
@@ -264,4 +264,4 @@ def _add_to_collection(api: Any, collection: Dict[str, Any], repo_ids: List[str]
             raise
         raise _hub_error(f"adding the repos to collection {collection['title']!r}", exc) from None
     collection["slug"] = made.slug
-    _logger.info("collection %r (%s): %d model(s)", collection["title"], made.slug, len(repo_ids))
+    _logger.debug("collection %r (%s): %d model(s)", collection["title"], made.slug, len(repo_ids))
