@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -158,6 +159,17 @@ def test_card_for_ijbb_only_results_and_a_fine_tune_from_a_path():
     assert "flatten-head" in card.data.tags
 
 
+def test_results_of_another_model_are_flagged(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="facezoo.hub.export"):
+        save_pretrained(small_model("iresnet18_gap", img_size=32), tmp_path / "pub", results=eval_results("iresnet50"))
+    assert "the results evaluated 'iresnet50', but the exported model is 'iresnet18_gap'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="facezoo.hub.export"):
+        save_pretrained(small_model("iresnet18_gap", img_size=32), tmp_path / "pub2",
+                        results=eval_results("local-dir:runs/r18/export"))
+    assert caplog.text == ""
+
+
 def test_cli_export_hub(tmp_path, capsys):
     model = small_model("iresnet18_gdc")
     torch.save(model.state_dict(), tmp_path / "backbone.pth")
@@ -188,8 +200,7 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
     shutil.copytree(REPO_ROOT / "facezoo", src / "facezoo", ignore=ignore)
     shutil.copytree(REPO_ROOT / "hub_cards", src / "hub_cards", ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    # build with the installed setuptools when there is one (no download); else pip fetches it from PyPI
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    isolation = ["--no-build-isolation"] if _can_build_without_download() else []  # else pip fetches setuptools
     subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-q", str(src), "-w", str(tmp_path / "dist")],
                    check=True, capture_output=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("facezoo-*.whl"))
@@ -212,3 +223,12 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
     assert "library_name: timm" in proc.stdout and CARD_MARKER in proc.stdout and "hf-hub:my-org/x" in proc.stdout
     assert template_path() == REPO_ROOT / "hub_cards" / "model_card.md"  # a checkout renders its own templates
 
+
+def _can_build_without_download() -> bool:
+    """The installed setuptools can build a wheel (it has bdist_wheel since 70.1; before, with the wheel package)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None

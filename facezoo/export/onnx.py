@@ -50,13 +50,20 @@ def require_onnx() -> None:
 def check_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> tuple:
     """(height, width) to export ``model`` at: ``input_size`` or the model's; fixed-size heads refuse others."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    default = tuple(cfg.get("input_size", (3, 112, 112)))[1:]
+    default, fixed = tuple(cfg.get("input_size", (3, 112, 112)))[1:], bool(cfg.get("fixed_input_size", False))
+    try:  # the model's current input (e.g. built with img_size=...), where timm records it
+        from timm.models import get_model_input_config
+
+        current = get_model_input_config(model)
+        default, fixed = tuple(current["input_size"])[1:], bool(current["fixed_input_size"])
+    except (ImportError, AttributeError, KeyError, TypeError):
+        pass
     if input_size is None:
         return default
     hw = tuple(int(s) for s in input_size)
     if len(hw) != 2 or min(hw) < 16:
         raise ConfigError(f"input_size must be (height, width) of at least 16 pixels each, got {input_size!r}")
-    if hw != default and cfg.get("fixed_input_size", False):
+    if hw != default and fixed:
         name = cfg.get("architecture", type(model).__name__)
         raise ConfigError(f"input_size {hw[0]}x{hw[1]}: {name} needs {default[0]}x{default[1]} input (its "
                           f"{getattr(model, 'pool_type', '')} head is built for that map size); use a _gap or _gwp "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 import yaml
@@ -80,19 +80,33 @@ def describe_model(model: nn.Module) -> Dict[str, Any]:
                           "timm.create_model / facezoo.models.create_model rather than IResNet(...)")
     blocks = tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5))
     depth = next((d for d, b in DEPTHS.items() if b == blocks), None)
-    input_size = tuple(cfg.get("input_size", (3, 112, 112)))
-    kwargs = dict(layout=model.layout, embed_dim=model.embed_dim, num_classes=model.num_classes,
-                  global_pool=model.global_pool)
-    meta = timm.create_model(arch, device="meta", **kwargs).eval()
+    args, input_size, fixed = _build_args(model)
+    meta = timm.create_model(arch, device="meta", **args).eval()  # FLOPs without touching the weights
     params = count_params(model)
     linear = count_linear_params(model)
     return dict(
         architecture=arch, depth=depth, head=model.pool_type, global_pool=model.global_pool,
         stem_kernel=int(model.stem_kernel), layout=model.layout, embed_dim=int(model.embed_dim),
-        num_classes=int(model.num_classes), input_size=input_size,
-        fixed_input_size=bool(cfg.get("fixed_input_size", False)), params=params, linear_params=linear,
+        num_classes=int(model.num_classes), input_size=input_size, fixed_input_size=fixed, params=params,
+        linear_params=linear,
         gflops=count_flops(meta, input_size) / 1e9, license=cfg.get("license"),
     )
+
+
+def _build_args(model: nn.Module) -> Tuple[Dict[str, Any], Tuple[int, ...], bool]:
+    """The kwargs that rebuild ``model`` (timm's record of them, plus layout / embed_dim), its input size and whether
+    that size is fixed."""
+    try:  # timm >= 1.0.2x records the reconstruction arguments
+        from timm.models import get_model_args, get_model_input_config
+    except ImportError:
+        args: Dict[str, Any] = dict(num_classes=model.num_classes, global_pool=model.global_pool)
+        cfg = model.pretrained_cfg
+        input_size, fixed = tuple(cfg.get("input_size", (3, 112, 112))), bool(cfg.get("fixed_input_size", False))
+    else:
+        args, current = dict(get_model_args(model)), get_model_input_config(model)
+        input_size, fixed = tuple(current["input_size"]), bool(current["fixed_input_size"])
+    args.update(layout=model.layout, embed_dim=model.embed_dim)
+    return args, input_size, fixed
 
 
 def template_path(name: str = CARD_TEMPLATE) -> Path:
@@ -199,7 +213,7 @@ def card_from_facts(
         datasets=list(datasets) if datasets else None, base_model=hub_base,
         model_name=(repo_id or facts["architecture"]) if evals else None, eval_results=evals or None)
     _, height, width = facts["input_size"]
-    name = f"IResNet-{facts['depth']}" if facts["depth"] else "An IResNet"
+    name = f"An IResNet-{facts['depth']}" if facts["depth"] else "An IResNet"
     summary = (f"{name} face-recognition backbone with {_HEAD_SUMMARY[facts['head']]}, as a "
                f"[timm](https://github.com/huggingface/pytorch-image-models) model through facezoo. It maps an aligned "
                f"face to a {facts['embed_dim']}-d embedding"

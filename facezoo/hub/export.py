@@ -63,6 +63,8 @@ def save_pretrained(
     model = unwrap_model(model)
     facts = describe_model(model)
     doc = load_results(results) if results is not None else None
+    if doc is not None:
+        _warn_if_other_model(doc["model"], facts["architecture"])
     out = check_output_folder(out_dir, overwrite)
     card = card_from_facts(facts, doc, training, base_model, datasets=datasets, license=license, repo_id=repo_id)
     block: Dict[str, Any] = {"version": _version(), "head": facts["head"], "stem_kernel": facts["stem_kernel"],
@@ -99,6 +101,16 @@ def check_output_folder(out_dir: Union[str, os.PathLike], overwrite: bool = Fals
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out}: folder exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     return out
+
+
+def _warn_if_other_model(evaluated: str, architecture: str) -> None:
+    """results.json names the model it evaluated: say so when that is another architecture (a mixed-up file)."""
+    import timm
+
+    base = evaluated.split(".", 1)[0]
+    if timm.is_model(base) and base != architecture:
+        _logger.warning("the results evaluated %r, but the exported model is %r: check that --results belongs to "
+                        "these weights", evaluated, architecture)
 
 
 def _version() -> str:
