@@ -26,15 +26,15 @@ _IJB_TARGETS = ("IJBB", "IJBC")
 ResultsLike = Union[str, os.PathLike, Mapping[str, Any]]
 
 
-def load_results(results: ResultsLike) -> Dict[str, Any]:
-    """The checked ``results.json`` of ``facezoo eval`` (a path to it, or the dict already loaded).
+def load_results(path: ResultsLike) -> Dict[str, Any]:
+    """The checked ``results.json`` of ``facezoo eval`` (its path, or the dict already loaded).
 
     Raises :class:`ConfigError` naming the file and the field when it is not ``facezoo eval`` output.
     """
-    if isinstance(results, Mapping):
-        source, doc = "results", dict(results)
+    if isinstance(path, Mapping):
+        source, doc = "results", dict(path)
     else:
-        path = require_path(results, "results file (facezoo eval's results.json)", kind="file")
+        path = require_path(path, "results file (facezoo eval's results.json)", kind="file")
         source = str(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
