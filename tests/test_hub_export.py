@@ -190,6 +190,7 @@ def test_cli_export_hub(tmp_path, capsys):
 
 # --- the template ships in the wheel -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # builds and installs a wheel (10-25 s on 2 cores)
 def test_template_is_package_data_of_the_wheel(tmp_path):
     """Build a wheel from a copy of the sources, install it into a bare folder, render a card from there."""
     src = tmp_path / "src"
