@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "facezoo.data.cli",     # facezoo data {convert,synth,info}
     "facezoo.eval.cli",     # facezoo eval
     "facezoo.train.cli",    # facezoo train
+    "facezoo.hub.cli",      # facezoo export {hub,onnx}, facezoo push
 )
 
 #: exceptions that mean "the input is wrong", shown as one line with exit code 2
