@@ -259,3 +259,16 @@ def test_cli_models_json_and_markdown():
     assert md.splitlines()[0].startswith("| model |") and "| iresnet50_gwp | gwp | 3x3 | 31.01 | 0.26 |" in md
     bad = subprocess.run([sys.executable, "-m", "facezoo", "models", "nope*"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no facezoo model matches" in bad.stderr
+
+
+def test_gdc_checkpoint_is_refused_by_a_gap_model(tmp_path):
+    """A GDC head's learned conv must not be dropped silently when the checkpoint meets a GAP / GWP model."""
+    from safetensors.torch import save_file
+
+    from facezoo.errors import CheckpointError
+
+    gdc = timm.create_model("iresnet18_gdc")
+    save_file({k: v.contiguous() for k, v in gdc.state_dict().items()}, str(tmp_path / "gdc.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[pool\.bn\..*pool\.conv\.weight.*looks like iresnet18_gdc"):
+        timm.create_model("iresnet18_gap", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "gdc.safetensors")))

@@ -42,8 +42,8 @@ _HEAD_SUMMARY = {
 }
 GWP_CITATION = """@misc{bhatta_gwp,
   title  = {Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone},
-  author = {Bhatta and others},
-  note   = {Gaussian Weighted Pooling (GWP) head for IResNet face backbones}
+  author = {Bhatta, Aman and Wu, Haiyu and Ozturk, Kagan and Bowyer, Kevin W.},
+  note   = {University of Notre Dame; Gaussian Weighted Pooling (GWP) head for IResNet face backbones}
 }"""
 _SECRET_WORDS = ("token", "secret", "password", "api_key")
 

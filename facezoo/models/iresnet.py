@@ -399,9 +399,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str
                 "was built with layout='adaface', which loads AdaFace/TFace/CVLface 'IR' checkpoints (and facezoo "
                 "checkpoints of layout='adaface' models). Leave out layout='adaface' to load it.")
     expected = model.state_dict()
-    for k in list(out):
-        if k.startswith("pool.") and k not in expected:
-            del out[k]  # a stored GWP kernel: facezoo recomputes it
+    if "pool.kernel" not in expected:
+        out.pop("pool.kernel", None)  # a GWP kernel some exports store: facezoo recomputes it (other pool.* keys,
+        # e.g. a GDC head's learned conv, must fit the model like any weight)
     for k in expected:  # only for BatchNorms the checkpoint has, so that describe_state_dict still sees its depth
         bn = k[:-len("num_batches_tracked")]
         if k.endswith(".num_batches_tracked") and k not in out and f"{bn}running_mean" in out:
