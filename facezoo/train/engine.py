@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import time
 import warnings
@@ -510,7 +511,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[-1]["lr"]
                 with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
                     self.scheduler.step()
                 step_loss = float(loss_sum)
                 loss_sum = torch.zeros((), device=self.device)
