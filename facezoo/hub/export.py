@@ -8,14 +8,16 @@ half-written export.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
+import torch
 import torch.nn as nn
 
 from facezoo.errors import CheckpointError, ConfigError, MissingPathError, UnknownNameError, require_path
@@ -79,8 +81,9 @@ def save_pretrained(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        save_for_hf(model, str(tmp), model_config={"facezoo": block}, safe_serialization=True,
-                    model_args={"layout": facts["layout"], "embed_dim": facts["embed_dim"]})
+        with _contiguous_tensors(model):  # safetensors refuses channels-last (strided) weights
+            save_for_hf(model, str(tmp), model_config={"facezoo": block}, safe_serialization=True,
+                        model_args={"layout": facts["layout"], "embed_dim": facts["embed_dim"]})
         card.save(tmp / CARD_NAME)
         os.chmod(tmp, 0o755)  # mkdtemp and safetensors make them private
         for name in EXPORT_FILES:
@@ -91,6 +94,22 @@ def save_pretrained(
         raise
     _logger.debug("wrote %s (%s)", out, ", ".join(EXPORT_FILES))
     return out
+
+
+@contextlib.contextmanager
+def _contiguous_tensors(model: torch.nn.Module) -> Iterator[None]:
+    """Give every parameter and buffer contiguous memory while the block runs (a channels-last model's conv weights
+    are strided), then put the original tensors back; values are unchanged."""
+    swapped = []
+    for t in list(model.parameters()) + list(model.buffers()):
+        if not t.is_contiguous():
+            swapped.append((t, t.data))
+            t.data = t.data.contiguous()
+    try:
+        yield
+    finally:
+        for t, data in swapped:
+            t.data = data
 
 
 def check_output_folder(out_dir: Union[str, os.PathLike], overwrite: bool = False) -> Path:
