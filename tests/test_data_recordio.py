@@ -10,7 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from facezoo.data import DataError, RecordIOFaces, encode_image
-from facezoo.data.recordio import MAGIC, IRHeader, RecordReader, RecordWriter, pack, read_index, unpack, write_face_records
+from facezoo.data.recordio import (
+    MAGIC,
+    IRHeader,
+    RecordReader,
+    RecordWriter,
+    pack,
+    read_index,
+    unpack,
+    write_face_records,
+)
 
 MAGIC_FLOAT = float(np.frombuffer(struct.pack("<I", MAGIC), "<f4")[0])
 

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from facezoo.data import (DataError, HFFaces, HFIterableFaces, ImageFolderFaces, RecordIOFaces, encode_image,
-                          load_bin, load_pairs_dataset, create_face_source, write_bin)
+from facezoo.data import (
+    DataError,
+    HFFaces,
+    HFIterableFaces,
+    ImageFolderFaces,
+    RecordIOFaces,
+    create_face_source,
+    encode_image,
+    load_bin,
+    load_pairs_dataset,
+    write_bin,
+)
 from facezoo.data.convert import convert, hf_to_rec, rec_to_hf
 from facezoo.data.recordio import write_face_records
 

@@ -18,7 +18,8 @@ def _images(n: int, size: int = 112, seed: int = 0) -> torch.Tensor:
     """Smooth random colour images (compress well, survive JPEG nearly unchanged)."""
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(n, 3, 7, 7, generator=g) * 255
-    return torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return big.round().to(torch.uint8)
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -123,8 +124,8 @@ def test_pairs_dataset_custom_columns_and_split(tmp_path):
     ims = _images(2, seed=5)
     arr = ims.permute(0, 2, 3, 1).numpy()
     feats = datasets.Features({"left": datasets.Image(), "right": datasets.Image(), "label": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])], "label": [1]},
-                                    features=feats)
+    ds = datasets.Dataset.from_dict({"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])],
+                                     "label": [1]}, features=feats)
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "dd"))
     images, issame = load_pairs_dataset(tmp_path / "dd", split="test")
     assert images.shape == (2, 3, 112, 112) and issame.tolist() == [True]

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 import facezoo  # noqa: F401
 from facezoo.models.profile import count_params, model_stats
 
-
 # --- a reference insightface IResNet, written here from arcface_torch/backbones/iresnet.py ----------------------------
 
 class RefBlock(nn.Module):

@@ -64,7 +64,8 @@ def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: b
             shards = max(1, int(np.ceil(nbytes / shard)))
             (dst / "data").mkdir(parents=True, exist_ok=True)
             for k in range(shards):
-                ds.shard(shards, k, contiguous=True).to_parquet(str(dst / "data" / f"train-{k:05d}-of-{shards:05d}.parquet"))
+                name = f"train-{k:05d}-of-{shards:05d}.parquet"
+                ds.shard(shards, k, contiguous=True).to_parquet(str(dst / "data" / name))
         else:
             raise ValueError(f"unknown format {format!r}; expected 'parquet' or 'arrow'")
         del ds

@@ -24,9 +24,17 @@ from tqdm.auto import tqdm
 
 from facezoo.data.collate import PooledSamples, batch_buffer
 from facezoo.data.image import _sj_decode, _sj_header, cell_bytes, decode_rgb
+from facezoo.data.recordio import (
+    _HEADER,
+    _LEN_MASK,
+    MAGIC,
+    RecordReader,
+    read_index,
+    read_property,
+    resolve_rec_paths,
+    unpack,
+)
 from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_local_path, require_path
-from facezoo.data.recordio import (_HEADER, _LEN_MASK, MAGIC, RecordReader, read_index, read_property,
-                                   resolve_rec_paths, unpack)
 
 __all__ = ["FaceDataset", "RecordIOFaces", "ImageFolderFaces", "HFFaces", "HFIterableFaces",
            "create_face_source", "IMAGE_EXTENSIONS"]
@@ -145,14 +153,16 @@ class RecordIOFaces(FaceDataset):
         self.header: Optional[tuple[int, int]] = None
         first = self._offset_of(0) if keys.min() == 0 else None
         if first is not None:
-            head, data = unpack(self.reader.read_at(first, 0), where=f"{self.rec_path}: record key 0 at byte offset {first}")
+            where = f"{self.rec_path}: record key 0 at byte offset {first}"
+            head, data = unpack(self.reader.read_at(first, 0), where=where)
             if head.flag >= 2 and len(data) == 0:
                 self.header = (int(head.label[0]), int(head.label[1]))
         if self.header is not None:
             a = self.header[0]
             self.keys = np.arange(1, a, dtype=np.int64)
             pos = np.searchsorted(self._sorted_keys, self.keys)
-            bad = (pos >= len(self._sorted_keys)) | (self._sorted_keys[np.minimum(pos, len(self._sorted_keys) - 1)] != self.keys)
+            last = len(self._sorted_keys) - 1
+            bad = (pos > last) | (self._sorted_keys[np.minimum(pos, last)] != self.keys)
             if bad.any():
                 raise DataError(f"{self.idx_path}: header record says images are keys 1..{a - 1}, but key "
                                 f"{int(self.keys[bad][0])} is not in the index ({int(bad.sum())} missing)")
@@ -242,7 +252,8 @@ class RecordIOFaces(FaceDataset):
                 out[k] = (views[k], out[k])
         return out
 
-    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray, out: list) -> tuple[Optional[torch.Tensor], list[int]]:
+    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray,
+                            out: list) -> tuple[Optional[torch.Tensor], list[int]]:
         """Decode the plain JPEG records of a batch into a pooled buffer; set ``out[k]`` to the label of each image
         decoded there and return (buffer, those k). ``words``: the file as little-endian uint32 (records start
         4-byte aligned: magic, lrec, then the IRHeader's flag and float label, 16 more header bytes, the image)."""
@@ -307,7 +318,9 @@ class RecordIOFaces(FaceDataset):
         """Label of image ``i``, reading only its header."""
         off = int(self.offsets[i])
         head = self.reader._pread(8 + _HEADER.size, off)
-        if len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC and (int.from_bytes(head[4:8], "little") >> 29) == 0:
+        plain = (len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC
+                 and (int.from_bytes(head[4:8], "little") >> 29) == 0)
+        if plain:
             flag, lab = _HEADER.unpack_from(head, 8)[:2]
             if flag == 0:
                 return int(lab)
@@ -362,6 +375,8 @@ class ImageFolderFaces(FaceDataset):
 
 # ------------------------------------------------------------------------------------------ Hugging Face
 
+#: files a folder holds when it is a Hugging Face dataset of data files (not identity folders)
+_HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
 _LABEL_NAMES = ("label", "labels", "identity", "id", "class", "person", "target")
 
 
@@ -476,7 +491,8 @@ class HFFaces(FaceDataset):
     def load(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.ds[int(i)]
         where = f"{self.source}: row {i} column {self.image_column}"
-        return _cell_image(row[self.image_column], where), _cell_label(row[self.label_column], f"{self.source}: row {i}")
+        label = _cell_label(row[self.label_column], f"{self.source}: row {i}")
+        return _cell_image(row[self.image_column], where), label
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
         """A batch with one Arrow ``take`` instead of one row lookup per sample; rows that fail go through
@@ -567,7 +583,7 @@ def create_face_source(path: Any, transform: Transform = None, on_error: str = "
         return RecordIOFaces(p, transform=transform, on_error=on_error, **kwargs)
     if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
         entries = list(os.scandir(p))
-        data_files = [e for e in entries if e.is_file() and e.name.endswith((".parquet", ".arrow", ".csv", ".json", ".jsonl"))]
+        data_files = [e for e in entries if e.is_file() and e.name.endswith(_HF_DATA_SUFFIXES)]
         if not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir():
             return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
     if streaming:

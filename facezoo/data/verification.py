@@ -32,7 +32,8 @@ class UnsafePickleError(DataError):
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # Python 3 writes bytes in protocol <= 2 as _codecs.encode(latin1_text, 'latin1'); allow exactly that.
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
-        raise UnsafePickleError(f"_codecs.encode is only allowed as (str, 'latin1'), got ({type(text).__name__}, {encoding!r})")
+        raise UnsafePickleError(f"_codecs.encode is only allowed as (str, 'latin1'), "
+                                f"got ({type(text).__name__}, {encoding!r})")
     return text.encode("latin-1", errors)
 
 
@@ -57,7 +58,8 @@ _ALLOWED = (bytes, bytearray, str, list, tuple, bool, type(None))
 
 def _check_plain(obj: Any, source: str, depth: int = 0) -> None:
     if not isinstance(obj, _ALLOWED) and not (isinstance(obj, int) and obj in (0, 1)):
-        raise UnsafePickleError(f"{source}: refusing object of type {type(obj).__name__} (only bytes/str/list/tuple/bool)")
+        raise UnsafePickleError(f"{source}: refusing object of type {type(obj).__name__} "
+                                "(only bytes/str/list/tuple/bool)")
     if isinstance(obj, (list, tuple)) and depth < 3:
         for item in obj:
             if not isinstance(item, (bytes, bytearray, bool)):
@@ -82,7 +84,8 @@ def _to_bytes(item: Any) -> bytes:
     return bytes(item)
 
 
-def _stack_pairs(images: Sequence[torch.Tensor], issame: Sequence[Any], source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_pairs(images: Sequence[torch.Tensor], issame: Sequence[Any],
+                 source: str) -> tuple[torch.Tensor, torch.Tensor]:
     if len(images) % 2:
         raise ValueError(f"{source}: {len(images)} images is odd; pairs need an even count")
     if len(images) != 2 * len(issame):
@@ -130,7 +133,8 @@ def _as_image_list(images: Union[torch.Tensor, np.ndarray, Sequence[Any]]) -> li
 
 def write_bin(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[Any]], issame: Sequence[Any],
               format: str = "jpeg", quality: int = 95) -> None:
-    """Write an insightface ``.bin``: a pickle of (list of JPEG-or-PNG bytes, list of bools); pair i = images 2i, 2i+1."""
+    """Write an insightface ``.bin``: a pickle of (list of JPEG-or-PNG bytes, list of bools); pair i = images 2i and
+    2i+1."""
     ims = _as_image_list(images)
     flags = [bool(x) for x in (issame.tolist() if hasattr(issame, "tolist") else issame)]
     if len(ims) != 2 * len(flags):
@@ -181,7 +185,8 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     raise ValueError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
 
 
-def load_pairs_dataset(path: PathLike, split: Optional[str] = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pairs_dataset(path: PathLike, split: Optional[str] = None,
+                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a verification set stored as a Hugging Face dataset of image pairs (same output as :func:`load_bin`).
 
     ``path``: a ``save_to_disk`` folder, a ``.parquet`` file, or a folder of data files. Columns: two Image columns
@@ -220,7 +225,8 @@ def write_pairs_dataset(path: PathLike, images: Union[torch.Tensor, np.ndarray, 
     if len(ims) != 2 * len(flags):
         raise ValueError(f"{path}: {len(ims)} images for {len(flags)} pairs; expected {2 * len(flags)}")
     enc = [encode_image(im, format=image_format) for im in ims]
-    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(), "issame": datasets.Value("bool")})
+    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(),
+                                  "issame": datasets.Value("bool")})
     ds = datasets.Dataset.from_dict(
         {"image1": [{"bytes": b, "path": None} for b in enc[0::2]],
          "image2": [{"bytes": b, "path": None} for b in enc[1::2]],

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from facezoo.eval import identification, ijb, roc, verification
 from facezoo.eval.extract import extract_embeddings, extract_features
-from facezoo.eval.runner import (IJB_MODES, PAPER_TARGETS, find_verification_sets, load_verification_sets, run_ijb,
-                                 run_verification_sets)
+from facezoo.eval.runner import (
+    IJB_MODES,
+    PAPER_TARGETS,
+    find_verification_sets,
+    load_verification_sets,
+    run_ijb,
+    run_verification_sets,
+)
 
 __all__ = ["verification", "ijb", "identification", "roc", "extract_embeddings", "extract_features",
            "find_verification_sets", "load_verification_sets", "run_verification_sets", "run_ijb", "IJB_MODES",

@@ -13,10 +13,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import torch
 
-from facezoo.eval import ijb as ijb_protocol
-from facezoo.eval import identification, verification
-from facezoo.eval.extract import extract_features, fuse_embeddings
 from facezoo.errors import ConfigError, DataError, MissingPathError, did_you_mean, require_path
+from facezoo.eval import identification, verification
+from facezoo.eval import ijb as ijb_protocol
+from facezoo.eval.extract import extract_features, fuse_embeddings
 from facezoo.eval.roc import DEFAULT_FARS
 
 _logger = logging.getLogger(__name__)

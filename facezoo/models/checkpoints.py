@@ -181,7 +181,8 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
             module, _, param = k.rpartition(".")
             out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
     if dropped:
-        _logger.info(f"AdaFace-style checkpoint: dropped {len(dropped)} keys outside the backbone: {short_list(dropped)}")
+        _logger.info("AdaFace-style checkpoint: dropped %d keys outside the backbone: %s", len(dropped),
+                     short_list(dropped))
     if "conv1.weight" in out:
         out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
     return out
@@ -227,7 +228,8 @@ def short_list(items: List[str], limit: int = 8) -> str:
     if not items:
         return "[]"
     shown = ", ".join(items[:limit])
-    return f"[{shown}{', ... (%d more)' % (len(items) - limit) if len(items) > limit else ''}]"
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return f"[{shown}{more}]"
 
 
 
@@ -259,7 +261,7 @@ class _Dropped(list):
     unpickler still calls only torch's allowlist and this class. (A ``list`` so that pickled list items can land.)
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Dropped":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Dropped:
         return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -281,7 +283,8 @@ def load_weights_only(path: PathLike) -> Tuple[Any, List[str]]:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as exc:
         if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it: {' '.join(str(exc).split()[:30])}")
+            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it: "
+                                  f"{' '.join(str(exc).split()[:30])}") from None
         refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     try:
         with torch.serialization.safe_globals([(_Dropped, name) for name in refused]):
