@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from facezoo.data.align import ARCFACE_TEMPLATE, align_face, estimate_similarity
 from facezoo.data.collate import collate_faces
+from facezoo.data.describe import describe_source
 from facezoo.data.ijb import IJBAlignedImages, IJBMeta, read_ijb
 from facezoo.data.image import decode_rgb, encode_image
 from facezoo.data.sources import (
@@ -19,7 +20,7 @@ from facezoo.data.verification import UnsafePickleError, load_bin, load_pairs_da
 from facezoo.errors import DataError
 
 __all__ = [
-    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity", "collate_faces",
+    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity", "collate_faces", "describe_source",
     "IJBAlignedImages", "IJBMeta", "read_ijb",
     "DataError", "decode_rgb", "encode_image",
     "FaceDataset", "HFFaces", "HFIterableFaces", "ImageFolderFaces", "RecordIOFaces", "create_face_source",

@@ -37,7 +37,7 @@ from facezoo.data.recordio import (
 from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_local_path, require_path
 
 __all__ = ["FaceDataset", "RecordIOFaces", "ImageFolderFaces", "HFFaces", "HFIterableFaces",
-           "create_face_source", "IMAGE_EXTENSIONS"]
+           "create_face_source", "check_source_path", "IMAGE_EXTENSIONS"]
 
 _logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -403,20 +403,37 @@ def _load_hf(path: Any, split: Optional[str], streaming: bool) -> Any:
                 raise DataError(f"{p}: the folder is empty (expected a Hugging Face dataset, a .rec, or identity "
                                 "folders of images)")
             ds = datasets.load_dataset(str(p), streaming=streaming)
+        elif p.exists():
+            raise DataError(f"{path}: not a dataset file (expected a .rec with its .idx, a .parquet or .arrow file, a "
+                            "folder of identity folders or a Hugging Face dataset folder)")
         elif looks_like_local_path(path):
             raise MissingPathError(f"{path}: no such file or folder (expected a dataset: a .rec, a folder of identity "
                                    "folders, a Hugging Face dataset folder or .parquet file, or a Hub id ORG/NAME)")
         else:
-            from facezoo.models.factory import check_hub_reachable
-
-            check_hub_reachable(str(path), repo_type="dataset")
-            ds = datasets.load_dataset(str(path), streaming=streaming)
+            ds = _load_hub_dataset(str(path), streaming)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None))
         if name is None or name not in ds:
             raise ConfigError(f"{path}: choose a split with split=; available: {list(ds)}")
         ds = ds[name]
     return ds
+
+
+def _load_hub_dataset(repo_id: str, streaming: bool) -> Any:
+    """``datasets.load_dataset(repo_id)`` after a quick reachability check, so that no network fails in seconds
+    (``datasets`` itself retries for about half a minute) and an offline cache miss says what it is."""
+    import datasets
+
+    from facezoo.models.factory import check_hub_reachable, hub_offline, offline_cache_miss
+
+    check_hub_reachable(repo_id, repo_type="dataset")
+    try:
+        return datasets.load_dataset(repo_id, streaming=streaming)
+    except (ConnectionError, FileNotFoundError) as exc:  # datasets' offline errors derive from these
+        if hub_offline():
+            raise offline_cache_miss(repo_id, "dataset") from None
+        raise DataError(f"{repo_id}: cannot load this Hugging Face dataset ({' '.join(str(exc).split())[:200]})") \
+            from None
 
 
 def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], source: Any) -> tuple[str, str]:
@@ -428,7 +445,8 @@ def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], 
     if image_column is None:
         imgs = [k for k, v in feats.items() if isinstance(v, datasets.Image)]
         if not imgs:
-            raise DataError(f"{source}: no Image column among {list(feats)}; pass image_column=")
+            raise DataError(f"{source}: no Image column among {list(feats)} (expected a face dataset: an Image column "
+                            "and a label column; pass image_column= to name one)")
         image_column = imgs[0]
     if label_column is None:
         cls = [k for k, v in feats.items() if isinstance(v, datasets.ClassLabel)]
@@ -563,6 +581,16 @@ class HFIterableFaces(IterableDataset):
             yield (self.transform(image) if self.transform is not None else image), label
 
 
+def check_source_path(path: Any) -> None:
+    """Raise :class:`MissingPathError` at once when ``path`` reads as a local path (``faces_emore``, ``./data``,
+    ``/data/x.rec``: anything but ``ORG/NAME``) and does not exist, so that it is never looked up on the Hub."""
+    if isinstance(path, (str, os.PathLike)) and path != "synthetic" and not Path(path).expanduser().exists() \
+            and looks_like_local_path(path):
+        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
+                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
+                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
+
+
 def create_face_source(path: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
                        **kwargs: Any) -> Union[FaceDataset, HFIterableFaces]:
     """Open any training source by what it is: ``'synthetic'``, a ``.rec`` file or folder with one, a folder of
@@ -574,11 +602,8 @@ def create_face_source(path: Any, transform: Transform = None, on_error: str = "
         from facezoo.data.synthetic import SyntheticFaces
 
         return SyntheticFaces(transform=transform, **kwargs)
+    check_source_path(path)
     p = Path(path).expanduser() if isinstance(path, (str, os.PathLike)) else None
-    if p is not None and not p.exists() and looks_like_local_path(path):
-        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
-                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
-                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
     if p is not None and (p.suffix == ".rec" or (p.is_dir() and ((p / "train.rec").exists() or any(p.glob("*.rec"))))):
         return RecordIOFaces(p, transform=transform, on_error=on_error, **kwargs)
     if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):

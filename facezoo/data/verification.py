@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facezoo.data.image import cell_bytes, decode_rgb, encode_image, to_uint8_chw
-from facezoo.errors import DataError
+from facezoo.errors import ConfigError, DataError, UnknownNameError, did_you_mean, require_path
 
 __all__ = ["load_bin", "write_bin", "load_pairs_dataset", "write_pairs_dataset", "UnsafePickleError"]
 
@@ -67,6 +67,7 @@ def _check_plain(obj: Any, source: str, depth: int = 0) -> None:
 
 
 def _safe_unpickle(path: Path) -> Any:
+    require_path(path, "verification .bin file", kind="file")
     with open(path, "rb") as f:
         try:
             obj = _RestrictedUnpickler(f, str(path)).load()
@@ -117,7 +118,7 @@ def load_bin(path: PathLike, progress: bool = False) -> tuple[torch.Tensor, torc
         if not isinstance(flag, (bool, int)) or flag not in (0, 1):
             raise DataError(f"{path}: issame[{j}] is {flag!r}, expected a bool")
     if len(bins) % 2 or len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected 2 images per pair")
+        raise DataError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected 2 images per pair")
     images = [decode_rgb(_to_bytes(b), where=f"{path}: image {i}")
               for i, b in enumerate(tqdm(bins, desc=f"decode {path.name}", disable=not progress))]
     return _stack_pairs(images, issame, str(path))
@@ -153,6 +154,8 @@ def write_bin(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[A
 _FIRST = ("image1", "img1", "image_1", "image_a", "left", "first")
 _SECOND = ("image2", "img2", "image_2", "image_b", "right", "second")
 _SAME = ("issame", "is_same", "same", "label", "labels")
+#: the column names a pair dataset's first image, second image and issame flag may have (first match wins)
+PAIR_COLUMNS = (_FIRST, _SECOND, _SAME)
 
 
 def _open_hf(path: PathLike, split: Optional[str]) -> Any:
@@ -166,14 +169,16 @@ def _open_hf(path: PathLike, split: Optional[str]) -> Any:
     elif p.is_dir():
         ds = datasets.load_dataset(str(p))
     else:
-        raise FileNotFoundError(f"{path}: not a dataset folder (save_to_disk or data files) or a .parquet file")
+        require_path(p, "pair dataset (a save_to_disk folder, a folder of data files or a .parquet file)")
+        raise DataError(f"{path}: not a pair dataset (expected a save_to_disk folder, a folder of data files or a "
+                        ".parquet file)")
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
-                raise ValueError(f"{path}: has splits {list(ds)}; pass split=")
+                raise ConfigError(f"{path}: has splits {list(ds)}; pass split=")
             split = next(iter(ds))
         if split not in ds:
-            raise KeyError(f"{path}: no split {split!r}; available: {list(ds)}")
+            raise UnknownNameError(f"{path}: no split {split!r}; available: {list(ds)}{did_you_mean(split, ds)}")
         ds = ds[split]
     return ds
 
@@ -182,7 +187,7 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     for n in names:
         if n in columns:
             return n
-    raise ValueError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
+    raise DataError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
 
 
 def load_pairs_dataset(path: PathLike, split: Optional[str] = None,

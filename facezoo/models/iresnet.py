@@ -41,9 +41,9 @@ from facezoo.layers import POOL_TYPES, create_face_pool
 from facezoo.models.checkpoints import (
     adaface_prefix,
     check_checkpoint_file,
+    checkpoint_load_error,
     describe_state_dict,
     map_adaface_keys,
-    refused_checkpoint_message,
     short_list,
     unwrap_state_dict,
 )
@@ -437,10 +437,11 @@ def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IR
             feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
             **kwargs,
         )
-    except RuntimeError as e:
-        if not isinstance(e.__cause__, pickle.UnpicklingError):
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        error = checkpoint_load_error(file, e) if pretrained and file else None
+        if error is None:
             raise
-        raise CheckpointError(refused_checkpoint_message(file)) from e
+        raise error from e
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
