@@ -203,7 +203,7 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
     from facezoo.eval import report
     from facezoo.models import create_model
     from facezoo.models.checkpoints import check_checkpoint_file
-    from facezoo.models.factory import check_model_name
+    from facezoo.models.factory import check_hub_reachable, check_model_name
 
     if bins is None and ijb is None:
         raise ConfigError("nothing to evaluate: give a folder of verification sets (bins) and / or an IJB release "
@@ -221,7 +221,9 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
     if isinstance(model, str):
         if checkpoint is not None:
             check_checkpoint_file(checkpoint)
-        if not model.startswith(("hf-hub:", "local-dir:")):
+        if model.startswith("hf-hub:"):
+            check_hub_reachable(model[len("hf-hub:"):])  # before the sets load: no network fails in seconds
+        elif not model.startswith("local-dir:"):
             check_model_name(model)
     sets = load_verification_sets(bins, targets, progress=progress) if bins is not None else None
     if ijb is not None:
