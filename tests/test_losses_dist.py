@@ -7,7 +7,6 @@ process and compares.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -103,12 +102,6 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reference_loss(head, emb, labels, weight):
     norms = emb.norm(dim=1)
     cos = F.linear(F.normalize(emb), F.normalize(weight)).clamp(-1, 1)
@@ -128,10 +121,10 @@ def close(a, b, what, scale=1.0):
 
 @pytest.mark.dist
 @pytest.mark.timeout(180)
-def test_two_gloo_processes_equal_one_process(tmp_path):
+def test_two_gloo_processes_equal_one_process(tmp_path, free_port):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    port = free_port()
+    port = free_port
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, str(rank), str(port), str(tmp_path)],
