@@ -16,12 +16,14 @@ from facezoo.eval.runner import (
     PAPER_TARGETS,
     evaluate_model,
     find_verification_sets,
+    load_verification_set,
     load_verification_sets,
     resolve_device,
+    resolve_verification_sets,
     run_ijb,
     run_verification_sets,
 )
 
 __all__ = ["verification", "ijb", "identification", "roc", "extract_embeddings", "extract_features",
-           "evaluate_model", "find_verification_sets", "load_verification_sets", "run_verification_sets", "run_ijb",
-           "resolve_device", "IJB_MODES", "PAPER_TARGETS"]
+           "evaluate_model", "find_verification_sets", "resolve_verification_sets", "load_verification_set",
+           "load_verification_sets", "run_verification_sets", "run_ijb", "resolve_device", "IJB_MODES", "PAPER_TARGETS"]

@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from facezoo.eval import report, runner
 
     # the command line's own names in its messages; the library checks everything else
-    if not args.bins and not args.ijb:
-        raise ConfigError("give --bins DIR (verification sets) and/or --ijb ROOT (an IJB-B/C release)")
     if args.targets is not None and not args.bins:
         raise ConfigError("--targets names sets in --bins DIR; give --bins too")
+    if not args.bins and not args.ijb:
+        raise ConfigError("give --bins DIR (verification sets) and/or --ijb ROOT (an IJB-B/C release)")
     modes = _names(args.ijb_modes)
     unknown = [m for m in modes if m not in runner.IJB_MODES]
     if unknown:

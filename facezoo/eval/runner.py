@@ -52,23 +52,45 @@ def find_verification_set(path: Union[str, Path], name: str) -> Path:
                            f"{', '.join(available) if available else 'none'}{did_you_mean(name, available)}")
 
 
-def load_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None, progress: bool = True
-                           ) -> Dict[str, VerificationSet]:
-    """``{name: (uint8 images (2P, 3, H, W), issame (P,))}`` for each target in the folder ``path``; ``targets``
-    None loads every set found there (an empty folder is an error)."""
-    from facezoo.data import load_bin, load_pairs_dataset
-
+def resolve_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None,
+                              log: bool = True) -> Dict[str, Path]:
+    """``{name: path}`` of each target in the folder ``path`` (``targets`` None: every set found there, listed in
+    the log unless ``log=False``; an empty folder is an error). Reads no images: a wrong name or folder fails at
+    once."""
     if targets is None:
         paths = find_verification_sets(path)
         if not paths:
             raise MissingPathError(f"{path}: no verification sets in this folder (expected NAME.bin files such as "
                                    "lfw.bin, or Hugging Face pair datasets NAME/ / NAME.parquet)")
-        _logger.info("verification sets in %s: %s", path, ", ".join(paths))
-    else:
-        paths = {name: find_verification_set(path, name) for name in targets}
+        if log:
+            _log_found(path, paths)
+        return paths
+    return {name: find_verification_set(path, name) for name in targets}
+
+
+def _log_found(path: Union[str, Path], paths: Mapping[str, Path]) -> None:
+    _logger.info("verification sets in %s: %s", path, ", ".join(paths))
+
+
+def load_verification_set(path: Union[str, Path], progress: bool = True) -> VerificationSet:
+    """``(uint8 images (2P, 3, H, W), issame (P,))`` of a ``.bin`` or a Hugging Face pair dataset."""
+    from facezoo.data import load_bin, load_pairs_dataset
+
+    p = Path(path)
+    return load_bin(p, progress=progress) if p.suffix == ".bin" else load_pairs_dataset(p, progress=progress)
+
+
+def load_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None, progress: bool = True
+                           ) -> Dict[str, VerificationSet]:
+    """``{name: (uint8 images (2P, 3, H, W), issame (P,))}`` for each target in the folder ``path``; ``targets``
+    None loads every set found there (an empty folder is an error)."""
+    return _load_sets(resolve_verification_sets(path, targets), progress)
+
+
+def _load_sets(paths: Mapping[str, Path], progress: bool) -> Dict[str, VerificationSet]:
     sets = {}
     for name, p in paths.items():
-        sets[name] = load_bin(p, progress=progress) if p.suffix == ".bin" else load_pairs_dataset(p, progress=progress)
+        sets[name] = load_verification_set(p, progress=progress)
         _logger.info("%s: %d pairs from %s", name, len(sets[name][1]), p)
     return sets
 
@@ -198,7 +220,8 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
 
     ``model``: a module, or a name for :func:`facezoo.models.create_model` (timm name, ``hf-hub:``, ``local-dir:``)
     with ``checkpoint`` / ``pretrained``. ``targets`` None evaluates every set found in ``bins``. Names, paths and
-    options are checked before the model is built or any image is read, so a typo fails at once.
+    options are checked before the model is built, and the model is built before any image is read, so a typo or
+    a model that cannot load fails at once.
     """
     from facezoo.eval import report
     from facezoo.models import create_model
@@ -225,9 +248,9 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
             check_hub_reachable(model[len("hf-hub:"):])  # before the sets load: no network fails in seconds
         elif not model.startswith("local-dir:"):
             check_model_name(model)
-    sets = load_verification_sets(bins, targets, progress=progress) if bins is not None else None
     if ijb is not None:
         require_path(ijb, f"IJB release folder ({ijb_target})", kind="dir")
+    set_paths = resolve_verification_sets(bins, targets, log=False) if bins is not None else None
     if isinstance(model, str):
         if not (pretrained or checkpoint is not None or model.startswith(("hf-hub:", "local-dir:"))):
             _logger.warning("%s: no checkpoint and not pretrained: evaluating randomly initialized weights", model)
@@ -236,9 +259,11 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
         model = model.to(device)
     model.eval()
     ver = ijb_results = None
-    if sets is not None:
-        ver = run_verification_sets(model, sets, batch_size, device, flip=flip, nfolds=nfolds,
-                                    accelerator=accelerator, progress=progress)
+    if set_paths is not None:
+        if targets is None:
+            _log_found(bins, set_paths)  # now that the model is there: an error before it stays one line
+        ver = run_verification_sets(model, _load_sets(set_paths, progress), batch_size, device, flip=flip,
+                                    nfolds=nfolds, accelerator=accelerator, progress=progress)
     if ijb is not None:
         ijb_results = run_ijb(model, ijb, ijb_target, batch_size, device, flip=flip, modes=ijb_modes,
                               one_to_n=ijb_1n, accelerator=accelerator, num_workers=num_workers, progress=progress)
