@@ -121,13 +121,6 @@ def test_wrong_usage_is_one_line_pointing_at_help(cli, argv):
     assert "--help" in line
 
 
-def test_wrong_usage_in_a_real_process():
-    proc = facezoo_process("eval", "iresnet50_gwp", "--bins")
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == ("facezoo eval: error: argument --bins: expected one argument "
-                                   "(see 'facezoo eval --help')")
-
-
 # --- models ----------------------------------------------------------------------------------------------------------
 
 def test_unknown_model_name_suggests_the_closest(cli, bins, tmp_path):
