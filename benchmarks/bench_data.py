@@ -218,7 +218,8 @@ def main() -> None:
             if bound is not one:
                 bound.close()
             b = statistics.median(bounds)
-            cells = " | ".join(f"{statistics.median(r):,.0f} | {statistics.median(q):.2f}" for r, q in zip(rates, ratios))
+            cells = " | ".join(f"{statistics.median(r):,.0f} | {statistics.median(q):.2f}"
+                               for r, q in zip(rates, ratios))
             print(f"| {w} | {procs} | {b:,.0f} ({b / single:.2f}) | {cells} |", flush=True)
         one.close()
         print(f"\nratio = median over rounds of loader / mean(bound just before, just after); single-process decode "

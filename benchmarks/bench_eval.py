@@ -25,8 +25,12 @@ import torch
 from scipy import interpolate
 
 from facezoo.eval import ijb, verification
-from facezoo.eval.insightface_reference import (calculate_accuracy, calculate_val_far, image2template,
-                                                 verification_scores)
+from facezoo.eval.insightface_reference import (
+    calculate_accuracy,
+    calculate_val_far,
+    image2template,
+    verification_scores,
+)
 from facezoo.eval.roc import DEFAULT_FARS, tar_at_far
 
 

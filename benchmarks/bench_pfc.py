@@ -147,7 +147,10 @@ def main() -> int:
 
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = args.devices.split(",")
     variants = []
     for v in args.variants.split(","):
         if v == "pfc":

@@ -6,7 +6,8 @@ All embed the same held-out verification pairs (identities disjoint from trainin
 upper bound for baselines whose distances cluster inside one 0.01 step). Also measures rendering speed (images/s
 on one core, CPU time) of ``render_face_chw``, what ``SyntheticFaces`` calls.
 
-    python benchmarks/bench_synth_learnability.py [--steps 2000 | --steps 0 --minutes 4] [--identities 1000] [--per-id 20]
+    python benchmarks/bench_synth_learnability.py [--steps 2000 | --steps 0 --minutes 4] \
+        [--identities 1000] [--per-id 20]
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import torch.nn.functional as F
 
 from facezoo.data.synthetic import SyntheticFaces, render_face_chw, synthetic_pairs
 from facezoo.eval.verification import evaluate
-
 
 LR = 2e-3   # AdamW peak learning rate (cosine schedule)
 SIZE = 64   # SmallFaceNet's input side: the 112x112 faces are resized to it for CPU speed
@@ -41,7 +41,8 @@ class SmallFaceNet(nn.Module):
                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout))
 
         self.body = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))  # size / 16
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w * ((size + 15) // 16) ** 2, dim), nn.BatchNorm1d(dim))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w * ((size + 15) // 16) ** 2, dim),
+                                  nn.BatchNorm1d(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)

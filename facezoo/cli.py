@@ -82,8 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(exc.code or 0)
     args.debug = debug
     if getattr(args, "func", None) is None:
-        parser.print_help()
-        return EXIT_USER_ERROR
+        commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser.error(f"choose a command: {', '.join(commands)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
     prog = f"facezoo {args.command}"

@@ -1,15 +1,54 @@
 #!/usr/bin/env bash
 # Run timm's OWN model test file (tests/test_models.py from the installed timm version's source distribution)
-# against facezoo's models. Downloads the timm sdist from PyPI into a temporary folder; not part of CI.
-#   bash scripts/run_timm_upstream_tests.sh                 # the depth-18 models
-#   bash scripts/run_timm_upstream_tests.sh "iresnet50_gwp"  # any pytest -k expression
+# against facezoo's models. .ci/run calls it with no arguments; it downloads the timm sdist from PyPI into a
+# temporary folder (set TIMM_SDIST=path/to/timm-X.Y.Z.tar.gz to use a downloaded one).
+#
+#   bash scripts/run_timm_upstream_tests.sh                       # the representative set (below)
+#   bash scripts/run_timm_upstream_tests.sh iresnet100_gwp 'iresnet34*'   # exact names or shell patterns
+#
+# The representative set covers every head (flatten, gap, gwp, gdc) and both stems (3x3, 7x7) at depth 18, plus one
+# deeper model: iresnet18 iresnet18_k7 iresnet18_gap iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7. timm's test
+# functions that collect them (all are run): test_model_forward, test_model_backward, test_model_default_cfgs,
+# test_model_forward_features, test_model_forward_torchscript, test_model_forward_fx, test_model_backward_fx,
+# test_model_forward_fx_torchscript.
 set -euo pipefail
-filter="${1:-iresnet18}"
-version=$(python3 -c "import timm; print(timm.__version__)")
+start=$SECONDS
+python=${PYTHON:-python3}
+if [ "$#" -eq 0 ]; then
+    set -- iresnet18 iresnet18_k7 iresnet18_gap iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7
+fi
+# pytest -k matches substrings (iresnet18 would also select iresnet18_gap_k7): build an expression that selects
+# exactly the named models
+filter=$("$python" - "$@" <<'EOF'
+import fnmatch
+import sys
+
+from facezoo.models import model_names
+
+names = model_names()
+chosen = [n for pattern in sys.argv[1:] for n in names if fnmatch.fnmatchcase(n, pattern)]
+unknown = [p for p in sys.argv[1:] if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+if unknown:
+    sys.exit(f"run_timm_upstream_tests.sh: no facezoo model matches {unknown}; 'facezoo models' lists them")
+terms = []
+for n in dict.fromkeys(chosen):
+    longer = [o for o in names if o != n and n in o]
+    terms.append("(" + " and not ".join([n, *longer]) + ")")
+print(" or ".join(terms))
+EOF
+)
+version=$("$python" -c "import timm; print(timm.__version__)")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --no-binary :all: "timm==${version}" -d "$work"
-tar -xzf "$work"/timm-"${version}".tar.gz -C "$work"
+sdist=${TIMM_SDIST:-}
+if [ -z "$sdist" ]; then
+    "$python" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: "timm==${version}" \
+        -d "$work"
+    sdist="$work/timm-${version}.tar.gz"
+fi
+tar -xzf "$sdist" -C "$work"
+echo "timm ${version} tests/test_models.py on: $*"
 cd "$work/timm-${version}"
 # -p facezoo imports facezoo before collection, so timm's list_models() sees the face models
-python3 -m pytest tests/test_models.py -p facezoo -p no:cacheprovider -q -k "$filter"
+"$python" -m pytest tests/test_models.py -p facezoo -p no:cacheprovider -q -k "$filter"
+echo "timm upstream tests: $((SECONDS - start)) s"

@@ -21,7 +21,8 @@ def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def _smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(1, 3, 6, 6, generator=g) * 255
-    return torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 255).round().to(torch.uint8)
+    big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return big.clamp(0, 255).round().to(torch.uint8)
 
 
 def test_template_values():

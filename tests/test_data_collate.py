@@ -96,7 +96,8 @@ def test_dataloader_batches_stay_intact(tmp_path, workers):
     for epoch in range(3):
         kept = []
         for b, (x, y) in enumerate(loader):
-            assert x.shape == (8, 3, 12, 12) and x.dtype == torch.uint8 and y.tolist() == [(b * 8 + j) // 4 for j in range(8)]
+            assert x.shape == (8, 3, 12, 12) and x.dtype == torch.uint8
+            assert y.tolist() == [(b * 8 + j) // 4 for j in range(8)]
             assert torch.equal(x, ims[b * 8:(b + 1) * 8])
             if b % 2 == 0:
                 kept.append((b, x))  # held across later batches: must not be overwritten

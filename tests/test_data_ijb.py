@@ -75,7 +75,8 @@ def test_read_ijb_errors(tmp_path, case, match):
         with open(meta / "ijbc_name_5pts_score.txt", "a") as f:
             f.write("5.jpg 1 2 3\n")
     elif case == "missing_lmk":
-        lines = [ln for ln in (meta / "ijbc_name_5pts_score.txt").read_text().splitlines() if not ln.startswith("3.jpg")]
+        lines = (meta / "ijbc_name_5pts_score.txt").read_text().splitlines()
+        lines = [ln for ln in lines if not ln.startswith("3.jpg")]
         (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lines) + "\n")
     elif case == "extra_lmk":
         with open(meta / "ijbc_name_5pts_score.txt", "a") as f:

@@ -20,31 +20,26 @@ def _face(h: int = 112, w: int = 112) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
 
 
-def _jpeg(img: Image.Image, **kw) -> bytes:
-    f = io.BytesIO()
-    img.save(f, "JPEG", **kw)
-    return f.getvalue()
-
-
 def _torchvision(data: bytes) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
+#: JPEG variants, each made with the ``jpeg_bytes`` fixture
 CASES = {
-    "444": lambda: _jpeg(Image.fromarray(_face()), subsampling=0, quality=95),
-    "420": lambda: _jpeg(Image.fromarray(_face()), subsampling=2, quality=90),
-    "progressive": lambda: _jpeg(Image.fromarray(_face()), progressive=True, quality=85),
-    "gray": lambda: _jpeg(Image.fromarray(_face()[..., 1]), quality=90),
-    "odd_size": lambda: _jpeg(Image.fromarray(_face(101, 77)), quality=90),
+    "444": lambda jpeg: jpeg(_face(), subsampling=0, quality=95),
+    "420": lambda jpeg: jpeg(_face(), subsampling=2, quality=90),
+    "progressive": lambda jpeg: jpeg(_face(), progressive=True, quality=85),
+    "gray": lambda jpeg: jpeg(_face()[..., 1], quality=90),
+    "odd_size": lambda jpeg: jpeg(_face(101, 77), quality=90),
 }
 
 
 @pytest.mark.skipif(image_mod._sj_decode is None, reason="simplejpeg not installed")
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_jpeg_pixels_equal_torchvision(case):
-    data = CASES[case]()
+def test_jpeg_pixels_equal_torchvision(case, jpeg_bytes):
+    data = CASES[case](jpeg_bytes)
     got, ref = decode_rgb(data), _torchvision(data)
     assert got.dtype == torch.uint8 and got.shape == ref.shape and got.shape[0] == 3
     assert torch.equal(got, ref)
@@ -52,8 +47,8 @@ def test_jpeg_pixels_equal_torchvision(case):
     assert torch.equal(decode_rgb(bytearray(data)), ref) and torch.equal(decode_rgb(memoryview(data)), ref)
 
 
-def test_cmyk_jpeg_and_png():
-    cmyk = _jpeg(Image.fromarray(_face()).convert("CMYK"), quality=90)
+def test_cmyk_jpeg_and_png(jpeg_bytes):
+    cmyk = jpeg_bytes(Image.fromarray(_face()).convert("CMYK"), quality=90)
     diff = (decode_rgb(cmyk).int() - _torchvision(cmyk).int()).abs().max()
     assert diff <= 1  # CMYK -> RGB rounding may differ by one level between the two libjpeg-turbo front ends
     f = io.BytesIO()
@@ -62,8 +57,8 @@ def test_cmyk_jpeg_and_png():
     assert torch.equal(png, torch.from_numpy(_face(20, 30).copy()).permute(2, 0, 1))
 
 
-def test_refused_jpeg_goes_to_torchvision_and_errors_name_the_source(monkeypatch):
-    data = CASES["420"]()
+def test_refused_jpeg_goes_to_torchvision_and_errors_name_the_source(monkeypatch, jpeg_bytes):
+    data = CASES["420"](jpeg_bytes)
     seen = []
 
     def refuse(buf, *a, **k):

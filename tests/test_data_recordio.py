@@ -10,21 +10,31 @@ import torch
 from torch.utils.data import DataLoader
 
 from facezoo.data import DataError, RecordIOFaces, encode_image
-from facezoo.data.recordio import MAGIC, IRHeader, RecordReader, RecordWriter, pack, read_index, unpack, write_face_records
+from facezoo.data.recordio import (
+    MAGIC,
+    IRHeader,
+    RecordReader,
+    RecordWriter,
+    pack,
+    read_index,
+    unpack,
+    write_face_records,
+)
 
 MAGIC_FLOAT = float(np.frombuffer(struct.pack("<I", MAGIC), "<f4")[0])
 
 
-def _images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
+@pytest.fixture
+def write_records(random_images):
+    """``write_records(folder, labels, header=True, seed=0)``: PNG records of random 16x16 images; -> (images, info)."""
 
+    def write(folder, labels, header=True, seed=0):
+        ims = random_images(len(labels), seed=seed)
+        info = write_face_records(folder, ((encode_image(im, "png"), lab) for im, lab in zip(ims, labels)),
+                                  insightface_header=header)
+        return ims, info
 
-def _write(folder, labels, header=True, seed=0):
-    ims = _images(len(labels), seed=seed)
-    info = write_face_records(folder, ((encode_image(im, "png"), lab) for im, lab in zip(ims, labels)),
-                              insightface_header=header)
-    return ims, info
+    return write
 
 
 def test_record_byte_layout():
@@ -46,9 +56,9 @@ def test_writer_bytes(tmp_path):
     assert (tmp_path / "a.idx").read_text() == "5\t0\n9\t16\n"
 
 
-def test_roundtrip_insightface_layout(tmp_path):
+def test_roundtrip_insightface_layout(tmp_path, write_records):
     labels = [0, 0, 1, 1, 1, 2]
-    ims, info = _write(tmp_path, labels)
+    ims, info = write_records(tmp_path, labels)
     assert info["images"] == 6 and info["num_classes"] == 3
     assert (tmp_path / "property").read_text().strip() == "3,112,112"
     ds = RecordIOFaces(tmp_path)
@@ -69,9 +79,9 @@ def test_roundtrip_insightface_layout(tmp_path):
         ds[6]
 
 
-def test_file_without_header_record(tmp_path):
+def test_file_without_header_record(tmp_path, write_records):
     labels = [4, 1, 4, 0, 2]
-    ims, _ = _write(tmp_path, labels, header=False)
+    ims, _ = write_records(tmp_path, labels, header=False)
     (tmp_path / "property").unlink()
     ds = RecordIOFaces(tmp_path / "train.rec")
     assert ds.header is None and len(ds) == 5
@@ -80,9 +90,9 @@ def test_file_without_header_record(tmp_path):
     assert torch.equal(ds[3][0], ims[3])
 
 
-def test_split_records_and_multi_float_labels(tmp_path):
+def test_split_records_and_multi_float_labels(tmp_path, random_images):
     # the float whose bytes are the magic sits at an aligned offset: dmlc splits the record there
-    ims = _images(3)
+    ims = random_images(3)
     items = [(encode_image(ims[0], "png"), [0.0, MAGIC_FLOAT]),
              (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT, MAGIC_FLOAT, 0.5]),
              (encode_image(ims[2], "png"), 1)]
@@ -109,9 +119,9 @@ def test_split_records_and_multi_float_labels(tmp_path):
     assert ds.label(1) == 1
 
 
-def test_hand_assembled_split_record(tmp_path):
+def test_hand_assembled_split_record(tmp_path, random_images):
     # independent of our writer: payload = P1 + magic + P2, stored as cflag 1 and cflag 3 parts
-    img = encode_image(_images(1)[0], "png")
+    img = encode_image(random_images(1)[0], "png")
     p1 = struct.pack("<IfQQ", 0, 3.0, 0, 0)  # 24 bytes, aligned
     p2 = img
     rec = struct.pack("<II", MAGIC, (1 << 29) | len(p1)) + p1
@@ -124,17 +134,17 @@ def test_hand_assembled_split_record(tmp_path):
     assert head.label == 3.0 and data.startswith(struct.pack("<I", MAGIC))
 
 
-def _corrupt_file(tmp_path):
-    ims, _ = _write(tmp_path, [0, 0, 1, 1, 2], seed=1)
+def _corrupt_file(tmp_path, write_records):
+    ims, _ = write_records(tmp_path, [0, 0, 1, 1, 2], seed=1)
     keys, offs = read_index(tmp_path / "train.idx")
     return ims, {int(k): int(o) for k, o in zip(keys, offs)}
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
 @pytest.mark.parametrize("kind", ["magic", "past_end", "undecodable", "truncated"])
-def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt):
+def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt, random_images):
     # through ds[i] and through a batch (__getitems__: for JPEG the memory-mapped fast path first)
-    ims = _images(5, seed=1)
+    ims = random_images(5, seed=1)
     write_face_records(tmp_path, ((encode_image(im, fmt), lab) for im, lab in zip(ims, [0, 0, 1, 1, 2])))
     keys, offs = read_index(tmp_path / "train.idx")
     off = {int(k): int(o) for k, o in zip(keys, offs)}
@@ -172,8 +182,8 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt):
     assert len(skipping.__getitems__(list(range(len(skipping))))) == len(skipping) and skipping.skipped == 1
 
 
-def test_skip_mode_counts_and_logs(tmp_path, caplog):
-    ims, off = _corrupt_file(tmp_path)
+def test_skip_mode_counts_and_logs(tmp_path, caplog, write_records):
+    ims, off = _corrupt_file(tmp_path, write_records)
     idx = tmp_path / "train.idx"
     lines = idx.read_text().splitlines()
     lines[2] = f"2\t{off[2] + 4}"
@@ -188,8 +198,8 @@ def test_skip_mode_counts_and_logs(tmp_path, caplog):
         RecordIOFaces(tmp_path, on_error="ignore")
 
 
-def test_missing_index_and_bad_index_lines(tmp_path):
-    _write(tmp_path, [0, 1])
+def test_missing_index_and_bad_index_lines(tmp_path, write_records):
+    write_records(tmp_path, [0, 1])
     (tmp_path / "train.idx").write_text("0\t0\nnot-a-line\n")
     with pytest.raises(DataError, match=r"train\.idx:2"):
         RecordIOFaces(tmp_path)
@@ -198,9 +208,9 @@ def test_missing_index_and_bad_index_lines(tmp_path):
         RecordIOFaces(tmp_path)
 
 
-def test_dataloader_workers_and_transform(tmp_path):
+def test_dataloader_workers_and_transform(tmp_path, write_records):
     labels = [i // 3 for i in range(24)]
-    ims, _ = _write(tmp_path, labels, seed=2)
+    ims, _ = write_records(tmp_path, labels, seed=2)
     ds = RecordIOFaces(tmp_path, transform=lambda x: x.float() / 255)
     ds[0]  # opens a handle in the parent; workers must not share it
     loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=False)
@@ -210,10 +220,10 @@ def test_dataloader_workers_and_transform(tmp_path):
     assert ds.num_classes == 8
 
 
-def test_batch_read_equals_single_items(tmp_path):
+def test_batch_read_equals_single_items(tmp_path, random_images):
     # __getitems__ (what DataLoader calls) = [ds[i] ...]: plain records on the fast path, split records and
     # multi-float labels through the checked path, negative indices, out-of-range errors
-    ims = _images(5, seed=3)
+    ims = random_images(5, seed=3)
     items = [(encode_image(ims[0], "png"), 0), (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT]),
              (encode_image(ims[2], "jpeg"), 1), (encode_image(ims[3], "png"), [2.0, 0.5]),
              (encode_image(ims[4], "png"), 2)]
@@ -231,8 +241,8 @@ def test_batch_read_equals_single_items(tmp_path):
         ds.__getitems__([0, 5])
 
 
-def test_batch_read_errors_and_skips(tmp_path, caplog):
-    ims, off = _corrupt_file(tmp_path)
+def test_batch_read_errors_and_skips(tmp_path, caplog, write_records):
+    ims, off = _corrupt_file(tmp_path, write_records)
     rec = tmp_path / "train.rec"
     raw = bytearray(rec.read_bytes())
     raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # key 2 (item 1) no longer decodes

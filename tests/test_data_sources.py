@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from facezoo.data import (DataError, HFFaces, HFIterableFaces, ImageFolderFaces, RecordIOFaces, encode_image,
-                          load_bin, load_pairs_dataset, create_face_source, write_bin)
+from facezoo.data import (
+    DataError,
+    HFFaces,
+    HFIterableFaces,
+    ImageFolderFaces,
+    RecordIOFaces,
+    create_face_source,
+    encode_image,
+    load_bin,
+    load_pairs_dataset,
+    write_bin,
+)
 from facezoo.data.convert import convert, hf_to_rec, rec_to_hf
 from facezoo.data.recordio import write_face_records
-
-
-def _images(n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 3, 20, 20, generator=g) * 255).to(torch.uint8)
 
 
 def _hf(ims: torch.Tensor, labels: list[int], classlabel: bool = True) -> datasets.Dataset:
@@ -27,8 +31,8 @@ def _hf(ims: torch.Tensor, labels: list[int], classlabel: bool = True) -> datase
                                        "identity": labels}, features=feats)
 
 
-def test_identity_folders(tmp_path):
-    ims = _images(5)
+def test_identity_folders(tmp_path, random_images):
+    ims = random_images(5, 20)
     layout = [("bob", 0), ("bob", 1), ("alice", 2), ("carol", 3), ("carol", 4)]
     for name, k in layout:
         (tmp_path / name).mkdir(exist_ok=True)
@@ -49,8 +53,8 @@ def test_identity_folders(tmp_path):
         ImageFolderFaces(tmp_path / "missing")
 
 
-def test_hf_dataset_local_sources(tmp_path):
-    ims = _images(6, seed=1)
+def test_hf_dataset_local_sources(tmp_path, random_images):
+    ims = random_images(6, 20, seed=1)
     labels = [0, 2, 1, 2, 0, 1]
     ds = _hf(ims, labels)
     for src in (ds, tmp_path / "disk", tmp_path / "x.parquet"):
@@ -80,8 +84,8 @@ def test_hf_dataset_local_sources(tmp_path):
         HFFaces(datasets.Dataset.from_dict({"label": [1]}))
 
 
-def test_hf_streamed_with_workers(tmp_path):
-    ims = _images(8, seed=2)
+def test_hf_streamed_with_workers(tmp_path, random_images):
+    ims = random_images(8, 20, seed=2)
     labels = [i % 3 for i in range(8)]
     ds = _hf(ims, labels)
     for k in range(2):  # two parquet shards so two workers each get one
@@ -99,8 +103,8 @@ def test_hf_streamed_with_workers(tmp_path):
         HFIterableFaces(str(tmp_path / "plain"))  # int labels, streamed: cannot know the class count
 
 
-def test_rec_hf_roundtrip_is_lossless(tmp_path):
-    ims = _images(7, seed=3)
+def test_rec_hf_roundtrip_is_lossless(tmp_path, random_images):
+    ims = random_images(7, 20, seed=3)
     labels = [0, 0, 1, 2, 2, 2, 3]
     write_face_records(tmp_path / "rec", ((encode_image(im, "jpeg"), lab) for im, lab in zip(ims, labels)))
     info = rec_to_hf(tmp_path / "rec", tmp_path / "hf", format="parquet", progress=False)
@@ -121,10 +125,10 @@ def test_rec_hf_roundtrip_is_lossless(tmp_path):
     assert len(HFFaces(arrow["dst"])) == 7
 
 
-def test_convert_cli_and_bin_pairs(tmp_path):
+def test_convert_cli_and_bin_pairs(tmp_path, random_images):
     from facezoo.cli import main
 
-    ims = _images(4, seed=4)
+    ims = random_images(4, 20, seed=4)
     write_face_records(tmp_path / "rec", ((encode_image(im, "png"), lab) for im, lab in zip(ims, [0, 1, 1, 2])))
     assert main(["data", "convert", str(tmp_path / "rec" / "train.rec"), str(tmp_path / "hf"), "--quiet"]) == 0
     assert main(["data", "convert", str(tmp_path / "hf"), str(tmp_path / "rec2"), "--quiet"]) == 0

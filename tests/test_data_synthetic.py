@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import pytest
 
 from facezoo.data import SyntheticFaces, load_bin, synthetic_pairs
 from facezoo.data.synthetic import VERIFY_IDENTITY_OFFSET, render_face

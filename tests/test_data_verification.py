@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import builtins
-import io
 import pickle
 import struct
 
@@ -14,21 +13,8 @@ from PIL import Image
 from facezoo.data import DataError, UnsafePickleError, load_bin, load_pairs_dataset, write_bin, write_pairs_dataset
 
 
-def _images(n: int, size: int = 112, seed: int = 0) -> torch.Tensor:
-    """Smooth random colour images (compress well, survive JPEG nearly unchanged)."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.rand(n, 3, 7, 7, generator=g) * 255
-    return torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).round().to(torch.uint8)
-
-
-def _jpeg(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def test_write_load_bin_roundtrip_png_exact(tmp_path):
-    ims = _images(6)
+def test_write_load_bin_roundtrip_png_exact(tmp_path, random_images):
+    ims = random_images(6, 112, smooth=True)
     write_bin(tmp_path / "x.bin", ims, [True, False, True], format="png")
     images, issame = load_bin(tmp_path / "x.bin")
     assert images.dtype == torch.uint8 and images.shape == (6, 3, 112, 112)
@@ -36,23 +22,23 @@ def test_write_load_bin_roundtrip_png_exact(tmp_path):
     assert torch.equal(images, ims)
 
 
-def test_load_bin_is_rgb_not_bgr(tmp_path):
+def test_load_bin_is_rgb_not_bgr(tmp_path, jpeg_bytes):
     # A file made the insightface way (PIL-encoded JPEG bytes, protocol 2 from Python 3 -> _codecs.encode).
     red = np.zeros((112, 112, 3), np.uint8)
     red[..., 0] = 220
     blue = np.zeros((112, 112, 3), np.uint8)
     blue[..., 2] = 220
     with open(tmp_path / "rb.bin", "wb") as f:
-        pickle.dump(([_jpeg(red), _jpeg(blue)], [False]), f, protocol=2)
+        pickle.dump(([jpeg_bytes(red), jpeg_bytes(blue)], [False]), f, protocol=2)
     images, issame = load_bin(tmp_path / "rb.bin")
     assert images[0, 0].float().mean() > 200 and images[0, 2].float().mean() < 30
     assert images[1, 2].float().mean() > 200 and images[1, 0].float().mean() < 30
     assert issame.tolist() == [False]
 
 
-def test_load_bin_python2_pickle(tmp_path):
+def test_load_bin_python2_pickle(tmp_path, jpeg_bytes):
     # Hand-assembled protocol-2 pickle as Python 2 writes it: str payloads (BINSTRING), NEWTRUE/NEWFALSE.
-    ims = [_jpeg(np.full((112, 112, 3), v, np.uint8)) for v in (10, 200, 90, 90)]
+    ims = [jpeg_bytes(np.full((112, 112, 3), v, np.uint8)) for v in (10, 200, 90, 90)]
     body = b"\x80\x02]q\x00(" + b"".join(b"T" + struct.pack("<I", len(b)) + b for b in ims) + b"e"
     body += b"]q\x01(\x88\x89e\x86q\x02."
     (tmp_path / "py2.bin").write_bytes(body)
@@ -89,8 +75,8 @@ def test_bin_with_numpy_array_is_refused(tmp_path):
         load_bin(tmp_path / "np.bin")
 
 
-def test_bin_errors_name_the_file(tmp_path):
-    im = _jpeg(np.zeros((112, 112, 3), np.uint8))
+def test_bin_errors_name_the_file(tmp_path, random_images, jpeg_bytes):
+    im = jpeg_bytes(np.zeros((112, 112, 3), np.uint8))
     (tmp_path / "odd.bin").write_bytes(pickle.dumps(([im, im, im], [True])))
     with pytest.raises(ValueError, match=r"odd\.bin"):
         load_bin(tmp_path / "odd.bin")
@@ -104,12 +90,12 @@ def test_bin_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"garbage\.bin: image 1"):
         load_bin(tmp_path / "garbage.bin")
     with pytest.raises(ValueError, match="pairs"):
-        write_bin(tmp_path / "w.bin", _images(3), [True])
+        write_bin(tmp_path / "w.bin", random_images(3, 112, smooth=True), [True])
 
 
 @pytest.mark.parametrize("fmt", ["arrow", "parquet"])
-def test_pairs_dataset_roundtrip(tmp_path, fmt):
-    ims = _images(4, seed=3)
+def test_pairs_dataset_roundtrip(tmp_path, fmt, random_images):
+    ims = random_images(4, 112, seed=3, smooth=True)
     path = tmp_path / ("pairs" if fmt == "arrow" else "pairs.parquet")
     write_pairs_dataset(path, ims, [False, True], format=fmt)
     images, issame = load_pairs_dataset(path)
@@ -117,14 +103,14 @@ def test_pairs_dataset_roundtrip(tmp_path, fmt):
     assert issame.tolist() == [False, True]
 
 
-def test_pairs_dataset_custom_columns_and_split(tmp_path):
+def test_pairs_dataset_custom_columns_and_split(tmp_path, random_images):
     import datasets
 
-    ims = _images(2, seed=5)
+    ims = random_images(2, 112, seed=5, smooth=True)
     arr = ims.permute(0, 2, 3, 1).numpy()
     feats = datasets.Features({"left": datasets.Image(), "right": datasets.Image(), "label": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])], "label": [1]},
-                                    features=feats)
+    ds = datasets.Dataset.from_dict({"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])],
+                                     "label": [1]}, features=feats)
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "dd"))
     images, issame = load_pairs_dataset(tmp_path / "dd", split="test")
     assert images.shape == (2, 3, 112, 112) and issame.tolist() == [True]

@@ -10,8 +10,8 @@ import torch
 
 import facezoo  # noqa: F401
 from facezoo.cli import main
-from facezoo.data import ARCFACE_TEMPLATE, encode_image, write_bin, write_pairs_dataset
-from facezoo.data.synthetic import render_face, synthetic_pairs
+from facezoo.data import encode_image
+from facezoo.data.synthetic import synthetic_pairs
 from facezoo.eval import extract, ijb, runner, verification
 from facezoo.eval.report import markdown_table
 from facezoo.models import create_model
@@ -20,72 +20,27 @@ MODEL = "test_resnet"  # a tiny non-facezoo timm model (160x160 input: exercises
 
 
 @pytest.fixture(scope="module")
-def bins(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bins")
-    for i, name in enumerate(("lfw", "cfp_fp")):
-        images, issame = synthetic_pairs(12, seed=i, difficulty=0.5)
-        write_bin(root / f"{name}.bin", images, issame)
-    images, issame = synthetic_pairs(12, seed=7, difficulty=0.5)
-    write_pairs_dataset(root / "agedb_30", images, issame)  # a HF dataset of image pairs
-    return root
-
-
-def _write_ijb(root, n_subjects=6):
-    """insightface's IJB layout: meta files, loose_crop images, landmarks; plus the 1:N CSVs."""
-    crop, meta = root / "loose_crop", root / "meta"
-    crop.mkdir(parents=True)
-    meta.mkdir()
-    tid_lines, lmk_lines, csv = [], [], {"G1": [], "G2": [], "probe": []}
-    tmpl, img = 1, 1
-    gallery, probes = {}, {}
-    rng = np.random.default_rng(0)
-    for s in range(n_subjects):
-        for role, sizes in (("gallery", (2, 1)), ("probe", (2,)), ("probe", (1, 1))):
-            for m, k in enumerate(sizes):
-                for _ in range(k):
-                    name = f"{img}.jpg"
-                    face = render_face(3, 1000 + s, img, difficulty=0.3)
-                    (crop / name).write_bytes(encode_image(torch.from_numpy(face).permute(2, 0, 1), format="jpeg"))
-                    tid_lines.append(f"{name} {tmpl} {tmpl * 10 + m}")
-                    lmk = (ARCFACE_TEMPLATE + rng.normal(0, 0.5, (5, 2))).reshape(-1)
-                    lmk_lines.append(name + " " + " ".join(f"{v:.3f}" for v in lmk) + f" {rng.uniform(0.5, 1):.4f}")
-                    key = ("G1" if s % 2 == 0 else "G2") if role == "gallery" else "probe"
-                    csv[key].append(f"{tmpl},{s},{name}")
-                    img += 1
-            (gallery if role == "gallery" else probes).setdefault(s, []).append(tmpl)
-            tmpl += 1
-    pairs = [f"{p} {gallery[g][0]} {int(g == s)}" for s in probes for p in probes[s] for g in gallery]
-    (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_lines) + "\n")
-    (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk_lines) + "\n")
-    (meta / "ijbc_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
-    for key, fname in (("G1", "ijbc_1N_gallery_G1.csv"), ("G2", "ijbc_1N_gallery_G2.csv"),
-                       ("probe", "ijbc_1N_probe_mixed.csv")):
-        (meta / fname).write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(csv[key]) + "\n")
-    return root
+def bins(tmp_path_factory, make_bins):
+    # lfw.bin, cfp_fp.bin and agedb_30/ (a HF dataset of image pairs)
+    return make_bins(tmp_path_factory.mktemp("bins"))
 
 
 @pytest.fixture(scope="module")
-def ijb_root(tmp_path_factory):
-    return _write_ijb(tmp_path_factory.mktemp("ijb") / "IJBC")
+def ijb_root(tmp_path_factory, make_ijb_release):
+    return make_ijb_release(tmp_path_factory.mktemp("ijb") / "IJBC")
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return timm.create_model(MODEL, num_classes=0).eval()
-
-
-def test_extract_matches_manual_flip_tta(model):
+def test_extract_matches_manual_flip_tta(tiny_model):
     images, _ = synthetic_pairs(6, seed=1)
-    emb = extract.extract_embeddings(model, images, batch_size=5, progress=False)
+    emb = extract.extract_embeddings(tiny_model, images, batch_size=5, progress=False)
     x = torch.nn.functional.interpolate(images.float() / 255, size=(160, 160), mode="bilinear", align_corners=False)
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = timm.data.resolve_data_config({}, model=tiny_model)
     x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
-        ref = (model(x).double() + model(x.flip(3)).double()).numpy()
+        ref = (tiny_model(x).double() + tiny_model(x.flip(3)).double()).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(emb, ref, atol=1e-5)
-    assert emb.dtype == np.float64 and emb.shape == (12, model.num_features)
+    assert emb.dtype == np.float64 and emb.shape == (12, tiny_model.num_features)
 
 
 def test_non_2d_model_output_is_a_clear_error():
@@ -95,16 +50,57 @@ def test_non_2d_model_output_is_a_clear_error():
         extract.extract_features(m, images, progress=False)
 
 
-def test_run_verification_sets_in_process(model, bins):
+def test_run_verification_sets_in_process(tiny_model, bins):
     sets = runner.load_verification_sets(bins, ["lfw", "agedb_30"], progress=False)
-    model.train()
-    res = runner.run_verification_sets(model, sets, batch_size=16, progress=False)
-    assert model.training  # the training loop's mode is restored
+    tiny_model.train()
+    res = runner.run_verification_sets(tiny_model, sets, batch_size=16, progress=False)
+    assert tiny_model.training  # the training loop's mode is restored
     for name, (images, issame) in sets.items():
-        model.eval()
-        emb = extract.extract_embeddings(model, images, batch_size=16, progress=False)
+        tiny_model.eval()
+        emb = extract.extract_embeddings(tiny_model, images, batch_size=16, progress=False)
         assert res[name]["fold_accuracies"] == verification.evaluate(emb, issame)["fold_accuracies"]
         assert res[name]["xnorm"] > 0 and len(res[name]["roc"]["fpr"]) == 400
+
+
+class _NaNForBrightImages(torch.nn.Module):
+    """Embeds the mean colour; images whose two centre pixels of the top row sum above ``limit`` give NaN rows (the
+    same rows for an image and its horizontal flip)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    @staticmethod
+    def key(x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1]
+        return x[:, 0, 0, w // 2 - 1] + x[:, 0, 0, w // 2]
+
+    def forward(self, x):
+        emb = x.mean(dim=(2, 3)) * self.scale
+        return torch.where((self.key(x) > self.limit)[:, None], float("nan"), emb)
+
+
+def test_non_finite_embeddings_are_refused_naming_the_set_and_count(bins):
+    from facezoo.errors import DataError
+
+    sets = runner.load_verification_sets(bins, ["lfw"], progress=False)
+    images = sets["lfw"][0]
+    keys = _NaNForBrightImages.key((images.float() / 255 - 0.5) / 0.5).unique()  # what extraction feeds the model
+    limit = float(keys[len(keys) // 2 - 1] + keys[len(keys) // 2]) / 2  # between two values: no rounding doubt
+    bad = int((_NaNForBrightImages.key((images.float() / 255 - 0.5) / 0.5) > limit).sum())
+    assert 0 < bad < len(images)
+    with pytest.raises(DataError, match=rf"^lfw: the embeddings of {bad} of {len(images)} images are not finite"):
+        runner.run_verification_sets(_NaNForBrightImages(limit), sets, batch_size=5, progress=False)
+    # the protocols refuse non-finite input themselves (the Python API, not only the runner)
+    emb = np.ones((8, 4))
+    emb[3, 1] = np.inf
+    with pytest.raises(DataError, match=r"verification: 1 of 4 pairs have non-finite embeddings"):
+        verification.evaluate(emb, [True, False, True, False], nfolds=2)
+    feats = np.ones((3, 4), np.float32)
+    feats[0, 0] = np.nan
+    with pytest.raises(DataError, match=r"IJB: 1 of 3 image features are not finite"):
+        ijb.evaluate(feats, np.array([1, 1, 2]), np.array([1, 1, 2]), np.array([1]), np.array([2]), np.array([0]))
 
 
 def test_missing_set_names_paths_and_default_finds_every_set(bins, tmp_path):
@@ -146,15 +142,15 @@ def test_cli_end_to_end(bins, ijb_root, tmp_path, capsys):
     assert "results.json" in capsys.readouterr().out
 
 
-def test_checkpoint_roundtrip_and_ijb_numbers(model, bins, ijb_root, tmp_path):
+def test_checkpoint_roundtrip_and_ijb_numbers(tiny_model, bins, ijb_root, tmp_path):
     from safetensors.torch import save_file
 
     ckpt = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(ckpt))
     loaded = create_model(MODEL, checkpoint=str(ckpt), num_classes=0).eval()
     images, issame = synthetic_pairs(4, seed=3)
     np.testing.assert_allclose(extract.extract_embeddings(loaded, images, progress=False),
-                               extract.extract_embeddings(model, images, progress=False), atol=1e-6)
+                               extract.extract_embeddings(tiny_model, images, progress=False), atol=1e-6)
 
     out = tmp_path / "out"
     assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--ijb", str(ijb_root), "--output-dir", str(out),
@@ -163,7 +159,7 @@ def test_checkpoint_roundtrip_and_ijb_numbers(model, bins, ijb_root, tmp_path):
     from facezoo.data.ijb import IJBAlignedImages, read_ijb
 
     meta = read_ijb(ijb_root, "IJBC")
-    feats, flips = extract.extract_features(model, IJBAlignedImages(meta), progress=False)
+    feats, flips = extract.extract_features(tiny_model, IJBAlignedImages(meta), progress=False)
     ref = ijb.evaluate(feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels, faceness=meta.faceness,
                        flip_features=flips)
     for far, tar in ref["tar_at_far"].items():

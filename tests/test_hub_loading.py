@@ -33,20 +33,17 @@ def test_local_dir_loads_facezoo_model(tmp_path):
     assert tuple(loaded.pretrained_cfg["mean"]) == (0.5, 0.5, 0.5)
 
 
-def test_hf_hub_id_from_offline_cache(tmp_path):
+def test_hf_hub_id_from_offline_cache(tmp_path, hf_offline_cache):
     """``hf-hub:org/name`` resolves from a Hugging Face cache populated here, with HF_HUB_OFFLINE=1 (no network)."""
-    snapshot = tmp_path / "hub" / "models--facezoo-test--iresnet18_gwp_k7" / "snapshots" / ("0" * 40)
-    model = _published_folder(snapshot)
-    refs = snapshot.parent.parent / "refs"
-    refs.mkdir()
-    (refs / "main").write_text("0" * 40)
+    model = _published_folder(tmp_path / "pub")
+    hf_env = hf_offline_cache("facezoo-test/iresnet18_gwp_k7", tmp_path / "pub")
     script = (
         "import torch, timm, facezoo\n"
         "m = timm.create_model('hf-hub:facezoo-test/iresnet18_gwp_k7', pretrained=True).eval()\n"
         "torch.manual_seed(1); x = torch.randn(2, 3, 112, 112)\n"
         "torch.save(m(x).detach(), 'out.pt')\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    env = dict(os.environ, **hf_env)
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 112, 112)

@@ -7,7 +7,6 @@ process and compares.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -103,12 +102,6 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reference_loss(head, emb, labels, weight):
     norms = emb.norm(dim=1)
     cos = F.linear(F.normalize(emb), F.normalize(weight)).clamp(-1, 1)
@@ -122,14 +115,16 @@ def reference_loss(head, emb, labels, weight):
 
 
 def close(a, b, what, scale=1.0):
-    torch.testing.assert_close(a, b * scale, rtol=2e-5, atol=2e-5 * max(1.0, b.abs().max().item() * abs(scale)), msg=what)
+    atol = 2e-5 * max(1.0, b.abs().max().item() * abs(scale))
+    torch.testing.assert_close(a, b * scale, rtol=2e-5, atol=atol, msg=what)
 
 
 @pytest.mark.dist
 @pytest.mark.timeout(180)
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    port = free_port()
+def test_two_gloo_processes_equal_one_process(tmp_path, free_port):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    port = free_port
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, str(rank), str(port), str(tmp_path)],
@@ -178,7 +173,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
                 cstart, nloc = shard_range(C, 2, r)
                 close(got["loss"][step], loss.detach(), f"{name} step {step} rank {r} loss")
                 close(got["emb_grad"][step], e.grad[rows], f"{name} step {step} rank {r} embedding grad", ddp_scale)
-                close(got["weight_grad"][step], wgrad[cstart : cstart + nloc], f"{name} step {step} rank {r} center grad")
+                close(got["weight_grad"][step], wgrad[cstart : cstart + nloc],
+                      f"{name} step {step} rank {r} center grad")
         for r in range(2):
             for key, value in head.state_dict().items():
                 close(ranks[r][name]["buffers"][key], value, f"{name} rank {r} buffer {key}")

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 import facezoo  # noqa: F401
 from facezoo.models.profile import count_params, model_stats
 
-
 # --- a reference insightface IResNet, written here from arcface_torch/backbones/iresnet.py ----------------------------
 
 class RefBlock(nn.Module):
@@ -118,7 +117,7 @@ def _reference(name: str) -> RefIResNet:
 
 # --- parameter counts ------------------------------------------------------------------------------------------------
 
-PAPER_PARAMS_M = {  # the GWP paper's parameter columns (and design.md): baseline -> GAP/GWP
+PAPER_PARAMS_M = {  # the GWP paper's parameter columns: baseline -> GAP/GWP
     "iresnet18": 24.03, "iresnet18_gwp_k7": 11.45, "iresnet18_gap_k7": 11.45,
     "iresnet34": 34.14, "iresnet34_gwp": 21.56, "iresnet34_gap": 21.56, "iresnet34_gwp_k7": 21.56,
     "iresnet50": 43.59, "iresnet50_gwp_k7": 31.02, "iresnet50_gap_k7": 31.02,

@@ -16,7 +16,6 @@ from facezoo.cli import main as facezoo_main
 from facezoo.errors import CheckpointError
 from facezoo.models.profile import count_params
 
-
 # --- a reference AdaFace IR backbone, written here from AdaFace's net.py (Backbone, mode='ir', depths 18-100) --------
 
 class Flatten(nn.Module):
@@ -241,7 +240,8 @@ class _HParams(dict):
 
 def test_convert_checkpoint_refuses_what_it_cannot_read_safely(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": _HParams(lr=0.1)}, tmp_path / "x.ckpt")
-    assert facezoo_main(["models", "convert-checkpoint", str(tmp_path / "x.ckpt"), str(tmp_path / "x.safetensors")]) == 2
+    argv = ["models", "convert-checkpoint", str(tmp_path / "x.ckpt"), str(tmp_path / "x.safetensors")]
+    assert facezoo_main(argv) == 2
     err = capsys.readouterr().err
     assert "unpickles nothing else" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.safetensors").exists()

@@ -74,7 +74,8 @@ def warp_affine(image: torch.Tensor, matrix: np.ndarray, size: Union[int, tuple[
     return out[0].round().clamp_(0, 255).to(torch.uint8)
 
 
-def align_face(image: Union[np.ndarray, Image.Image, torch.Tensor], landmarks: np.ndarray, size: int = 112) -> torch.Tensor:
+def align_face(image: Union[np.ndarray, Image.Image, torch.Tensor], landmarks: np.ndarray,
+               size: int = 112) -> torch.Tensor:
     """Align a face with its 5 landmarks (x, y in input pixels) to the arcface template; uint8 RGB (3, size, size).
 
     ``image``: uint8 HWC numpy array, PIL image, or uint8 (3, H, W) tensor. For sizes other than 112 the template

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from typing import Any
 
 
@@ -28,18 +26,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from facezoo.data.sources import create_face_source
+    from facezoo.data.describe import describe_source
 
-    if str(args.path).endswith(".bin"):
-        from facezoo.data.verification import load_bin
-
-        images, issame = load_bin(args.path)
-        print(json.dumps({"pairs": len(issame), "positives": int(issame.sum()), "image_shape": list(images.shape[1:])}))
-        return 0
-    ds: Any = create_face_source(args.path)
-    image, label = ds[0]
-    print(json.dumps({"type": type(ds).__name__, "images": len(ds), "num_classes": ds.num_classes,
-                      "image_shape": list(image.shape), "first_label": label}))
+    print(json.dumps(describe_source(args.path, split=args.split)))
     return 0
 
 
@@ -49,7 +38,7 @@ def register(subparsers: Any) -> None:
                                  description="Convert between .rec, Hugging Face datasets and .bin; write synthetic "
                                              "training/verification sets; inspect a data source.")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+    data.set_defaults(func=lambda args: data.error(f"choose a command: {', '.join(sub.choices)}"))
 
     c = sub.add_parser("convert", help="convert .rec <-> Hugging Face dataset, .bin <-> HF pair dataset",
                        description="SRC .rec (or folder with train.rec) -> DST Hugging Face dataset (Parquet shards in "
@@ -80,18 +69,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)
 
-    i = sub.add_parser("info", help="print the size, classes and image shape of a data source or .bin")
+    i = sub.add_parser("info", help="print the size, classes and image shape of a data source or verification set",
+                       description="Print, as one JSON line, what PATH holds: a training source (.rec, identity "
+                                   "folders, Hugging Face dataset or Hub id: images, classes, image shape) or a "
+                                   "verification set (.bin or HF pair dataset: pairs, positives, image shape).")
     i.add_argument("path")
+    i.add_argument("--split", default=None, help="split of a Hugging Face dataset with several")
     i.set_defaults(func=_info)
 
-
-def main(argv: Any = None) -> int:  # pragma: no cover - `python -m facezoo.data.cli`
-    logging.basicConfig(level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="facezoo")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

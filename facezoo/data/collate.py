@@ -59,7 +59,8 @@ def _release_remote(flag: torch.Tensor) -> None:
 def _flag_of(buffer: torch.Tensor) -> torch.Tensor:
     """The one-byte state kept right after a pooled buffer's data, in the same storage (so a batch sent from a
     worker carries its own return ticket: one shared-memory handle per batch)."""
-    return torch.empty(0, dtype=torch.uint8).set_(buffer.untyped_storage(), buffer.numel() * buffer.element_size(), (1,))
+    nbytes = buffer.numel() * buffer.element_size()
+    return torch.empty(0, dtype=torch.uint8).set_(buffer.untyped_storage(), nbytes, (1,))
 
 
 def _lend(buffer: torch.Tensor, flag: torch.Tensor, release=_release_local) -> torch.Tensor:

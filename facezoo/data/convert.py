@@ -20,6 +20,7 @@ from facezoo.data.image import cell_bytes, encode_image
 from facezoo.data.recordio import write_face_records
 from facezoo.data.sources import HFFaces, RecordIOFaces, _cell_label
 from facezoo.data.verification import load_bin, load_pairs_dataset, write_bin, write_pairs_dataset
+from facezoo.errors import MissingPathError
 
 __all__ = ["rec_to_hf", "hf_to_rec", "convert", "write_synthetic", "is_rec_path"]
 
@@ -64,7 +65,8 @@ def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: b
             shards = max(1, int(np.ceil(nbytes / shard)))
             (dst / "data").mkdir(parents=True, exist_ok=True)
             for k in range(shards):
-                ds.shard(shards, k, contiguous=True).to_parquet(str(dst / "data" / f"train-{k:05d}-of-{shards:05d}.parquet"))
+                name = f"train-{k:05d}-of-{shards:05d}.parquet"
+                ds.shard(shards, k, contiguous=True).to_parquet(str(dst / "data" / name))
         else:
             raise ValueError(f"unknown format {format!r}; expected 'parquet' or 'arrow'")
         del ds
@@ -130,8 +132,10 @@ def write_synthetic(path: PathLike, num_identities: int = 1000, images_per_ident
     from facezoo.data.synthetic import SyntheticFaces, synthetic_pairs
 
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise MissingPathError(f"{out}: expected a folder to write the synthetic set into, found a file")
+    ds = SyntheticFaces(num_identities, images_per_identity, seed=seed, difficulty=difficulty)  # checks the sizes
     out.mkdir(parents=True, exist_ok=True)
-    ds = SyntheticFaces(num_identities, images_per_identity, seed=seed, difficulty=difficulty)
     loader = torch.utils.data.DataLoader(_EncodedSynthetic(ds, quality), batch_size=None, num_workers=workers)
     items = tqdm(loader, total=len(ds), desc="synthesize train.rec", disable=not progress)
     info = write_face_records(out, ((data, int(label)) for data, label in items), num_classes=num_identities)

@@ -22,8 +22,7 @@ from torch.utils.data import Dataset
 
 from facezoo.data.align import align_face
 from facezoo.data.image import decode_rgb
-from facezoo.errors import DataError
-from facezoo.errors import require_path
+from facezoo.errors import DataError, require_path
 
 __all__ = ["IJBMeta", "read_ijb", "IJBAlignedImages"]
 
@@ -51,7 +50,7 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: IJB meta file not found")
     out = []
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if parts:
@@ -100,7 +99,8 @@ def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: 
     lmk_by_name: dict[str, tuple[np.ndarray, float, int]] = {}
     for lineno, parts in _lines(f_lmk):
         if len(parts) != 12:
-            raise DataError(f"{f_lmk}:{lineno}: expected 12 fields (image, 10 landmark coordinates, score), got {len(parts)}")
+            raise DataError(f"{f_lmk}:{lineno}: expected 12 fields (image, 10 landmark coordinates, score), "
+                            f"got {len(parts)}")
         try:
             vals = np.array([float(p) for p in parts[1:]], dtype=np.float32)
         except ValueError:
@@ -145,7 +145,8 @@ def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: 
     return IJBMeta(
         root=root, target=target.upper(), image_names=names,
         templates=np.asarray(templates, dtype=np.int64), medias=np.asarray(medias, dtype=np.int64),
-        landmarks=np.stack([lmk_by_name[n][0] for n in names]).astype(np.float32) if names else np.zeros((0, 5, 2), np.float32),
+        landmarks=(np.stack([lmk_by_name[n][0] for n in names]).astype(np.float32) if names
+                   else np.zeros((0, 5, 2), np.float32)),
         faceness=np.asarray([lmk_by_name[n][1] for n in names], dtype=np.float32),
         t1=np.asarray(t1, dtype=np.int64), t2=np.asarray(t2, dtype=np.int64), labels=np.asarray(labels, dtype=np.int64))
 

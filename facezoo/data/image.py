@@ -2,8 +2,8 @@
 
 One decoder for every reader, so the benchmark's raw decode bound and the datasets measure the same thing:
 JPEG through ``simplejpeg`` (libjpeg-turbo; the same pixels as ``torchvision.io``, ~10% faster here, and it can
-decode straight into a caller's buffer, which ``RecordIOFaces``'s batch reader uses), everything else, and any JPEG simplejpeg
-refuses, through ``torchvision.io`` (libjpeg-turbo / libpng / libwebp).
+decode straight into a caller's buffer, which ``RecordIOFaces``'s batch reader uses), everything else, and any JPEG
+simplejpeg refuses, through ``torchvision.io`` (libjpeg-turbo / libpng / libwebp).
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png
 from facezoo.errors import DataError
 
 try:
-    from simplejpeg import decode_jpeg as _sj_decode, decode_jpeg_header as _sj_header
+    from simplejpeg import decode_jpeg as _sj_decode
+    from simplejpeg import decode_jpeg_header as _sj_header
 except ImportError:  # pragma: no cover - a platform without simplejpeg wheels: torchvision decodes everything
     _sj_decode = _sj_header = None
 

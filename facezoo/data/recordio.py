@@ -69,7 +69,7 @@ def unpack(payload: Union[bytes, memoryview], where: str = "<record>") -> tuple[
 def read_index(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``.idx`` file into ``(keys, offsets)`` int64 arrays, in file order."""
     keys, offsets = [], []
-    with open(path, "r", encoding="ascii", errors="replace") as f:
+    with open(path, encoding="ascii", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -195,7 +195,8 @@ class RecordReader:
                 raise DataError(f"{where}: unexpected split flag {cflag} at byte {pos}")
             data = self._pread(length, pos + 8) if length else b""
             if len(data) < length:
-                raise DataError(f"{where}: truncated record: needs {length} bytes at byte {pos + 8}, file ends at {self.size}")
+                raise DataError(f"{where}: truncated record: needs {length} bytes at byte {pos + 8}, "
+                                f"file ends at {self.size}")
             parts.append(data)
             if cflag in (0, 3):
                 break
@@ -276,7 +277,7 @@ class RecordWriter:
         if self._idx is not None:
             self._idx.close()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

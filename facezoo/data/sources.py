@@ -24,12 +24,20 @@ from tqdm.auto import tqdm
 
 from facezoo.data.collate import PooledSamples, batch_buffer
 from facezoo.data.image import _sj_decode, _sj_header, cell_bytes, decode_rgb
+from facezoo.data.recordio import (
+    _HEADER,
+    _LEN_MASK,
+    MAGIC,
+    RecordReader,
+    read_index,
+    read_property,
+    resolve_rec_paths,
+    unpack,
+)
 from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_local_path, require_path
-from facezoo.data.recordio import (_HEADER, _LEN_MASK, MAGIC, RecordReader, read_index, read_property,
-                                   resolve_rec_paths, unpack)
 
 __all__ = ["FaceDataset", "RecordIOFaces", "ImageFolderFaces", "HFFaces", "HFIterableFaces",
-           "create_face_source", "IMAGE_EXTENSIONS"]
+           "create_face_source", "check_source_path", "IMAGE_EXTENSIONS"]
 
 _logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -145,14 +153,16 @@ class RecordIOFaces(FaceDataset):
         self.header: Optional[tuple[int, int]] = None
         first = self._offset_of(0) if keys.min() == 0 else None
         if first is not None:
-            head, data = unpack(self.reader.read_at(first, 0), where=f"{self.rec_path}: record key 0 at byte offset {first}")
+            where = f"{self.rec_path}: record key 0 at byte offset {first}"
+            head, data = unpack(self.reader.read_at(first, 0), where=where)
             if head.flag >= 2 and len(data) == 0:
                 self.header = (int(head.label[0]), int(head.label[1]))
         if self.header is not None:
             a = self.header[0]
             self.keys = np.arange(1, a, dtype=np.int64)
             pos = np.searchsorted(self._sorted_keys, self.keys)
-            bad = (pos >= len(self._sorted_keys)) | (self._sorted_keys[np.minimum(pos, len(self._sorted_keys) - 1)] != self.keys)
+            last = len(self._sorted_keys) - 1
+            bad = (pos > last) | (self._sorted_keys[np.minimum(pos, last)] != self.keys)
             if bad.any():
                 raise DataError(f"{self.idx_path}: header record says images are keys 1..{a - 1}, but key "
                                 f"{int(self.keys[bad][0])} is not in the index ({int(bad.sum())} missing)")
@@ -242,7 +252,8 @@ class RecordIOFaces(FaceDataset):
                 out[k] = (views[k], out[k])
         return out
 
-    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray, out: list) -> tuple[Optional[torch.Tensor], list[int]]:
+    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray,
+                            out: list) -> tuple[Optional[torch.Tensor], list[int]]:
         """Decode the plain JPEG records of a batch into a pooled buffer; set ``out[k]`` to the label of each image
         decoded there and return (buffer, those k). ``words``: the file as little-endian uint32 (records start
         4-byte aligned: magic, lrec, then the IRHeader's flag and float label, 16 more header bytes, the image)."""
@@ -307,7 +318,9 @@ class RecordIOFaces(FaceDataset):
         """Label of image ``i``, reading only its header."""
         off = int(self.offsets[i])
         head = self.reader._pread(8 + _HEADER.size, off)
-        if len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC and (int.from_bytes(head[4:8], "little") >> 29) == 0:
+        plain = (len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC
+                 and (int.from_bytes(head[4:8], "little") >> 29) == 0)
+        if plain:
             flag, lab = _HEADER.unpack_from(head, 8)[:2]
             if flag == 0:
                 return int(lab)
@@ -362,6 +375,8 @@ class ImageFolderFaces(FaceDataset):
 
 # ------------------------------------------------------------------------------------------ Hugging Face
 
+#: files a folder holds when it is a Hugging Face dataset of data files (not identity folders)
+_HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl")
 _LABEL_NAMES = ("label", "labels", "identity", "id", "class", "person", "target")
 
 
@@ -388,20 +403,37 @@ def _load_hf(path: Any, split: Optional[str], streaming: bool) -> Any:
                 raise DataError(f"{p}: the folder is empty (expected a Hugging Face dataset, a .rec, or identity "
                                 "folders of images)")
             ds = datasets.load_dataset(str(p), streaming=streaming)
+        elif p.exists():
+            raise DataError(f"{path}: not a dataset file (expected a .rec with its .idx, a .parquet or .arrow file, a "
+                            "folder of identity folders or a Hugging Face dataset folder)")
         elif looks_like_local_path(path):
             raise MissingPathError(f"{path}: no such file or folder (expected a dataset: a .rec, a folder of identity "
                                    "folders, a Hugging Face dataset folder or .parquet file, or a Hub id ORG/NAME)")
         else:
-            from facezoo.models.factory import check_hub_reachable
-
-            check_hub_reachable(str(path), repo_type="dataset")
-            ds = datasets.load_dataset(str(path), streaming=streaming)
+            ds = _load_hub_dataset(str(path), streaming)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         name = split or ("train" if "train" in ds else (next(iter(ds)) if len(ds) == 1 else None))
         if name is None or name not in ds:
             raise ConfigError(f"{path}: choose a split with split=; available: {list(ds)}")
         ds = ds[name]
     return ds
+
+
+def _load_hub_dataset(repo_id: str, streaming: bool) -> Any:
+    """``datasets.load_dataset(repo_id)`` after a quick reachability check, so that no network fails in seconds
+    (``datasets`` itself retries for about half a minute) and an offline cache miss says what it is."""
+    import datasets
+
+    from facezoo.models.factory import check_hub_reachable, hub_offline, offline_cache_miss
+
+    check_hub_reachable(repo_id, repo_type="dataset")
+    try:
+        return datasets.load_dataset(repo_id, streaming=streaming)
+    except (ConnectionError, FileNotFoundError) as exc:  # datasets' offline errors derive from these
+        if hub_offline():
+            raise offline_cache_miss(repo_id, "dataset") from None
+        raise DataError(f"{repo_id}: cannot load this Hugging Face dataset ({' '.join(str(exc).split())[:200]})") \
+            from None
 
 
 def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], source: Any) -> tuple[str, str]:
@@ -413,7 +445,8 @@ def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], 
     if image_column is None:
         imgs = [k for k, v in feats.items() if isinstance(v, datasets.Image)]
         if not imgs:
-            raise DataError(f"{source}: no Image column among {list(feats)}; pass image_column=")
+            raise DataError(f"{source}: no Image column among {list(feats)} (expected a face dataset: an Image column "
+                            "and a label column; pass image_column= to name one)")
         image_column = imgs[0]
     if label_column is None:
         cls = [k for k, v in feats.items() if isinstance(v, datasets.ClassLabel)]
@@ -476,7 +509,8 @@ class HFFaces(FaceDataset):
     def load(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.ds[int(i)]
         where = f"{self.source}: row {i} column {self.image_column}"
-        return _cell_image(row[self.image_column], where), _cell_label(row[self.label_column], f"{self.source}: row {i}")
+        label = _cell_label(row[self.label_column], f"{self.source}: row {i}")
+        return _cell_image(row[self.image_column], where), label
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
         """A batch with one Arrow ``take`` instead of one row lookup per sample; rows that fail go through
@@ -547,6 +581,16 @@ class HFIterableFaces(IterableDataset):
             yield (self.transform(image) if self.transform is not None else image), label
 
 
+def check_source_path(path: Any) -> None:
+    """Raise :class:`MissingPathError` at once when ``path`` reads as a local path (``faces_emore``, ``./data``,
+    ``/data/x.rec``: anything but ``ORG/NAME``) and does not exist, so that it is never looked up on the Hub."""
+    if isinstance(path, (str, os.PathLike)) and path != "synthetic" and not Path(path).expanduser().exists() \
+            and looks_like_local_path(path):
+        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
+                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
+                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
+
+
 def create_face_source(path: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
                        **kwargs: Any) -> Union[FaceDataset, HFIterableFaces]:
     """Open any training source by what it is: ``'synthetic'``, a ``.rec`` file or folder with one, a folder of
@@ -558,16 +602,13 @@ def create_face_source(path: Any, transform: Transform = None, on_error: str = "
         from facezoo.data.synthetic import SyntheticFaces
 
         return SyntheticFaces(transform=transform, **kwargs)
+    check_source_path(path)
     p = Path(path).expanduser() if isinstance(path, (str, os.PathLike)) else None
-    if p is not None and not p.exists() and looks_like_local_path(path):
-        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
-                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
-                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
     if p is not None and (p.suffix == ".rec" or (p.is_dir() and ((p / "train.rec").exists() or any(p.glob("*.rec"))))):
         return RecordIOFaces(p, transform=transform, on_error=on_error, **kwargs)
     if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
         entries = list(os.scandir(p))
-        data_files = [e for e in entries if e.is_file() and e.name.endswith((".parquet", ".arrow", ".csv", ".json", ".jsonl"))]
+        data_files = [e for e in entries if e.is_file() and e.name.endswith(_HF_DATA_SUFFIXES)]
         if not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir():
             return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
     if streaming:

@@ -52,7 +52,8 @@ SIZE = 112
 _CENTER = np.array([56.0, 63.0])
 _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
                     np.sin(np.linspace(0, 2 * np.pi, 28, endpoint=False))], 1)
-_SKIN = np.array([[255, 226, 200], [236, 196, 164], [206, 150, 110], [160, 104, 70], [105, 66, 44], [70, 45, 32]], float)
+_SKIN = np.array([[255, 226, 200], [236, 196, 164], [206, 150, 110], [160, 104, 70], [105, 66, 44], [70, 45, 32]],
+                 float)
 _HAIR = np.array([[18, 14, 12], [52, 36, 24], [96, 64, 38], [150, 110, 60], [205, 175, 120], [150, 70, 35],
                   [160, 160, 160], [235, 235, 230]], float)
 # skin and hair tones span 70% of the natural range above (around its mean): with the camera nuisance this keeps
@@ -159,9 +160,11 @@ def _derive_shapes(t: dict[str, Any]) -> None:
         hy = np.minimum(hy + 10, t["eye_y"] - t["brow_dy"] - 5)
     dome = _CIRCLE[15:28][::-1] * np.array([fw + 7, fh * 0.75]) + np.array([0, t["hairline"] - 2])
     t["cap"] = np.concatenate([np.stack([hx, hy], 1), dome[np.argsort(-dome[:, 0])]])
-    t["locks"] = [np.array([[sd * (fw - 5), -10], [sd * (fw + 6), -12], [sd * (fw + 4), fh * 0.6], [sd * (fw - 3), fh * 0.45]])
+    t["locks"] = [np.array([[sd * (fw - 5), -10], [sd * (fw + 6), -12], [sd * (fw + 4), fh * 0.6],
+                            [sd * (fw - 3), fh * 0.45]])
                   for sd in (-1, 1)]
-    t["glasses_bridge"] = np.array([[-t["eye_dx"] + t["eye_rx"] + 4, t["eye_y"]], [t["eye_dx"] - t["eye_rx"] - 4, t["eye_y"]]])
+    t["glasses_bridge"] = np.array([[-t["eye_dx"] + t["eye_rx"] + 4, t["eye_y"]],
+                                    [t["eye_dx"] - t["eye_rx"] - 4, t["eye_y"]]])
     t["ears"] = {sd: _ellipse(sd * fw * 0.98, -2, 0.45 * t["ear"], t["ear"]) for sd in (-1, 1)}
     t["blushes"] = {sd: _ellipse(sd * fw * 0.55, 12, 7, 5) for sd in (-1, 1)}
     t["mole_polys"] = [_ellipse(mx, my, mr, mr) for mx, my, mr in t["moles"]]
@@ -191,7 +194,9 @@ class _Scene:
 
     def __init__(self, traits: dict[str, Any], yaw: float, pitch: float, roll: float, scale: float,
                  shift: np.ndarray) -> None:
-        cy, sy, cp, sp, cr, sr = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+        cy, sy = math.cos(yaw), math.sin(yaw)
+        cp, sp = math.cos(pitch), math.sin(pitch)
+        cr, sr = math.cos(roll), math.sin(roll)
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
         rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
@@ -202,7 +207,8 @@ class _Scene:
         self.z: list[Any] = []      # None: on the face surface (+ extra); float: constant depth
         self.ops: list[tuple] = []
 
-    def add(self, op: str, xy: np.ndarray, fill: Any, z: Optional[float] = None, extra: float = 0.0, width: int = 1) -> None:
+    def add(self, op: str, xy: np.ndarray, fill: Any, z: Optional[float] = None, extra: float = 0.0,
+            width: int = 1) -> None:
         self.xy.append(xy)
         self.z.append((z, extra))
         self.ops.append((op, len(xy), fill, width))
@@ -251,7 +257,8 @@ def _noise_bank() -> np.ndarray:
     return _NOISE_BANK[0]
 
 
-_YY, _XX = np.meshgrid(np.linspace(-1, 1, SIZE, dtype=np.float32), np.linspace(-1, 1, SIZE, dtype=np.float32), indexing="ij")
+_YY, _XX = np.meshgrid(np.linspace(-1, 1, SIZE, dtype=np.float32), np.linspace(-1, 1, SIZE, dtype=np.float32),
+                       indexing="ij")
 
 
 def _blur(a: np.ndarray) -> np.ndarray:
@@ -347,8 +354,8 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
         lid = _ellipse(ex, ey, t["eye_rx"], ry, tilt)[_LID]
         add("line", lid, c["dark"], width=2)
         ys = t["brow_y"][side] - brow_raise
-        add("poly", np.stack([t["brow_x"][side], np.concatenate([ys[:7] - t["brow_th"], ys[7:] + t["brow_th"][::-1]])], 1),
-            c["brow"])
+        brow_y = np.concatenate([ys[:7] - t["brow_th"], ys[7:] + t["brow_th"][::-1]])
+        add("poly", np.stack([t["brow_x"][side], brow_y], 1), c["brow"])
 
     # ---- nose: bridge shadow, tip, nostrils (stick out of the face)
     nd = t["nose_depth"]
@@ -387,7 +394,8 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
         kind = int(u[3] * 4)
         col = (int(256 * u[20]), int(256 * u[21]), int(256 * u[22]))
         if kind == 0:  # hand / object blob
-            add("poly", _ellipse(60 * (u[4] - 0.5), 40 * (u[5] - 0.3), 12 + 12 * u[6], 10 + 12 * u[7], u[8] * 3), col, z=40.0)
+            blob = _ellipse(60 * (u[4] - 0.5), 40 * (u[5] - 0.3), 12 + 12 * u[6], 10 + 12 * u[7], u[8] * 3)
+            add("poly", blob, col, z=40.0)
         elif kind == 1:  # face mask
             add("poly", t["mask"], col, z=30.0)
         elif kind == 2:  # sunglasses
@@ -512,7 +520,8 @@ def synthetic_pairs(num_pairs: int = 1000, seed: int = 0, num_identities: Option
         a = int(rng.integers(ids))
         b = a if same else int((a + 1 + rng.integers(ids - 1)) % ids)
         for j, ident in enumerate((a, b)):
-            images[2 * p + j] = render_face_chw(seed, identity_offset + ident, 1_000_000 + int(counter[ident]), difficulty)
+            image_id = 1_000_000 + int(counter[ident])
+            images[2 * p + j] = render_face_chw(seed, identity_offset + ident, image_id, difficulty)
             counter[ident] += 1
         issame[p] = same
     return torch.from_numpy(images), issame

@@ -24,7 +24,8 @@ from facezoo.data.image import to_uint8_chw
 __all__ = ["FaceTransform", "create_face_transform", "resolve_face_data_config"]
 
 _LOWRES_MODES = ((InterpolationMode.NEAREST, False), (InterpolationMode.BILINEAR, False),
-                 (InterpolationMode.BILINEAR, True), (InterpolationMode.BICUBIC, False), (InterpolationMode.BICUBIC, True))
+                 (InterpolationMode.BILINEAR, True), (InterpolationMode.BICUBIC, False),
+                 (InterpolationMode.BICUBIC, True))
 
 
 def resolve_face_data_config(cfg_or_model: Union[nn.Module, dict, None]) -> dict:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facezoo.data.image import cell_bytes, decode_rgb, encode_image, to_uint8_chw
-from facezoo.errors import DataError
+from facezoo.errors import ConfigError, DataError, UnknownNameError, did_you_mean, require_path
 
 __all__ = ["load_bin", "write_bin", "load_pairs_dataset", "write_pairs_dataset", "UnsafePickleError"]
 
@@ -32,7 +32,8 @@ class UnsafePickleError(DataError):
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # Python 3 writes bytes in protocol <= 2 as _codecs.encode(latin1_text, 'latin1'); allow exactly that.
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
-        raise UnsafePickleError(f"_codecs.encode is only allowed as (str, 'latin1'), got ({type(text).__name__}, {encoding!r})")
+        raise UnsafePickleError(f"_codecs.encode is only allowed as (str, 'latin1'), "
+                                f"got ({type(text).__name__}, {encoding!r})")
     return text.encode("latin-1", errors)
 
 
@@ -57,7 +58,8 @@ _ALLOWED = (bytes, bytearray, str, list, tuple, bool, type(None))
 
 def _check_plain(obj: Any, source: str, depth: int = 0) -> None:
     if not isinstance(obj, _ALLOWED) and not (isinstance(obj, int) and obj in (0, 1)):
-        raise UnsafePickleError(f"{source}: refusing object of type {type(obj).__name__} (only bytes/str/list/tuple/bool)")
+        raise UnsafePickleError(f"{source}: refusing object of type {type(obj).__name__} "
+                                "(only bytes/str/list/tuple/bool)")
     if isinstance(obj, (list, tuple)) and depth < 3:
         for item in obj:
             if not isinstance(item, (bytes, bytearray, bool)):
@@ -65,6 +67,7 @@ def _check_plain(obj: Any, source: str, depth: int = 0) -> None:
 
 
 def _safe_unpickle(path: Path) -> Any:
+    require_path(path, "verification .bin file", kind="file")
     with open(path, "rb") as f:
         try:
             obj = _RestrictedUnpickler(f, str(path)).load()
@@ -82,7 +85,8 @@ def _to_bytes(item: Any) -> bytes:
     return bytes(item)
 
 
-def _stack_pairs(images: Sequence[torch.Tensor], issame: Sequence[Any], source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_pairs(images: Sequence[torch.Tensor], issame: Sequence[Any],
+                 source: str) -> tuple[torch.Tensor, torch.Tensor]:
     if len(images) % 2:
         raise ValueError(f"{source}: {len(images)} images is odd; pairs need an even count")
     if len(images) != 2 * len(issame):
@@ -114,7 +118,7 @@ def load_bin(path: PathLike, progress: bool = False) -> tuple[torch.Tensor, torc
         if not isinstance(flag, (bool, int)) or flag not in (0, 1):
             raise DataError(f"{path}: issame[{j}] is {flag!r}, expected a bool")
     if len(bins) % 2 or len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected 2 images per pair")
+        raise DataError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected 2 images per pair")
     images = [decode_rgb(_to_bytes(b), where=f"{path}: image {i}")
               for i, b in enumerate(tqdm(bins, desc=f"decode {path.name}", disable=not progress))]
     return _stack_pairs(images, issame, str(path))
@@ -130,7 +134,8 @@ def _as_image_list(images: Union[torch.Tensor, np.ndarray, Sequence[Any]]) -> li
 
 def write_bin(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[Any]], issame: Sequence[Any],
               format: str = "jpeg", quality: int = 95) -> None:
-    """Write an insightface ``.bin``: a pickle of (list of JPEG-or-PNG bytes, list of bools); pair i = images 2i, 2i+1."""
+    """Write an insightface ``.bin``: a pickle of (list of JPEG-or-PNG bytes, list of bools); pair i = images 2i and
+    2i+1."""
     ims = _as_image_list(images)
     flags = [bool(x) for x in (issame.tolist() if hasattr(issame, "tolist") else issame)]
     if len(ims) != 2 * len(flags):
@@ -149,6 +154,8 @@ def write_bin(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[A
 _FIRST = ("image1", "img1", "image_1", "image_a", "left", "first")
 _SECOND = ("image2", "img2", "image_2", "image_b", "right", "second")
 _SAME = ("issame", "is_same", "same", "label", "labels")
+#: the column names a pair dataset's first image, second image and issame flag may have (first match wins)
+PAIR_COLUMNS = (_FIRST, _SECOND, _SAME)
 
 
 def _open_hf(path: PathLike, split: Optional[str]) -> Any:
@@ -162,14 +169,16 @@ def _open_hf(path: PathLike, split: Optional[str]) -> Any:
     elif p.is_dir():
         ds = datasets.load_dataset(str(p))
     else:
-        raise FileNotFoundError(f"{path}: not a dataset folder (save_to_disk or data files) or a .parquet file")
+        require_path(p, "pair dataset (a save_to_disk folder, a folder of data files or a .parquet file)")
+        raise DataError(f"{path}: not a pair dataset (expected a save_to_disk folder, a folder of data files or a "
+                        ".parquet file)")
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
-                raise ValueError(f"{path}: has splits {list(ds)}; pass split=")
+                raise ConfigError(f"{path}: has splits {list(ds)}; pass split=")
             split = next(iter(ds))
         if split not in ds:
-            raise KeyError(f"{path}: no split {split!r}; available: {list(ds)}")
+            raise UnknownNameError(f"{path}: no split {split!r}; available: {list(ds)}{did_you_mean(split, ds)}")
         ds = ds[split]
     return ds
 
@@ -178,10 +187,11 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     for n in names:
         if n in columns:
             return n
-    raise ValueError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
+    raise DataError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
 
 
-def load_pairs_dataset(path: PathLike, split: Optional[str] = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pairs_dataset(path: PathLike, split: Optional[str] = None,
+                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a verification set stored as a Hugging Face dataset of image pairs (same output as :func:`load_bin`).
 
     ``path``: a ``save_to_disk`` folder, a ``.parquet`` file, or a folder of data files. Columns: two Image columns
@@ -220,7 +230,8 @@ def write_pairs_dataset(path: PathLike, images: Union[torch.Tensor, np.ndarray, 
     if len(ims) != 2 * len(flags):
         raise ValueError(f"{path}: {len(ims)} images for {len(flags)} pairs; expected {2 * len(flags)}")
     enc = [encode_image(im, format=image_format) for im in ims]
-    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(), "issame": datasets.Value("bool")})
+    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(),
+                                  "issame": datasets.Value("bool")})
     ds = datasets.Dataset.from_dict(
         {"image1": [{"bytes": b, "path": None} for b in enc[0::2]],
          "image2": [{"bytes": b, "path": None} for b in enc[1::2]],

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from facezoo.errors import ConfigError
-
-_logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -18,7 +15,8 @@ def register(subparsers: Any) -> None:
         description="Extract flip-fused embeddings and run insightface's protocols. Writes results.json, "
                     "results.md (the paper's table layout) and roc.png to --output-dir.")
     p.add_argument("model", help="timm model name (facezoo or not), hf-hub:ORG/NAME or local-dir:PATH")
-    p.add_argument("--checkpoint", help="local weights (.safetensors, .pth / .pt state_dict, .ckpt) loaded through timm")
+    p.add_argument("--checkpoint",
+                   help="local weights (.safetensors, .pth / .pt state_dict, .ckpt) loaded through timm")
     p.add_argument("--pretrained", action="store_true",
                    help="load timm's default pretrained weights for a plain model name")
     p.add_argument("--bins", metavar="DIR",
@@ -48,17 +46,13 @@ def _names(text: str) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from facezoo.eval import report, runner
-    from facezoo.models import create_model
-    from facezoo.models.checkpoints import check_checkpoint_file
-    from facezoo.models.factory import check_model_name
 
-    if not args.bins and not args.ijb:
-        raise ConfigError("give --bins DIR (verification sets) and/or --ijb ROOT (an IJB-B/C release)")
+    # the command line's own names in its messages; the library checks everything else
     if args.targets is not None and not args.bins:
         raise ConfigError("--targets names sets in --bins DIR; give --bins too")
+    if not args.bins and not args.ijb:
+        raise ConfigError("give --bins DIR (verification sets) and/or --ijb ROOT (an IJB-B/C release)")
     modes = _names(args.ijb_modes)
     unknown = [m for m in modes if m not in runner.IJB_MODES]
     if unknown:
@@ -70,44 +64,18 @@ def run(args: argparse.Namespace) -> int:
         from accelerate import Accelerator
 
         accelerator = Accelerator()
-        device = accelerator.device
-    elif args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
+    elif args.device != "auto":
         try:
-            device = torch.device(args.device)
-        except RuntimeError:
+            runner.resolve_device(args.device)
+        except ConfigError:
             raise ConfigError(f"--device {args.device!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)") from None
-    # check names and paths first: a typo should not wait for data loading or the model
-    if args.checkpoint is not None:
-        check_checkpoint_file(args.checkpoint)
-    if not args.model.startswith(("hf-hub:", "local-dir:")):
-        check_model_name(args.model)
-    sets = runner.load_verification_sets(args.bins, _names(args.targets) if args.targets else None,
-                                         progress=not args.quiet) if args.bins else None
-    if args.ijb:
-        from facezoo.errors import require_path
-
-        require_path(args.ijb, f"IJB release folder ({args.ijb_target})", kind="dir")
-    pretrained = args.pretrained or args.checkpoint is not None or args.model.startswith(("hf-hub:", "local-dir:"))
-    if not pretrained:
-        _logger.warning("%s: no --checkpoint and not --pretrained: evaluating randomly initialized weights",
-                        args.model)
-    model = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, num_classes=0,
-                         device=device).eval()
-    progress = not args.quiet
-    ver = ijb = None
-    if sets is not None:
-        ver = runner.run_verification_sets(model, sets, args.batch_size, device, flip=not args.no_flip,
-                                           nfolds=args.nfolds, accelerator=accelerator, progress=progress)
-    if args.ijb:
-        ijb = runner.run_ijb(model, args.ijb, args.ijb_target, args.batch_size, device, flip=not args.no_flip,
-                             modes=modes, one_to_n=args.ijb_1n, accelerator=accelerator, num_workers=args.workers,
-                             progress=progress)
+    results = runner.evaluate_model(
+        args.model, bins=args.bins, targets=_names(args.targets) if args.targets else None, ijb=args.ijb,
+        ijb_target=args.ijb_target, ijb_modes=modes, ijb_1n=args.ijb_1n, checkpoint=args.checkpoint,
+        pretrained=args.pretrained, batch_size=args.batch_size, device=args.device, flip=not args.no_flip,
+        nfolds=args.nfolds, num_workers=args.workers, accelerator=accelerator, progress=not args.quiet)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
-    results = report.build_results(args.model, ver, ijb, extra={"checkpoint": args.checkpoint,
-                                                                "flip": not args.no_flip, "nfolds": args.nfolds})
     paths = report.write_outputs(results, args.output_dir)
     print(report.markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -21,15 +21,19 @@ Images = Union[torch.Tensor, np.ndarray, Dataset]
 
 
 def model_preprocessing(model: torch.nn.Module) -> Tuple[Tuple[int, int], torch.Tensor, torch.Tensor]:
-    """(input H, W), mean and std (3,) of a timm model, from its pretrained config (defaults: 112, 0.5, 0.5)."""
-    try:
-        from timm.data import resolve_data_config
+    """(input H, W), mean and std (3,) of a timm model, from its pretrained config; a module without one (not a
+    timm model) gets the face-recognition convention: 112x112, mean = std = 0.5 (timm's own fallback would be
+    ImageNet's 224x224 and statistics)."""
+    size, mean, std = FACE_INPUT_SIZE[1:], FACE_MEAN, FACE_STD
+    if getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
+        try:
+            from timm.data import resolve_data_config
 
-        cfg = resolve_data_config({}, model=model)
-        size = tuple(int(v) for v in cfg["input_size"][1:])
-        mean, std = cfg["mean"], cfg["std"]
-    except Exception:  # not a timm model: the face-recognition convention
-        size, mean, std = FACE_INPUT_SIZE[1:], FACE_MEAN, FACE_STD
+            cfg = resolve_data_config({}, model=model)
+            size = tuple(int(v) for v in cfg["input_size"][1:])
+            mean, std = cfg["mean"], cfg["std"]
+        except Exception:  # an odd config: keep the face-recognition convention
+            pass
     return size, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)  # type: ignore
 
 

@@ -125,7 +125,7 @@ def read_template_subjects(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarr
     if not path.is_file():
         raise FileNotFoundError(f"{path}: IJB 1:N meta file not found")
     subject_of: Dict[int, Tuple[int, int]] = {}
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         next(f, None)  # header
         for lineno, line in enumerate(f, 2):
             if not line.strip():
@@ -134,7 +134,8 @@ def read_template_subjects(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarr
             try:
                 tid, sid = int(parts[0]), int(parts[1])
             except (ValueError, IndexError):
-                raise ValueError(f"{path}:{lineno}: expected integer TEMPLATE_ID,SUBJECT_ID, got {line.strip()!r}")
+                raise ValueError(f"{path}:{lineno}: expected integer TEMPLATE_ID,SUBJECT_ID, "
+                                 f"got {line.strip()!r}") from None
             if tid in subject_of and subject_of[tid][0] != sid:
                 raise ValueError(f"{path}:{lineno}: template {tid} has subject {sid}, but subject "
                                  f"{subject_of[tid][0]} on line {subject_of[tid][1]}")

@@ -29,6 +29,7 @@ from facezoo.errors import DataError
 from facezoo.eval._arrays import ArrayLike, to_numpy
 from facezoo.eval.roc import DEFAULT_FARS, auc, tar_at_far
 
+
 def image_features(features: ArrayLike, flip_features: Optional[ArrayLike] = None,
                    faceness: Optional[ArrayLike] = None, normalize_images: bool = False) -> np.ndarray:
     """Per-image features entering template aggregation (steps 1 of the module docstring), float32 like the reference.

@@ -95,7 +95,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         for mode, r in ijb["modes"].items():
             fars = list(r["tar_at_far"])
             if not lines or lines[-1] == "":
-                lines.append(f"| Model | Mode | " + " | ".join(f"{target} TAR@FAR={f}" for f in fars) + " |")
+                lines.append("| Model | Mode | " + " | ".join(f"{target} TAR@FAR={f}" for f in fars) + " |")
                 lines.append("|---" * (len(fars) + 2) + "|")
             lines.append(f"| {model} | {mode} | " + " | ".join(f"{100 * r['tar_at_far'][f]:.2f}" for f in fars)
                          + " |")

@@ -73,7 +73,8 @@ class CurricularFace(MarginHead):
         self.register_buffer("t", torch.zeros(1))
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}, overflow={self.overflow!r}"
+        return (f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}, "
+                f"overflow={self.overflow!r}")
 
     @torch.no_grad()
     def update_t(self, target_cosine: torch.Tensor, global_batch: bool = False) -> None:
@@ -112,7 +113,8 @@ class CurricularFace(MarginHead):
             else:
                 if target_cosine.reshape(-1).shape[0] != n:
                     raise ValueError(
-                        f"CurricularFace: target_cosine must have N = {n} values, got shape {tuple(target_cosine.shape)}"
+                        f"CurricularFace: target_cosine must have N = {n} values, "
+                        f"got shape {tuple(target_cosine.shape)}"
                     )
                 tc = target_cosine.detach().reshape(-1).to(x.dtype).clamp(-1, 1)
             if self.training:

@@ -29,7 +29,8 @@ def create_margin_loss(name: str, **kwargs: Any) -> nn.Module:
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in MARGIN_LOSSES:
-        raise ValueError(f"unknown margin loss {name!r}; choose one of {sorted(set(MARGIN_LOSSES) - {'combinedmarginloss'})}")
+        choices = sorted(set(MARGIN_LOSSES) - {"combinedmarginloss"})
+        raise ValueError(f"unknown margin loss {name!r}; choose one of {choices}")
     cls = MARGIN_LOSSES[key]
     try:
         return cls(**kwargs)

@@ -40,7 +40,8 @@ class MagFace(MarginHead):
         overflow: past pi - m(a), ``"threshold"`` (default, the reference: cos(theta) - m(a)*sin(m(a))), ``"easy"``
             (the margin only where cos(theta) > 0) or ``"wrap"``.
 
-    Gradients flow into the norms through the margin and the regulariser, as in the reference. ``facezoo.losses.PartialFC`` adds the regulariser itself.
+    Gradients flow into the norms through the margin and the regulariser, as in the reference.
+    ``facezoo.losses.PartialFC`` adds the regulariser itself.
     """
 
     needs_norms = True

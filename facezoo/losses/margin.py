@@ -130,7 +130,8 @@ class ArcFace(CombinedMarginLoss):
         straight_through, overflow: see ``CombinedMarginLoss``.
     """
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, *, straight_through: bool = True, overflow: str = "wrap") -> None:
+    def __init__(self, s: float = 64.0, m: float = 0.5, *, straight_through: bool = True,
+                 overflow: str = "wrap") -> None:
         super().__init__(s, 1.0, m, 0.0, straight_through=straight_through, overflow=overflow)
         self.m = float(m)
 

@@ -75,7 +75,8 @@ def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
         raise ValueError(f"shard_range: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if num_classes < world_size:
         raise ValueError(
-            f"Partial FC: num_classes ({num_classes}) must be >= the world size ({world_size}): every rank needs a class"
+            f"Partial FC: num_classes ({num_classes}) must be >= the world size ({world_size}): "
+            "every rank needs a class"
         )
     base, extra = divmod(num_classes, world_size)
     return base * rank + min(rank, extra), base + int(rank < extra)
@@ -146,7 +147,8 @@ class PartialFC(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, sample_rate={self.sample_rate}, "
-            f"rank={self.rank}, world_size={self.world_size}, class_start={self.class_start}, num_local={self.num_local}"
+            f"rank={self.rank}, world_size={self.world_size}, class_start={self.class_start}, "
+            f"num_local={self.num_local}"
         )
 
     # ------------------------------------------------------------------ forward
@@ -267,7 +269,8 @@ class PartialFC(nn.Module):
             )
         self.weight.copy_(weight[self.class_start : self.class_start + self.num_local])
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         key = prefix + SPEC_KEY
         if key in state_dict:
             saved = [int(v) for v in state_dict[key].tolist()]
@@ -280,7 +283,8 @@ class PartialFC(nn.Module):
                 raise RuntimeError(
                     f"PartialFC: the checkpoint shard holds classes [{spec['class_start']}, "
                     f"{spec['class_start'] + spec['num_local']}) of {spec['num_classes']} (rank {spec['rank']} of "
-                    f"{spec['world_size']}), this module holds [{self.class_start}, {self.class_start + self.num_local}) "
+                    f"{spec['world_size']}), this module holds [{self.class_start}, "
+                    f"{self.class_start + self.num_local}) "
                     f"of {self.num_classes} (rank {self.rank} of {self.world_size}). Re-shard the saved shards with "
                     "facezoo.losses.reshard(state_dicts, world_size) or load the full matrix with load_full_weight()"
                 )
@@ -289,7 +293,8 @@ class PartialFC(nn.Module):
         elif prefix + "weight" in state_dict:
             # an insightface shard (weight only): accept it when the shape fits
             state_dict[key] = getattr(self, SPEC_KEY).clone()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 StateDict = Mapping[str, torch.Tensor]
@@ -315,7 +320,8 @@ def _shard_specs(state_dicts: Sequence[StateDict], prefix: str) -> list[dict[str
             spec = dict(zip(SPEC_FIELDS, values))
             if sd[wkey].shape[0] != spec["num_local"]:
                 raise ValueError(
-                    f"gather_shards: shard {i} {wkey!r} has {sd[wkey].shape[0]} rows but its {skey} says {spec['num_local']}"
+                    f"gather_shards: shard {i} {wkey!r} has {sd[wkey].shape[0]} rows but its {skey} says "
+                    f"{spec['num_local']}"
                 )
             specs.append(spec)
         return specs
@@ -329,7 +335,8 @@ def _shard_specs(state_dicts: Sequence[StateDict], prefix: str) -> list[dict[str
         start, n = shard_range(num_classes, world, rank)
         if sd[wkey].shape[0] != n:
             raise ValueError(
-                f"gather_shards: shard {rank} has {sd[wkey].shape[0]} rows; contiguous sharding of {num_classes} classes "
+                f"gather_shards: shard {rank} has {sd[wkey].shape[0]} rows; contiguous sharding of {num_classes} "
+                "classes "
                 f"over {world} ranks gives {n}. Shards without {skey!r} must be given in rank order"
             )
         specs.append(dict(num_classes=num_classes, world_size=world, rank=rank, class_start=start, num_local=n))
@@ -348,7 +355,8 @@ def gather_shards(state_dicts: Sequence[StateDict], prefix: str = "") -> torch.T
     num_classes = {s["num_classes"] for s in specs}
     dims = {int(sd[wkey].shape[1]) for sd in state_dicts}
     if len(num_classes) != 1 or len(dims) != 1:
-        raise ValueError(f"gather_shards: shards disagree on num_classes {sorted(num_classes)} or embedding size {sorted(dims)}")
+        raise ValueError(f"gather_shards: shards disagree on num_classes {sorted(num_classes)} or embedding size "
+                         f"{sorted(dims)}")
     order = sorted(range(len(specs)), key=lambda i: specs[i]["class_start"])
     expected = 0
     for i in order:

@@ -1,7 +1,7 @@
 """Reading face-backbone checkpoints: file checks, unwrapping, AdaFace key mapping, and errors that explain.
 
 * :func:`check_checkpoint_file` -- the file exists and is a torch checkpoint or a safetensors file (else it says what
-  it is not), before timm's loader sees it;
+  it is not), before timm's loader sees it; :func:`checkpoint_load_error` explains a failed ``torch.load``;
 * :func:`unwrap_state_dict` -- the state_dict inside a training checkpoint (``{'state_dict': ...}``, ``model``,
   ``backbone``), DDP / ``torch.compile`` prefixes cleaned by timm's ``clean_state_dict``;
 * :func:`map_adaface_keys` -- AdaFace / TFace / CVLface "IR" checkpoints (``input_layer`` / ``body`` /
@@ -26,8 +26,8 @@ from timm.models import clean_state_dict
 
 from facezoo.errors import CheckpointError, require_path
 
-__all__ = ["check_checkpoint_file", "unwrap_state_dict", "adaface_prefix", "map_adaface_keys", "describe_state_dict",
-           "refused_checkpoint_message", "load_weights_only", "convert_checkpoint", "short_list"]
+__all__ = ["check_checkpoint_file", "checkpoint_load_error", "unwrap_state_dict", "adaface_prefix", "map_adaface_keys",
+           "describe_state_dict", "refused_checkpoint_message", "load_weights_only", "convert_checkpoint", "short_list"]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,10 +47,11 @@ def _depths() -> Mapping[int, Tuple[int, ...]]:
 
 def check_checkpoint_file(path: PathLike) -> Path:
     """``Path(path)`` if it is a file that timm can read as weights: a ``.safetensors`` file, or what ``torch.save``
-    writes (a zip archive, or the legacy pickle format). Otherwise :class:`CheckpointError` saying what it is not."""
+    writes (a zip archive holding ``data.pkl``, or the legacy format: a pickle that starts with torch's magic
+    number). Otherwise :class:`CheckpointError` saying what the file is not (and, where it can tell, what it is)."""
     p = require_path(path, "checkpoint file", kind="file")
     with open(p, "rb") as f:
-        head = f.read(16)
+        head = f.read(64)
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -60,17 +61,88 @@ def check_checkpoint_file(path: PathLike) -> Path:
         except Exception as exc:
             raise CheckpointError(f"{p}: not a safetensors file ({' '.join(str(exc).split())})") from None
         return p
+    if not head:
+        raise CheckpointError(f"{p}: the file is empty, not a torch checkpoint or a safetensors file")
     if zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
             if not any(n.endswith("data.pkl") for n in z.namelist()):
                 raise CheckpointError(f"{p}: a zip archive, but not a torch checkpoint (no data.pkl inside)")
         return p
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # the legacy (pre-1.6) torch.save format: pickles
-        return p
-    if not head:
-        raise CheckpointError(f"{p}: the file is empty, not a torch checkpoint or a safetensors file")
+    if head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{p}: not a readable torch checkpoint: a damaged or truncated zip archive (torch.save "
+                              "writes a zip archive; copy or download the file again)")
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        if _legacy_torch_magic(head):  # torch.save's legacy (pre-1.6) format
+            return p
+        raise CheckpointError(f"{p}: a Python pickle, but not a torch checkpoint (torch.save writes a zip archive; its "
+                              "legacy format starts with torch's magic number); facezoo does not unpickle other files")
+    if head.lstrip().startswith((b"{", b"[")):
+        what = "a JSON or text file"
+    elif head.startswith(b"\x89HDF"):
+        what = "an HDF5 file (Keras / TensorFlow weights)"
+    elif b"\x00" not in head[:64] and all(32 <= c < 127 or c in (9, 10, 13) for c in head[:64]):
+        what = "a text file"
+    else:
+        what = f"a file that starts with {head[:8]!r}"
     raise CheckpointError(f"{p}: not a torch checkpoint (torch.save writes a zip archive) nor a safetensors file; "
-                          f"it starts with {head[:8]!r}")
+                          f"it is {what}")
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Unpickles plain values only: any global (class, function) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+
+
+def _legacy_torch_magic(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts with the pickled magic number of torch's legacy format."""
+    import io
+
+    try:
+        return _NoGlobals(io.BytesIO(head)).load() == torch.serialization.MAGIC_NUMBER
+    except Exception:  # truncated, another first object, a refused global: not torch's legacy format
+        return False
+
+
+def checkpoint_load_error(path: Optional[PathLike], exc: BaseException) -> Optional[CheckpointError]:
+    """The :class:`CheckpointError` that explains why ``torch.load(path, weights_only=True)`` (directly or inside
+    timm's loader) failed with ``exc``, or None when ``exc`` is not a checkpoint-reading failure.
+
+    A checkpoint whose pickle names Python objects (a Lightning ``.ckpt``'s hyper-parameters) gets the way to extract
+    its weights; one torch cannot parse at all is called unreadable, with torch's reason."""
+    cause = exc if isinstance(exc, pickle.UnpicklingError) else exc.__cause__
+    src = str(path) if path is not None else "the checkpoint"
+    if isinstance(cause, pickle.UnpicklingError):
+        refused = _unsafe_globals(path)
+        if refused:
+            return CheckpointError(refused_checkpoint_message(str(path) if path else None, refused))
+        return CheckpointError(f"{src}: not a readable torch checkpoint (torch.load(weights_only=True): "
+                               f"{_first_words(cause)})")
+    text = str(exc)
+    if isinstance(exc, (EOFError, UnicodeDecodeError)) or any(t in text for t in _UNREADABLE):
+        return CheckpointError(f"{src}: not a readable torch checkpoint ({_first_words(exc)})")
+    return None
+
+
+#: what torch.load says about files it cannot parse
+_UNREADABLE = ("PytorchStreamReader", "Invalid magic number", "Expected input to be a checkpoint", "central directory",
+               "invalid load key", "pickle data was truncated", "unpickling stack underflow")
+
+
+def _first_words(exc: BaseException, n: int = 25) -> str:
+    words = str(exc).split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "") if words else type(exc).__name__
+
+
+def _unsafe_globals(path: Optional[PathLike]) -> List[str]:
+    """The globals a checkpoint's pickle names that ``weights_only=True`` does not allow ([] if none, or unknown)."""
+    if not path or not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # e.g. not a zip checkpoint
+        return []
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
@@ -181,12 +253,11 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
             module, _, param = k.rpartition(".")
             out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
     if dropped:
-        _logger.info(f"AdaFace-style checkpoint: dropped {len(dropped)} keys outside the backbone: {short_list(dropped)}")
+        _logger.info("AdaFace-style checkpoint: dropped %d keys outside the backbone: %s", len(dropped),
+                     short_list(dropped))
     if "conv1.weight" in out:
         out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
     return out
-
-
 
 
 # --- diagnostics ----------------------------------------------------------------------------------------------------
@@ -221,33 +292,26 @@ def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     return f"{depth_name}{head}{stem}{layout}"
 
 
-
-
 def short_list(items: List[str], limit: int = 8) -> str:
     if not items:
         return "[]"
     shown = ", ".join(items[:limit])
-    return f"[{shown}{', ... (%d more)' % (len(items) - limit) if len(items) > limit else ''}]"
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return f"[{shown}{more}]"
 
 
 
 
-def refused_checkpoint_message(path: Optional[str]) -> str:
+def refused_checkpoint_message(path: Optional[str], refused: Optional[Sequence[str]] = None) -> str:
     """timm loads checkpoints with ``torch.load(weights_only=True)``: say what it refused and how to get the weights."""
-    refused = ""
-    if path and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-        try:
-            refused = f" ({', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path))})"
-        except Exception:  # e.g. not a zip checkpoint: the message still holds without the list
-            pass
+    refused = _unsafe_globals(path) if refused is None else list(refused)
+    names = f" ({', '.join(refused)})" if refused else ""
     src = path or "IN.ckpt"
-    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{refused}, "
+    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{names}, "
             "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
             f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
             "loads with weights_only=True, leaving those objects out) and pass "
             "pretrained_cfg_overlay=dict(file='weights.safetensors').")
-
-
 
 
 # --- weights_only loading and conversion ----------------------------------------------------------------------------
@@ -259,7 +323,7 @@ class _Dropped(list):
     unpickler still calls only torch's allowlist and this class. (A ``list`` so that pickled list items can land.)
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Dropped":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Dropped:
         return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -279,19 +343,22 @@ def load_weights_only(path: PathLike) -> Tuple[Any, List[str]]:
     path = check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
-    except pickle.UnpicklingError as exc:
-        if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it: {' '.join(str(exc).split()[:30])}")
-        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:
+        refused = _unsafe_globals(path) if isinstance(exc, pickle.UnpicklingError) else []
+        if not refused:
+            error = checkpoint_load_error(path, exc)
+            if error is None:
+                raise
+            raise error from None
     try:
         with torch.serialization.safe_globals([(_Dropped, name) for name in refused]):
             return torch.load(path, map_location="cpu", weights_only=True), refused
     except (pickle.UnpicklingError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path}: torch.load(weights_only=True) cannot read this checkpoint even with its Python objects "
-            f"({', '.join(refused) or 'none named'}) left out, and facezoo unpickles nothing else "
-            f"({' '.join(str(exc).split()[:20])}). Save the weights alone from the code that wrote it, e.g. "
-            "torch.save(module.state_dict(), 'weights.pth'), and load or convert that file.") from None
+            f"({', '.join(refused)}) left out, and facezoo unpickles nothing else ({_first_words(exc, 20)}). Save "
+            "the weights alone from the code that wrote it, e.g. torch.save(module.state_dict(), 'weights.pth'), and "
+            "load or convert that file.") from None
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike) -> Dict[str, Any]:

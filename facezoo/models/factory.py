@@ -15,9 +15,9 @@ from typing import Any, Optional, Union
 import torch
 
 from facezoo.errors import CheckpointError, HubError, MissingPathError, UnknownNameError, did_you_mean
-from facezoo.models.checkpoints import check_checkpoint_file
+from facezoo.models.checkpoints import check_checkpoint_file, checkpoint_load_error
 
-__all__ = ["create_model", "check_model_name", "check_hub_reachable", "HUB_TIMEOUT"]
+__all__ = ["create_model", "check_model_name", "check_hub_reachable", "hub_offline", "HUB_TIMEOUT"]
 
 #: seconds a Hub lookup may take before facezoo reports the Hub unreachable
 HUB_TIMEOUT = 10.0
@@ -32,24 +32,25 @@ def check_model_name(name: str) -> None:
     base = name.split(".", 1)[0]  # a pretrained tag (name.tag) is timm's to resolve
     if timm.is_model(base):
         return
-    raise UnknownNameError(f"unknown model {name!r}{did_you_mean(base, timm.list_models()) or ''}; "
-                           "'facezoo models' lists the face models (any timm model name works too)")
+    raise UnknownNameError(f"unknown model {name!r}{did_you_mean(base, timm.list_models())} ('facezoo models' lists "
+                           "the face models; any timm model name works too)")
 
 
-def check_hub_reachable(repo_id: str, repo_type: str = "model", timeout: float = HUB_TIMEOUT) -> None:
+def check_hub_reachable(repo_id: str, repo_type: str = "model", timeout: Optional[float] = None) -> None:
     """Fail fast with :class:`HubError` when the Hub cannot be asked about ``repo_id`` (no network, unknown repo).
 
-    With ``HF_HUB_OFFLINE=1`` nothing is asked: the local Hugging Face cache answers (or the caller's load fails).
+    ``timeout`` defaults to :data:`HUB_TIMEOUT` seconds. With ``HF_HUB_OFFLINE=1`` nothing is asked: the local
+    Hugging Face cache answers (or the caller's load fails; :func:`hub_offline` tells the caller to say why).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.constants import HF_HUB_OFFLINE
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip() in ("1", "true", "True", "ON", "on"):
+    if HF_HUB_OFFLINE or hub_offline():
         return
     repo = repo_id.split("@", 1)[0]
     try:
-        HfApi().repo_info(repo, repo_type=repo_type, timeout=timeout)
+        HfApi().repo_info(repo, repo_type=repo_type, timeout=HUB_TIMEOUT if timeout is None else timeout)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise HubError(f"{repo_id}: no such {repo_type} repository on the Hugging Face Hub, or it is private or "
                        f"gated and needs a token ({type(exc).__name__}); check the id or run `hf auth login`") from None
@@ -58,6 +59,17 @@ def check_hub_reachable(repo_id: str, repo_type: str = "model", timeout: float =
             raise
         raise HubError(f"{repo_id}: cannot reach the Hugging Face Hub ({' '.join(str(exc).split())[:160]}); check the "
                        "network, or set HF_HUB_OFFLINE=1 to load from the local cache, or pass a local path") from None
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for the local Hugging Face cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def offline_cache_miss(repo_id: str, repo_type: str = "model") -> HubError:
+    """The error for a Hub id that is not in the local cache while ``HF_HUB_OFFLINE=1``."""
+    return HubError(f"{repo_id}: HF_HUB_OFFLINE=1 and this {repo_type} is not in the local Hugging Face cache, so the "
+                    "Hub is not asked; unset HF_HUB_OFFLINE to download it, or pass a local path")
 
 
 def _is_network_error(exc: BaseException) -> bool:
@@ -108,16 +120,26 @@ def create_model(
         pretrained = True
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except RuntimeError as exc:
-        text = str(exc)
-        if text.startswith("Unknown model"):  # an hf-hub / local-dir config naming an architecture nobody registered
-            raise UnknownNameError(f"{name}: {text}; is it a facezoo model saved by a newer facezoo?") from None
-        if "No suitable checkpoints found" in text:
-            raise MissingPathError(f"{name}: no weights file (model.safetensors) in the model folder") from None
-        raise
     except TypeError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
+    except Exception as exc:
+        raise _creation_error(name, checkpoint, exc) from None
     return model.to(device) if device is not None else model
+
+
+def _creation_error(name: str, checkpoint: Optional[Union[str, os.PathLike]], exc: Exception) -> Exception:
+    """The facezoo error for what ``timm.create_model`` raised, or ``exc`` itself when it is none of the user's."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and text.startswith("Unknown model"):
+        # an hf-hub / local-dir config naming an architecture nobody registered
+        return UnknownNameError(f"{name}: {text}; is it a facezoo model saved by a newer facezoo?")
+    if isinstance(exc, RuntimeError) and "No suitable checkpoints found" in text:
+        return MissingPathError(f"{name}: no weights file (model.safetensors) in the model folder")
+    if name.startswith("hf-hub:") and hub_offline() and type(exc).__name__ in ("LocalEntryNotFoundError",
+                                                                                 "OfflineModeIsEnabled"):
+        return offline_cache_miss(name[len("hf-hub:"):])
+    error = checkpoint_load_error(checkpoint, exc) if checkpoint is not None else None
+    return error if error is not None else exc
 
 
 def _check_config_architecture(config: Path) -> None:

@@ -26,15 +26,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
-    register_notrace_module
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_module,
+)
 from timm.models._features import feature_take_indices
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
 from facezoo.errors import CheckpointError
 from facezoo.layers import POOL_TYPES, create_face_pool
-from facezoo.models.checkpoints import (adaface_prefix, check_checkpoint_file, describe_state_dict, map_adaface_keys,
-                                        refused_checkpoint_message, short_list, unwrap_state_dict)
+from facezoo.models.checkpoints import (
+    adaface_prefix,
+    check_checkpoint_file,
+    checkpoint_load_error,
+    describe_state_dict,
+    map_adaface_keys,
+    short_list,
+    unwrap_state_dict,
+)
 
 __all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn"]
 
@@ -439,10 +451,11 @@ def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IR
             feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
             **kwargs,
         )
-    except RuntimeError as e:
-        if not isinstance(e.__cause__, pickle.UnpicklingError):
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        error = checkpoint_load_error(file, e) if pretrained and file else None
+        if error is None:
             raise
-        raise CheckpointError(refused_checkpoint_message(file)) from e
+        raise error from e
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
@@ -651,7 +664,8 @@ def iresnet50_gdc_k7(pretrained: bool = False, **kwargs: Any) -> IResNet:
 
 @register_model
 def iresnet100(pretrained: bool = False, **kwargs: Any) -> IResNet:
-    """IResNet-100, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem. insightface's r100 (MS1MV3 / Glint360K releases)."""
+    """IResNet-100, flatten head (insightface baseline, Linear(25088, E)), 3x3 stem. insightface's r100
+    (MS1MV3 / Glint360K releases)."""
     model_args = dict(layers=DEPTHS[100], head="flatten", stem_kernel=3)
     return _create_iresnet("iresnet100", pretrained, **dict(model_args, **kwargs))
 
