@@ -11,8 +11,8 @@ schedule). Rounds alternate A B A B ...; each round's samples/s ratio (facezoo /
 median is the result (target on CPU: >= 1.0).
 
     python benchmarks/bench_train.py                        # CPU: iresnet50_gwp, batch 16, 3 steps a round, 5 rounds
-    python benchmarks/bench_train.py --device cuda --model iresnet50_gwp --batch 512 --precision bf16 --classes 2000000 \\
-        --sample-rate 0.2 --rec /data/webface4m     # the GPU setting: data from a .rec through the real loader
+    python benchmarks/bench_train.py --device cuda --model iresnet50_gwp --batch 512 --precision bf16 \\
+        --classes 2000000 --sample-rate 0.2 --rec /data/webface4m     # GPU: data from a .rec, the real loader
 
 With ``--rec`` facezoo reads the batches from that RecordIO through ``RecordIOFaces`` + ``collate_faces`` with
 ``--workers`` processes (the reference then reads the same files through a torch DataLoader with the same workers
@@ -83,8 +83,9 @@ class Reference:
         from facezoo.data import RecordIOFaces, create_face_transform
 
         ds = RecordIOFaces(self.args.rec, transform=create_face_transform(self.backbone, is_training=True))
-        loader = DataLoader(ds, batch_size=self.args.batch, shuffle=True, num_workers=self.args.workers,
-                            drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=self.args.workers > 0)
+        workers = self.args.workers
+        loader = DataLoader(ds, batch_size=self.args.batch, shuffle=True, num_workers=workers, drop_last=True,
+                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
         while True:
             yield from loader
 
@@ -146,7 +147,7 @@ def main() -> None:
     rows: List[Dict[str, float]] = []
     for r in range(args.rounds):
         end = trainer.step + args.steps
-        t_fz = timed(lambda: trainer._train_loop(end, checkpoint_at_end=False))
+        t_fz = timed(lambda end=end: trainer._train_loop(end, checkpoint_at_end=False))
         t_ref = timed(lambda: ref.steps(args.steps))
         n = args.steps * args.batch
         rows.append({"facezoo": n / t_fz, "reference": n / t_ref, "ratio": (n / t_fz) / (n / t_ref)})

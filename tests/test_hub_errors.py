@@ -8,13 +8,13 @@ import shutil
 import huggingface_hub
 import pytest
 import torch
+from hub_helpers import eval_results, small_model, write_results
 from huggingface_hub import HfApi
 
 from facezoo.cli import main
 from facezoo.errors import CheckpointError, ConfigError, HubError, MissingPathError, UnknownNameError
 from facezoo.hub import push, save_pretrained
 from facezoo.hub.export import check_export_folder
-from hub_helpers import eval_results, small_model, write_results
 
 
 @pytest.fixture(scope="module")

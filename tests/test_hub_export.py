@@ -13,6 +13,7 @@ import zipfile
 import pytest
 import timm
 import torch
+from hub_helpers import REPO_ROOT, eval_results, small_model, write_results
 from huggingface_hub import ModelCard
 from timm.models import PretrainedCfg
 
@@ -23,7 +24,6 @@ from facezoo.eval.report import markdown_table
 from facezoo.hub import render_model_card, save_pretrained
 from facezoo.hub.card import CARD_MARKER, GWP_CITATION, template_path
 from facezoo.models.profile import model_stats
-from hub_helpers import REPO_ROOT, eval_results, small_model, write_results
 
 HEADS = ["", "_gap", "_gwp", "_gdc"]
 

@@ -14,12 +14,12 @@ import huggingface_hub
 import pytest
 import timm
 import torch
+from hub_helpers import eval_results, hf_cache_with, reference_embeddings, small_model, write_results
 from huggingface_hub import HfApi, ModelCard
 
 from facezoo.cli import main
 from facezoo.hub import push, save_pretrained
 from facezoo.hub.card import CARD_MARKER
-from hub_helpers import eval_results, hf_cache_with, reference_embeddings, small_model, write_results
 
 FAKE_TOKEN = "hf_FAKEfakeFAKEfake0123456789abcdefXYZ"
 REPO = "my-org/iresnet18_gwp.arcface_synth"

@@ -268,6 +268,7 @@ def test_gdc_checkpoint_is_refused_by_a_gap_model(tmp_path):
 
     gdc = timm.create_model("iresnet18_gdc")
     save_file({k: v.contiguous() for k, v in gdc.state_dict().items()}, str(tmp_path / "gdc.safetensors"))
-    with pytest.raises(CheckpointError, match=r"unexpected keys \[pool\.bn\..*pool\.conv\.weight.*looks like iresnet18_gdc"):
+    expected = r"unexpected keys \[pool\.bn\..*pool\.conv\.weight.*looks like iresnet18_gdc"
+    with pytest.raises(CheckpointError, match=expected):
         timm.create_model("iresnet18_gap", pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "gdc.safetensors")))

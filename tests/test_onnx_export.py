@@ -13,13 +13,13 @@ pytest.importorskip("onnxscript", reason="ONNX export tests need onnxscript (pip
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (pip install 'facezoo[test]')")
 
 import onnx  # noqa: E402
+from hub_helpers import calibrate, small_model  # noqa: E402
 
 from facezoo.cli import main  # noqa: E402
 from facezoo.errors import ConfigError  # noqa: E402
 from facezoo.export import MissingDependencyError, export_onnx  # noqa: E402
 from facezoo.layers import gaussian_kernel  # noqa: E402
 from facezoo.models import create_model  # noqa: E402
-from hub_helpers import calibrate, small_model  # noqa: E402
 
 
 def _run(path, x: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,8 @@ EPILOG = """examples:
       model.name=iresnet50_gwp_k7 data.train=/data/webface4m
   facezoo train recipes/finetune.yaml model.pretrained=hf-hub:ORG/NAME data.train=/data/my_faces
 
-Every recipe key is documented in recipes/README.md; key=value overrides take YAML values (0.1, true, null, [12, 20])."""
+Every recipe key is documented in recipes/README.md; key=value overrides take YAML values
+(0.1, true, null, [12, 20])."""
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +33,8 @@ def register(subparsers: Any) -> None:
                    help="continue a run: 'latest' (the newest complete checkpoint in --output-dir; starts fresh when "
                         "there is none) or a checkpoint folder checkpoints/step_<N>")
     p.add_argument("--stop-at-step", type=int, metavar="N",
-                   help="train up to step N of the schedule, write a checkpoint and exit (continue with --resume latest)")
+                   help="train up to step N of the schedule, write a checkpoint and exit (continue with "
+                        "--resume latest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

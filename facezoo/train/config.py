@@ -106,7 +106,7 @@ class LossConfig(Section):
         return _check_arg_names("loss.args", v)
 
     @model_validator(mode="after")
-    def _check_args(self) -> "LossConfig":
+    def _check_args(self) -> LossConfig:
         check_loss_args(self.name, self.s, self.m, self.args)
         return self
 
@@ -181,7 +181,7 @@ class Recipe(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
 
     @model_validator(mode="after")
-    def _check_model(self) -> "Recipe":
+    def _check_model(self) -> Recipe:
         pre = self.model.pretrained or ""
         if self.model.name is None and not pre.startswith(("hf-hub:", "local-dir:")):
             raise ValueError("model.name is required (a timm model name such as iresnet50_gwp_k7) unless "
@@ -251,7 +251,8 @@ def _config_error(exc: ValidationError, where: str) -> ConfigError:
     shown = f" {given!r}" if not isinstance(given, (dict, BaseModel)) else ""
     hint = ""
     if err.get("type") == "literal_error" and isinstance(given, str):
-        choices = [c.strip(" '") for c in str((err.get("ctx") or {}).get("expected", "")).replace(" or ", ", ").split(",")]
+        expected = str((err.get("ctx") or {}).get("expected", "")).replace(" or ", ", ")
+        choices = [c.strip(" '") for c in expected.split(",")]
         hint = did_you_mean(given, choices)
     return ConfigError(f"{where}: {key} must be {_describe_expected(err)}, got{shown}{hint}")
 
@@ -323,8 +324,8 @@ def load_recipe(path: Optional[Union[str, os.PathLike]], overrides: Sequence[str
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"{path}: no such recipe file" + ("" if p.suffix in (".yaml", ".yml") else
-                                                               " (recipes are .yaml files, e.g. recipes/quickstart.yaml)"))
+            hint = "" if p.suffix in (".yaml", ".yml") else " (recipes are .yaml files, e.g. recipes/quickstart.yaml)"
+            raise ConfigError(f"{path}: no such recipe file{hint}")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

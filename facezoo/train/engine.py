@@ -45,6 +45,7 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train"]
 
 _logger = logging.getLogger(__name__)
 _PFC_BLOCK = 1 << 16  # classes per block of the world-size-independent Partial FC initialization
+_SKIPPED_STEP_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 
 
 def _has_accelerator() -> bool:
@@ -287,8 +288,9 @@ class Trainer:
 
     def identity(self) -> Dict[str, Any]:
         """What a checkpoint must share with this recipe to be resumed (num_classes is None until the data is open)."""
-        return {"architecture": self.arch, "num_classes": getattr(self, "num_classes", None), "embed_dim": self.embed_dim,
-                "loss": self.recipe.loss.name, "model_args": json.loads(json.dumps(self.recipe.model.args))}
+        return {"architecture": self.arch, "num_classes": getattr(self, "num_classes", None),
+                "embed_dim": self.embed_dim, "loss": self.recipe.loss.name,
+                "model_args": json.loads(json.dumps(self.recipe.model.args))}
 
     def _init_trackers(self) -> None:
         if self.accelerator.log_with is None or not self.accelerator.log_with:
@@ -511,7 +513,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[-1]["lr"]
                 with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+                    warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
                     self.scheduler.step()
                 step_loss = float(loss_sum)
                 loss_sum = torch.zeros((), device=self.device)
