@@ -4,6 +4,7 @@ The model-card templates live in the top-level ``hub_cards/`` folder (the produc
 as the package ``facezoo.hub_cards``: pyproject's ``packages.find`` cannot add a package from outside ``facezoo/``,
 so the package list is computed here.
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -15,6 +15,7 @@ Every batch is checked to be (256, 3, 112, 112) uint8 images + int64 labels.
 
     python benchmarks/bench_data.py [--images 20000] [--workers 0 1 2] [--rounds 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,9 +95,16 @@ class LoaderStream:
     after first draining the batches the workers prefetched while the stream was not being read."""
 
     def __init__(self, folder: Path, workers: int, collate_fn, contiguous: bool) -> None:
-        self.loader = DataLoader(RecordIOFaces(folder), batch_size=BATCH, shuffle=True, num_workers=workers,
-                                 drop_last=True, persistent_workers=workers > 0, collate_fn=collate_fn,
-                                 generator=torch.Generator().manual_seed(0))
+        self.loader = DataLoader(
+            RecordIOFaces(folder),
+            batch_size=BATCH,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=workers > 0,
+            collate_fn=collate_fn,
+            generator=torch.Generator().manual_seed(0),
+        )
         self.contiguous = contiguous
         self.drain = 2 if workers == 0 else 2 * workers + 1  # prefetch_factor (2) batches per worker, + one
         self.it = iter(self.loader)
@@ -133,7 +141,7 @@ def cold_rates(folder: Path, images: int = 5120, rounds: int = 3) -> Optional[tu
         return None
     rec = folder / "train.rec"
     order = torch.randperm(len(RecordIOFaces(folder)), generator=torch.Generator().manual_seed(3)).tolist()[:images]
-    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
     got: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for k, items in enumerate((False, True)):
@@ -165,8 +173,11 @@ def dataset_rate(folder: Path, images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-VARIANTS = (("collate_faces", collate_faces, False), ("collate_faces + .contiguous()", collate_faces, True),
-            ("default_collate", default_collate, False))
+VARIANTS = (
+    ("collate_faces", collate_faces, False),
+    ("collate_faces + .contiguous()", collate_faces, True),
+    ("default_collate", default_collate, False),
+)
 
 
 def main() -> None:
@@ -183,20 +194,28 @@ def main() -> None:
         t0 = time.time()
         jpegs = build_rec(folder, args.images)
         size = (folder / "train.rec").stat().st_size
-        print(f"built {args.images}-image .rec ({size / 2**20:.1f} MiB, mean JPEG {size / args.images / 1024:.1f} KiB) "
-              f"in {time.time() - t0:.1f}s; {cores} cores; {args.rounds} rounds of {args.seconds:.1f} s per cell")
+        print(
+            f"built {args.images}-image .rec ({size / 2**20:.1f} MiB, mean JPEG {size / args.images / 1024:.1f} KiB) "
+            f"in {time.time() - t0:.1f}s; {cores} cores; {args.rounds} rounds of {args.seconds:.1f} s per cell"
+        )
         one = DecodeBound(jpegs, 1)
         single, alone = one.rate(3.0), dataset_rate(folder, 8000)
-        print(f"single process: decode bound {single:,.0f} img/s, RecordIOFaces[i] loop (per-item path) "
-              f"{alone:,.0f} img/s (ratio {alone / single:.2f})")
+        print(
+            f"single process: decode bound {single:,.0f} img/s, RecordIOFaces[i] loop (per-item path) "
+            f"{alone:,.0f} img/s (ratio {alone / single:.2f})"
+        )
         cold = cold_rates(folder)
         if cold is not None:
-            print(f"cold page cache (file evicted before each run, in-process): batches (map + WILLNEED) "
-                  f"{cold[0]:,.0f} img/s, items (pread each) {cold[1]:,.0f} img/s (ratio {cold[0] / cold[1]:.2f})")
+            print(
+                f"cold page cache (file evicted before each run, in-process): batches (map + WILLNEED) "
+                f"{cold[0]:,.0f} img/s, items (pread each) {cold[1]:,.0f} img/s (ratio {cold[0] / cold[1]:.2f})"
+            )
         print()
         if args.workers:
-            print("| workers | bound: decoders at once | bound img/s (x one) | loader + collate_faces img/s | ratio "
-                  "| + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |")
+            print(
+                "| workers | bound: decoders at once | bound img/s (x one) | loader + collate_faces img/s | ratio "
+                "| + .contiguous() in the consumer: img/s | ratio | loader + default_collate img/s | ratio |"
+            )
             print("|---|---|---|---|---|---|---|---|---|")
         for w in args.workers:
             procs = max(1, min(w, cores))
@@ -218,12 +237,15 @@ def main() -> None:
             if bound is not one:
                 bound.close()
             b = statistics.median(bounds)
-            cells = " | ".join(f"{statistics.median(r):,.0f} | {statistics.median(q):.2f}"
-                               for r, q in zip(rates, ratios))
+            cells = " | ".join(
+                f"{statistics.median(r):,.0f} | {statistics.median(q):.2f}" for r, q in zip(rates, ratios)
+            )
             print(f"| {w} | {procs} | {b:,.0f} ({b / single:.2f}) | {cells} |", flush=True)
         one.close()
-        print(f"\nratio = median over rounds of loader / mean(bound just before, just after); single-process decode "
-              f"bound {single:,.0f} images/s")
+        print(
+            f"\nratio = median over rounds of loader / mean(bound just before, just after); single-process decode "
+            f"bound {single:,.0f} images/s"
+        )
 
 
 if __name__ == "__main__":

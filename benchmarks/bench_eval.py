@@ -13,6 +13,7 @@ Two workloads, each run side by side in this process, checked for equal results,
 
 Usage: ``python benchmarks/bench_eval.py [--scale 1.0]`` (``--scale 0.05`` for a quick run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def ref_verification_protocol(emb, issame, nfolds=10):
     n = len(issame)
     sizes = [n // nfolds + (1 if k < n % nfolds else 0) for k in range(nfolds)]
     bounds = np.cumsum([0] + sizes)
-    folds = [(np.r_[0:bounds[k], bounds[k + 1]:n], np.arange(bounds[k], bounds[k + 1])) for k in range(nfolds)]
+    folds = [(np.r_[0 : bounds[k], bounds[k + 1] : n], np.arange(bounds[k], bounds[k + 1])) for k in range(nfolds)]
 
     thr = np.arange(0, 4, 0.01)
     accuracy = np.zeros(nfolds)
@@ -84,8 +85,13 @@ def timed(fn, *a, **kw):
 
 
 def ijb_workload(scale: float, rng: np.random.Generator):
-    n_img, n_t, n_enrol, n_pairs, dim = (int(469_375 * scale), int(23_124 * scale), int(3_531 * scale),
-                                         int(15_658_489 * scale), 512)
+    n_img, n_t, n_enrol, n_pairs, dim = (
+        int(469_375 * scale),
+        int(23_124 * scale),
+        int(3_531 * scale),
+        int(15_658_489 * scale),
+        512,
+    )
     templates = np.concatenate([np.arange(n_t), rng.integers(0, n_t, n_img - n_t)])
     rng.shuffle(templates)
     medias = templates * 100 + rng.integers(0, 8, n_img)  # ~20 images/template, in up to 8 medias
@@ -128,8 +134,14 @@ def verification_workload(rng: np.random.Generator):
     res, t_ours = timed(verification.evaluate, emb, issame)
     (acc, val), t_ref = timed(ref_verification_protocol, emb, issame)
     ok = res["fold_accuracies"] == acc.tolist() and abs(res["tar_at_far"] - float(np.mean(val))) < 1e-12
-    return [("Verification 10-fold, 6,000 pairs", t_ref, t_ours,
-             ("identical" if ok else "DIFFERENT") + f" (acc {100 * res['accuracy']:.2f}%)")]
+    return [
+        (
+            "Verification 10-fold, 6,000 pairs",
+            t_ref,
+            t_ours,
+            ("identical" if ok else "DIFFERENT") + f" (acc {100 * res['accuracy']:.2f}%)",
+        )
+    ]
 
 
 def main() -> None:
@@ -138,8 +150,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    print(f"torch {torch.__version__}, numpy {np.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f}"
+    )
     rows = verification_workload(rng)
     ijb_rows, desc = ijb_workload(args.scale, rng)
     rows += ijb_rows

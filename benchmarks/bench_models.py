@@ -11,6 +11,7 @@ unlike RSS).
     python benchmarks/bench_models.py                       # depths 18 34 50 100, batch 8, CPU
     python benchmarks/bench_models.py --depths 50 --batch-size 64 --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_rates(fns: Dict[str, Callable[[], object]], items_per_call: int, rounds: int, iters: int,
-                      device: str) -> Dict[str, List[float]]:
+def interleaved_rates(
+    fns: Dict[str, Callable[[], object]], items_per_call: int, rounds: int, iters: int, device: str
+) -> Dict[str, List[float]]:
     """Items/s of each callable in every round; rounds interleave the callables, so noise hits all alike."""
     rates: Dict[str, List[float]] = {n: [] for n in fns}
     for fn in fns.values():  # warm-up
@@ -74,8 +76,16 @@ def summarize(rates: Dict[str, List[float]], baseline: str) -> Dict[str, Tuple[f
     return {n: (max(r), statistics.median(a / b for a, b in zip(r, rates[baseline]))) for n, r in rates.items()}
 
 
-def measure_throughput(names: List[str], batch_size: int, rounds: int, iters: int, device: str,
-                       channels_last: bool, amp: bool, head_only: bool = False) -> Dict[str, List[float]]:
+def measure_throughput(
+    names: List[str],
+    batch_size: int,
+    rounds: int,
+    iters: int,
+    device: str,
+    channels_last: bool,
+    amp: bool,
+    head_only: bool = False,
+) -> Dict[str, List[float]]:
     """Images/s of each model's forward, or of its head alone (``forward_head`` on a 512x7x7 map)."""
     models = {n: build(n, device, channels_last) for n in names}
     if head_only:
@@ -162,12 +172,22 @@ def main() -> int:
     torch.manual_seed(0)
     suffix = "_k7" if args.stem == "k7" else ""
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
-    print(f"# bench_models: device={args.device} ({device_name}), torch {torch.__version__}, "
-          f"threads={torch.get_num_threads()}, batch={args.batch_size}, rounds={args.rounds}x{args.iters}, "
-          f"stem={args.stem}")
+    print(
+        f"# bench_models: device={args.device} ({device_name}), torch {torch.__version__}, "
+        f"threads={torch.get_num_threads()}, batch={args.batch_size}, rounds={args.rounds}x{args.iters}, "
+        f"stem={args.stem}"
+    )
     heads = {h: f"iresnet18{sfx}{suffix}" for h, sfx in HEADS.items()}
-    head_ips = measure_throughput(list(heads.values()), args.head_batch_size, args.rounds, 10 * args.iters,
-                                  args.device, False, args.amp, head_only=True)
+    head_ips = measure_throughput(
+        list(heads.values()),
+        args.head_batch_size,
+        args.rounds,
+        10 * args.iters,
+        args.device,
+        False,
+        args.amp,
+        head_only=True,
+    )
     print(f"\nHead alone (forward_head on a (B,512,7,7) map, batch {args.head_batch_size}):\n")
     print("| head | images/s (best round) | ratio to baseline (median of rounds) |")
     print("|---|---:|---:|")
@@ -176,22 +196,28 @@ def main() -> int:
         print(f"| {head} | {head_stats[name][0]:,.0f} | {head_stats[name][1]:.2f} |")
 
     print(f"\nWhole model (batch {args.batch_size}):\n")
-    print("| depth | head | images/s (best round) | ratio to baseline (median of rounds) | peak memory (MiB) "
-          "| memory ratio |")
+    print(
+        "| depth | head | images/s (best round) | ratio to baseline (median of rounds) | peak memory (MiB) "
+        "| memory ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     slower = []
     if head_stats[heads["gwp"]][1] < 1:
         slower.append(("gwp head", head_stats[heads["gwp"]][1]))
     for depth in args.depths:
         names = {h: f"iresnet{depth}{s}{suffix}" for h, s in HEADS.items()}
-        ips = measure_throughput(list(names.values()), args.batch_size, args.rounds, args.iters, args.device,
-                                 args.channels_last, args.amp)
-        mem = {} if args.no_memory else {h: measure_peak_memory(n, args.batch_size, args.device)
-                                         for h, n in names.items()}
+        ips = measure_throughput(
+            list(names.values()), args.batch_size, args.rounds, args.iters, args.device, args.channels_last, args.amp
+        )
+        mem = (
+            {}
+            if args.no_memory
+            else {h: measure_peak_memory(n, args.batch_size, args.device) for h, n in names.items()}
+        )
         stats = summarize(ips, names["baseline"])
         for head, name in names.items():
             best, ratio = stats[name]
-            mem_txt = f"{mem[head] / 2 ** 20:.0f}" if mem else "-"
+            mem_txt = f"{mem[head] / 2**20:.0f}" if mem else "-"
             mem_ratio = f"{mem[head] / mem['baseline']:.3f}" if mem else "-"
             print(f"| {depth} | {head} | {best:.1f} | {ratio:.3f} | {mem_txt} | {mem_ratio} |", flush=True)
             if head == "gwp" and ratio < 1 - args.noise:
@@ -199,8 +225,10 @@ def main() -> int:
     if slower:
         print(f"\nGWP slower than the flatten baseline (beyond {args.noise:.0%} timing noise): {slower}")
         return 1
-    print(f"\nGWP is not slower than the flatten baseline: its head is faster, and the whole model at every depth is "
-          f"within {args.noise:.0%} timing noise or faster.")
+    print(
+        f"\nGWP is not slower than the flatten baseline: its head is faster, and the whole model at every depth is "
+        f"within {args.noise:.0%} timing noise or faster."
+    )
     return 0
 
 

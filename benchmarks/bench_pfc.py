@@ -18,6 +18,7 @@ ArcFace, one process). Ratios are facezoo / reference (full_fc).
     python benchmarks/bench_pfc.py                       # 1M classes, batch 128, E 512, CPU (+ CUDA if present)
     python benchmarks/bench_pfc.py --classes 100000 --steps 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,13 +97,34 @@ def worker(variant: str, device: str, classes: int, batch: int, emb_size: int, s
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"variant": variant, "device": device, "step_s": statistics.median(times), "peak_bytes": peak,
-            "first_loss": first_loss}
+    return {
+        "variant": variant,
+        "device": device,
+        "step_s": statistics.median(times),
+        "peak_bytes": peak,
+        "first_loss": first_loss,
+    }
 
 
 def run_one(variant: str, device: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, "--device", device, "--classes", str(args.classes),
-           "--batch", str(args.batch), "--emb", str(args.emb), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--device",
+        device,
+        "--classes",
+        str(args.classes),
+        "--batch",
+        str(args.batch),
+        "--emb",
+        str(args.emb),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -135,8 +157,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rates", default="1.0,0.3,0.1", help="Partial FC sample rates")
-    p.add_argument("--variants", default="full_fc,full_fc_arcface,pfc",
-                   help="comma list of full_fc, full_fc_arcface, pfc (pfc expands to one run per --rates value)")
+    p.add_argument(
+        "--variants",
+        default="full_fc,full_fc_arcface,pfc",
+        help="comma list of full_fc, full_fc_arcface, pfc (pfc expands to one run per --rates value)",
+    )
     p.add_argument("--devices", default="auto", help="'auto' (cpu, plus cuda when available), or e.g. 'cuda'")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -159,8 +184,10 @@ def main() -> int:
             variants.append(v)
         else:
             p.error(f"--variants: unknown variant {v!r}")
-    print(f"classes={args.classes} batch={args.batch} emb={args.emb} steps={args.steps} warmup={args.warmup} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(
+        f"classes={args.classes} batch={args.batch} emb={args.emb} steps={args.steps} warmup={args.warmup} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     if "cuda" not in devices:
         print("no CUDA device: GPU rows skipped")
     for device in devices:

@@ -9,6 +9,7 @@ on one core, CPU time) of ``render_face_chw``, what ``SyntheticFaces`` calls.
     python benchmarks/bench_synth_learnability.py [--steps 2000 | --steps 0 --minutes 4] \
         [--identities 1000] [--per-id 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import torch.nn.functional as F
 from facezoo.data.synthetic import SyntheticFaces, render_face_chw, synthetic_pairs
 from facezoo.eval.verification import evaluate
 
-LR = 2e-3   # AdamW peak learning rate (cosine schedule)
-SIZE = 64   # SmallFaceNet's input side: the 112x112 faces are resized to it for CPU speed
+LR = 2e-3  # AdamW peak learning rate (cosine schedule)
+SIZE = 64  # SmallFaceNet's input side: the 112x112 faces are resized to it for CPU speed
 
 
 class SmallFaceNet(nn.Module):
@@ -37,12 +38,19 @@ class SmallFaceNet(nn.Module):
         self.size = size
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout),
-                                 nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.PReLU(cout),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.PReLU(cout),
+            )
 
         self.body = nn.Sequential(block(3, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))  # size / 16
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w * ((size + 15) // 16) ** 2, dim),
-                                  nn.BatchNorm1d(dim))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w * ((size + 15) // 16) ** 2, dim), nn.BatchNorm1d(dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
@@ -58,7 +66,7 @@ def embed(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Ten
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = normalize(images[i:i + batch])
+        x = normalize(images[i : i + batch])
         out.append(model(x) + model(torch.flip(x, dims=[3])))
     return F.normalize(torch.cat(out), dim=1)
 
@@ -72,7 +80,7 @@ def fine_accuracy(emb: torch.Tensor, issame: torch.Tensor, folds: int = 10) -> t
     accs = []
     for k in range(folds):
         test = np.zeros(n, bool)
-        test[k * n // folds:(k + 1) * n // folds] = True
+        test[k * n // folds : (k + 1) * n // folds] = True
         train_acc = [((sim[~test] > t) == same[~test]).mean() for t in thresholds]
         t = thresholds[int(np.argmax(train_acc))]
         accs.append(((sim[test] > t) == same[test]).mean())
@@ -101,8 +109,17 @@ def load_all(ds: SyntheticFaces, workers: int) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(xs), torch.cat(ys)
 
 
-def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int,
-          seconds: float, batch: int = 128, s: float = 30.0, m: float = 0.35) -> tuple[int, float]:
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    steps: int,
+    seconds: float,
+    batch: int = 128,
+    s: float = 30.0,
+    m: float = 0.35,
+) -> tuple[int, float]:
     """CosFace (normalized softmax with an additive cosine margin), AdamW, cosine LR, random flips.
 
     Runs ``steps`` steps (the cosine schedule follows the step count), or when ``steps`` is 0 for ``seconds`` of
@@ -136,8 +153,12 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_clas
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000,
-                    help="training steps of 128 images (~4 min on a quiet 2-core CPU; 0: use --minutes)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=2000,
+        help="training steps of 128 images (~4 min on a quiet 2-core CPU; 0: use --minutes)",
+    )
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-clock training budget when --steps is 0")
     ap.add_argument("--identities", type=int, default=1000)
     ap.add_argument("--per-id", type=int, default=20)
@@ -158,8 +179,12 @@ def main() -> None:
     rows = []
     x = normalize(pair_images).flatten(1)
     rows.append(("raw pixels (cosine)", accuracies(F.normalize(x, dim=1), issame)))
-    rows.append(("raw pixels, each image mean-centred (cosine)",
-                 accuracies(F.normalize(x - x.mean(1, keepdim=True), dim=1), issame)))
+    rows.append(
+        (
+            "raw pixels, each image mean-centred (cosine)",
+            accuracies(F.normalize(x - x.mean(1, keepdim=True), dim=1), issame),
+        )
+    )
     untrained = []
     for seed in range(args.untrained_seeds):
         torch.manual_seed(seed)
@@ -168,8 +193,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = SmallFaceNet(width=args.width, size=SIZE)
     steps, secs = train(model, images, labels, args.identities, args.steps, args.minutes * 60)
-    rows.append((f"SmallFaceNet, trained {steps} steps of 128 ({secs / 60:.1f} min, {args.identities} ids x "
-                 f"{args.per_id})", accuracies(embed(model, pair_images), issame)))
+    rows.append(
+        (
+            f"SmallFaceNet, trained {steps} steps of 128 ({secs / 60:.1f} min, {args.identities} ids x {args.per_id})",
+            accuracies(embed(model, pair_images), issame),
+        )
+    )
     print()
     print(f"held-out pairs: {args.pairs} ({int(issame.sum())} positive), identities disjoint from training")
     print()
@@ -177,8 +206,10 @@ def main() -> None:
     print("|---|---|---|")
     for name, (acc, std, fine) in rows:
         print(f"| {name} | {acc:.4f} +- {std:.4f} | {fine:.4f} |")
-    print(f"\nuntrained mean over {len(untrained)} inits: {np.mean([u[0] for u in untrained]):.4f} "
-          f"(fine {np.mean([u[2] for u in untrained]):.4f})")
+    print(
+        f"\nuntrained mean over {len(untrained)} inits: {np.mean([u[0] for u in untrained]):.4f} "
+        f"(fine {np.mean([u[2] for u in untrained]):.4f})"
+    )
     print(f"render speed {speed:.0f} images/s per core (target >= 1000: ratio {speed / 1000:.2f})")
 
 

@@ -18,6 +18,7 @@ With ``--rec`` facezoo reads the batches from that RecordIO through ``RecordIOFa
 ``--workers`` processes (the reference then reads the same files through a torch DataLoader with the same workers
 and host-side transforms, as insightface's ``MXFaceDataset``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,34 @@ from facezoo.train import Trainer, load_recipe
 
 
 def recipe(args: argparse.Namespace, steps: int, data: str) -> Any:
-    return load_recipe(None, [
-        f"model.name={args.model}", f"data.train={data}", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", f"data.num_classes={args.classes}",
-        f"data.synthetic.identities={args.identities}", "data.synthetic.images_per_identity=4",
-        "data.augment.flip=0.5", "loss.name=combined", "loss.s=64", "loss.args={m1: 1.0, m2: 0.0, m3: 0.4}",
-        f"loss.sample_rate={args.sample_rate}", "optim.name=sgd", "optim.lr=0.1", "optim.clip_grad_norm=5",
-        "schedule.name=polynomial", f"train.max_steps={steps}", f"train.mixed_precision={args.precision}",
-        "train.checkpoint_every=0", "train.tensorboard=false", f"train.log_every={max(steps, 1)}",
-        "export.enabled=false", f"model.channels_last={str(args.device != 'cpu').lower()}",
-    ])
+    return load_recipe(
+        None,
+        [
+            f"model.name={args.model}",
+            f"data.train={data}",
+            f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}",
+            f"data.num_classes={args.classes}",
+            f"data.synthetic.identities={args.identities}",
+            "data.synthetic.images_per_identity=4",
+            "data.augment.flip=0.5",
+            "loss.name=combined",
+            "loss.s=64",
+            "loss.args={m1: 1.0, m2: 0.0, m3: 0.4}",
+            f"loss.sample_rate={args.sample_rate}",
+            "optim.name=sgd",
+            "optim.lr=0.1",
+            "optim.clip_grad_norm=5",
+            "schedule.name=polynomial",
+            f"train.max_steps={steps}",
+            f"train.mixed_precision={args.precision}",
+            "train.checkpoint_every=0",
+            "train.tensorboard=false",
+            f"train.log_every={max(steps, 1)}",
+            "export.enabled=false",
+            f"model.channels_last={str(args.device != 'cpu').lower()}",
+        ],
+    )
 
 
 class Reference:
@@ -58,12 +77,17 @@ class Reference:
         if args.device != "cpu":
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.backbone.load_state_dict(trainer.backbone.state_dict())
-        self.pfc = PartialFC(CombinedMarginLoss(64.0, 1.0, 0.0, 0.4), self.backbone.embed_dim, args.classes,
-                             args.sample_rate).to(self.device)
-        self.opt = torch.optim.SGD([{"params": self.backbone.parameters()}, {"params": self.pfc.parameters()}],
-                                   lr=0.1, momentum=0.9, weight_decay=5e-4)
-        total = 10 ** 6
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: (1 - s / total))
+        self.pfc = PartialFC(
+            CombinedMarginLoss(64.0, 1.0, 0.0, 0.4), self.backbone.embed_dim, args.classes, args.sample_rate
+        ).to(self.device)
+        self.opt = torch.optim.SGD(
+            [{"params": self.backbone.parameters()}, {"params": self.pfc.parameters()}],
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+        )
+        total = 10**6
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1 - s / total)
         self.scaler = torch.amp.GradScaler(self.device.type, growth_interval=100, enabled=args.precision == "fp16")
         self.batches = self._loader(trainer) if args.rec else self._memory(trainer)
 
@@ -84,8 +108,15 @@ class Reference:
 
         ds = RecordIOFaces(self.args.rec, transform=create_face_transform(self.backbone, is_training=True))
         workers = self.args.workers
-        loader = DataLoader(ds, batch_size=self.args.batch, shuffle=True, num_workers=workers, drop_last=True,
-                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        loader = DataLoader(
+            ds,
+            batch_size=self.args.batch,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         while True:
             yield from loader
 
@@ -151,13 +182,18 @@ def main() -> None:
         t_ref = timed(lambda: ref.steps(args.steps))
         n = args.steps * args.batch
         rows.append({"facezoo": n / t_fz, "reference": n / t_ref, "ratio": (n / t_fz) / (n / t_ref)})
-        print(f"round {r + 1}: facezoo {n / t_fz:8.2f} samples/s   reference {n / t_ref:8.2f} samples/s   "
-              f"ratio {rows[-1]['ratio']:.3f}", flush=True)
+        print(
+            f"round {r + 1}: facezoo {n / t_fz:8.2f} samples/s   reference {n / t_ref:8.2f} samples/s   "
+            f"ratio {rows[-1]['ratio']:.3f}",
+            flush=True,
+        )
     med = {k: statistics.median(row[k] for row in rows) for k in ("facezoo", "reference", "ratio")}
-    print(f"median: facezoo {med['facezoo']:.2f} samples/s, reference {med['reference']:.2f} samples/s, "
-          f"ratio {med['ratio']:.3f} (target >= 1.0)  [{args.model}, batch {args.batch}, {args.precision}, "
-          f"{args.classes} classes, sample rate {args.sample_rate}, device {trainer.device}, "
-          f"{torch.get_num_threads()} threads]")
+    print(
+        f"median: facezoo {med['facezoo']:.2f} samples/s, reference {med['reference']:.2f} samples/s, "
+        f"ratio {med['ratio']:.3f} (target >= 1.0)  [{args.model}, batch {args.batch}, {args.precision}, "
+        f"{args.classes} classes, sample rate {args.sample_rate}, device {trainer.device}, "
+        f"{torch.get_num_threads()} threads]"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med}, indent=1))
 

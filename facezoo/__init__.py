@@ -4,6 +4,7 @@
 The sub-packages ``facezoo.losses``, ``facezoo.data``, ``facezoo.eval``, ``facezoo.hub`` (publishing) and
 ``facezoo.export`` (ONNX) load on first use.
 """
+
 from __future__ import annotations
 
 import importlib

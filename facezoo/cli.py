@@ -6,6 +6,7 @@ input (:class:`facezoo.errors.FacezooError`, a missing file, a bad value, a wron
 stderr and exit code 2; anything else is an internal error, also one line, exit code 1. ``--debug`` (anywhere on
 the command line) or ``FACEZOO_DEBUG=1`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ from facezoo.errors import FacezooError
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "facezoo.models.cli",   # facezoo models
-    "facezoo.data.cli",     # facezoo data {convert,synth,info}
-    "facezoo.eval.cli",     # facezoo eval
-    "facezoo.train.cli",    # facezoo train
-    "facezoo.hub.cli",      # facezoo export {hub,onnx}, facezoo push
+    "facezoo.models.cli",  # facezoo models
+    "facezoo.data.cli",  # facezoo data {convert,synth,info}
+    "facezoo.eval.cli",  # facezoo eval
+    "facezoo.train.cli",  # facezoo train
+    "facezoo.hub.cli",  # facezoo export {hub,onnx}, facezoo push
 )
 
 #: exceptions that mean "the input is wrong", shown as one line with exit code 2
@@ -59,8 +60,9 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (KeyError's quotes dropped, empty messages named by their type)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args and not isinstance(exc, FacezooError) \
-        else str(exc)
+    text = (
+        str(exc.args[0]) if isinstance(exc, KeyError) and exc.args and not isinstance(exc, FacezooError) else str(exc)
+    )
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {exc.strerror or text}"
     text = " ".join(text.split())
@@ -102,8 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if debug:
             raise
-        print(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "
-              "traceback, and please report it)", file=sys.stderr)
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "
+            "traceback, and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 

@@ -3,6 +3,7 @@
 insightface, the GWP authors and AdaFace all normalize this way; facezoo's pretrained cfgs, transforms, evaluation
 and exported models (ONNX, Hub cards) read these constants.
 """
+
 from __future__ import annotations
 
 FACE_INPUT_SIZE = (3, 112, 112)

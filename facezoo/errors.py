@@ -4,6 +4,7 @@ Every :class:`FacezooError` is the user's to fix, not a bug: the ``facezoo`` com
 and exits with code 2 (``--debug`` or ``FACEZOO_DEBUG=1`` shows the traceback). The subclasses also derive from the
 built-in exception a caller would catch without knowing facezoo (``ValueError``, ``FileNotFoundError``, ...).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -61,8 +62,10 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(str(name), choices, n=n, cutoff=0.6)
     if not close:  # 'lr_rate' -> 'lr': a valid name that the typo starts with (or that starts with it)
-        close = sorted((c for c in choices if len(c) >= 2 and (str(name).startswith(c) or c.startswith(str(name)))),
-                       key=lambda c: -len(c))[:n]
+        close = sorted(
+            (c for c in choices if len(c) >= 2 and (str(name).startswith(c) or c.startswith(str(name)))),
+            key=lambda c: -len(c),
+        )[:n]
     if not close:
         return ""
     quoted = [repr(c) for c in close]
@@ -82,8 +85,23 @@ def looks_like_local_path(value: Union[str, os.PathLike]) -> bool:
     parts = s.split("/")
     if len(parts) != 2 or not all(parts):
         return True
-    return Path(s).suffix.lower() in (".rec", ".idx", ".bin", ".parquet", ".arrow", ".json", ".jsonl", ".csv",
-                                      ".pth", ".pt", ".ckpt", ".safetensors", ".yaml", ".yml", ".onnx")
+    return Path(s).suffix.lower() in (
+        ".rec",
+        ".idx",
+        ".bin",
+        ".parquet",
+        ".arrow",
+        ".json",
+        ".jsonl",
+        ".csv",
+        ".pth",
+        ".pt",
+        ".ckpt",
+        ".safetensors",
+        ".yaml",
+        ".yml",
+        ".onnx",
+    )
 
 
 def require_path(path: Union[str, os.PathLike], what: str, kind: Optional[str] = None) -> Path:

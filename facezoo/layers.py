@@ -9,6 +9,7 @@
 The pools hold no learnable spatial weights except GDC. Pools whose behaviour depends on the input size are marked
 as FX leaf modules, so ``torch.fx`` (and timm's feature extraction) treats them as single calls.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -48,20 +49,25 @@ def gwp_sigma_for_size(size: int, ref_sigma: float = GWP_REF_SIGMA, ref_size: in
 
 
 def _gaussian_2d(
-        height: int, width: int, sigma_y: float, sigma_x: float, device: torch.device, dtype: torch.dtype,
+    height: int,
+    width: int,
+    sigma_y: float,
+    sigma_x: float,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """The normalized kernel (scriptable core of :func:`gaussian_kernel`)."""
     ys = torch.arange(height, device=device, dtype=torch.float64) - (height - 1) / 2.0
     xs = torch.arange(width, device=device, dtype=torch.float64) - (width - 1) / 2.0
-    g = torch.exp(-(ys[:, None] ** 2) / (2 * sigma_y ** 2) - (xs[None, :] ** 2) / (2 * sigma_x ** 2))
+    g = torch.exp(-(ys[:, None] ** 2) / (2 * sigma_y**2) - (xs[None, :] ** 2) / (2 * sigma_x**2))
     return (g / g.sum()).to(dtype)
 
 
 def gaussian_kernel(
-        size: Union[int, Tuple[int, int]],
-        sigma: Optional[Union[float, Tuple[float, float]]] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+    size: Union[int, Tuple[int, int]],
+    sigma: Optional[Union[float, Tuple[float, float]]] = None,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """The normalized Gaussian attention kernel of the GWP paper (eq. 2-3), shape (H, W), summing to 1.
 
@@ -90,11 +96,11 @@ class GaussianWeightedPool(nn.Module):
     """
 
     def __init__(
-            self,
-            size: Union[int, Tuple[int, int]] = GWP_REF_SIZE,
-            sigma: Optional[float] = None,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+        self,
+        size: Union[int, Tuple[int, int]] = GWP_REF_SIZE,
+        sigma: Optional[float] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         """``sigma`` is for the built ``size``; None means the paper's 3 on a 7x7 map, scaled with the size."""
         super().__init__()
@@ -140,7 +146,8 @@ def _check_map_size(name: str, x: torch.Tensor, size: Tuple[int, int]) -> None:
     if x.shape[-2] != size[0] or x.shape[-1] != size[1]:
         raise ValueError(
             f"{name} head needs a {size[0]}x{size[1]} feature map (112x112 input for IResNet), got "
-            f"{x.shape[-2]}x{x.shape[-1]}; use a '_gap' or '_gwp' model for other input sizes")
+            f"{x.shape[-2]}x{x.shape[-1]}; use a '_gap' or '_gwp' model for other input sizes"
+        )
 
 
 @register_notrace_module
@@ -164,11 +171,11 @@ class GlobalDepthwiseConv(nn.Module):
     """
 
     def __init__(
-            self,
-            channels: int,
-            size: Union[int, Tuple[int, int]] = 7,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+        self,
+        channels: int,
+        size: Union[int, Tuple[int, int]] = 7,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         self.size = to_2tuple(size)
@@ -182,11 +189,11 @@ class GlobalDepthwiseConv(nn.Module):
 
 
 def create_face_pool(
-        pool_type: str,
-        channels: int,
-        map_size: Tuple[int, int] = (7, 7),
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+    pool_type: str,
+    channels: int,
+    map_size: Tuple[int, int] = (7, 7),
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[nn.Module, int]:
     """Build the pooling named ``pool_type`` and return it with its output width (fc input features)."""
     if pool_type == "flatten":
@@ -203,4 +210,3 @@ def create_face_pool(
 def count_linear_params(module: nn.Module) -> int:
     """Parameters held by ``nn.Linear`` layers (the paper's 'Params. Linear' column)."""
     return sum(p.numel() for m in module.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False))
-

@@ -8,6 +8,7 @@ Types and defaults are read from the pydantic models, so they cannot drift from 
 is ``NOTES`` below (what it does, and what insightface arcface_torch / the AdaFace code use where it matters); a key
 without a note falls back to the schema's own description, and a note for a key that no longer exists is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,142 +39,142 @@ SECTIONS = {
 NOTES: Dict[str, str] = {
     # model
     "model.name": "timm model name. facezoo's are `iresnet{18,34,50,100,200}[_gap\\|_gwp\\|_gdc][_k7]` "
-                  "(`facezoo models` lists them with their sizes); other timm models train too, their pooled "
-                  "features being the embedding. May be left out when `model.pretrained` is `hf-hub:` / "
-                  "`local-dir:` (their config.json names the architecture; `model.name` is then ignored).",
+    "(`facezoo models` lists them with their sizes); other timm models train too, their pooled "
+    "features being the embedding. May be left out when `model.pretrained` is `hf-hub:` / "
+    "`local-dir:` (their config.json names the architecture; `model.name` is then ignored).",
     "model.pretrained": "Start from these weights (fine-tuning): `hf-hub:ORG/NAME`, `local-dir:PATH` (a folder with "
-                        "config.json + model.safetensors, e.g. a run's `export/`), or a checkpoint file "
-                        "(.safetensors / .pth / .pt / .ckpt; insightface `backbone.pth`, AdaFace `.ckpt` with "
-                        "`model.args.layout=adaface`, a facezoo `checkpoints/step_N/backbone.safetensors`) for the "
-                        "architecture of `model.name`. Only the backbone is loaded: the class centres are always new. "
-                        "null: random initialisation.",
+    "config.json + model.safetensors, e.g. a run's `export/`), or a checkpoint file "
+    "(.safetensors / .pth / .pt / .ckpt; insightface `backbone.pth`, AdaFace `.ckpt` with "
+    "`model.args.layout=adaface`, a facezoo `checkpoints/step_N/backbone.safetensors`) for the "
+    "architecture of `model.name`. Only the backbone is loaded: the class centres are always new. "
+    "null: random initialisation.",
     "model.embed_dim": "Embedding size E (insightface and AdaFace: 512). Passed to facezoo models; to `hf-hub:` / "
-                       "`local-dir:` and other timm models only when the recipe sets it.",
+    "`local-dir:` and other timm models only when the recipe sets it.",
     "model.args": "Other `timm.create_model` keyword arguments, a mapping: `drop_rate` (dropout before the embedding "
-                  "layer; insightface 0, AdaFace 0.4), `layout` (`insightface` or `adaface`, AdaFace's \"IR\" "
-                  "variant), "
-                  "`widths`, `layers`, `img_size` (the input side; the training images are resized to the model's "
-                  "input size on the device). `embed_dim` and `num_classes` are refused here. Set one argument with "
-                  "`model.args.drop_rate=0.4`; `model.args={...}` replaces the whole mapping.",
+    'layer; insightface 0, AdaFace 0.4), `layout` (`insightface` or `adaface`, AdaFace\'s "IR" '
+    "variant), "
+    "`widths`, `layers`, `img_size` (the input side; the training images are resized to the model's "
+    "input size on the device). `embed_dim` and `num_classes` are refused here. Set one argument with "
+    "`model.args.drop_rate=0.4`; `model.args={...}` replaces the whole mapping.",
     "model.channels_last": "Run the backbone in channels-last memory format (faster convolutions on recent GPUs); "
-                           "the same numbers up to floating-point rounding.",
+    "the same numbers up to floating-point rounding.",
     "model.compile": "`torch.compile` the backbone (the first steps are slow while it compiles).",
     "model.grad_checkpointing": "Recompute activations in the backward pass (timm's `set_grad_checkpointing`): less "
-                                "memory, more compute.",
+    "memory, more compute.",
     "model.freeze": "Module-name prefixes to keep frozen, e.g. `[conv1, bn1, prelu, layer1]` (IResNet's top-level "
-                    "modules: conv1 bn1 prelu layer1-layer4 bn2 pool dropout fc features). Frozen modules get no "
-                    "gradient and run in eval mode (BatchNorm statistics stay as loaded). A name that is not a module "
-                    "is an error that lists the valid ones.",
+    "modules: conv1 bn1 prelu layer1-layer4 bn2 pool dropout fc features). Frozen modules get no "
+    "gradient and run in eval mode (BatchNorm statistics stay as loaded). A name that is not a module "
+    "is an error that lists the valid ones.",
     # data
     "data.train": "The training set: `synthetic` (the built-in generator, `data.synthetic.*`), an insightface "
-                  "RecordIO `.rec` file or a folder with `train.rec` + `train.idx`, identity folders (one sub-folder "
-                  "of images per identity), or a Hugging Face dataset (a saved folder, a `.parquet` file, or a Hub id "
-                  "`ORG/NAME`). Streamed (iterable) datasets are refused: they cannot be sampled or resumed exactly.",
+    "RecordIO `.rec` file or a folder with `train.rec` + `train.idx`, identity folders (one sub-folder "
+    "of images per identity), or a Hugging Face dataset (a saved folder, a `.parquet` file, or a Hub id "
+    "`ORG/NAME`). Streamed (iterable) datasets are refused: they cannot be sampled or resumed exactly.",
     "data.batch_size": "GLOBAL batch per optimizer step, over all processes and micro-batches: each process reads "
-                       "`batch_size / (processes x train.grad_accum)` images per micro-batch, and the value must "
-                       "divide evenly. insightface: 128 per GPU (x 8 GPUs = 1024); AdaFace: its `--batch_size` is "
-                       "already global.",
+    "`batch_size / (processes x train.grad_accum)` images per micro-batch, and the value must "
+    "divide evenly. insightface: 128 per GPU (x 8 GPUs = 1024); AdaFace: its `--batch_size` is "
+    "already global.",
     "data.num_workers": "DataLoader worker processes per training process (decoding). Throughput only: the sample "
-                        "order and the augmentation do not depend on it. insightface 2, AdaFace 16.",
+    "order and the augmentation do not depend on it. insightface 2, AdaFace 16.",
     "data.on_error": "An unreadable image: `raise` stops with an error naming the file and record; `skip` replaces it "
-                     "with the next readable one, counts and logs it (many in a row still stop the run).",
+    "with the next readable one, counts and logs it (many in a row still stop the run).",
     "data.num_classes": "Class count to use instead of the one the source reports (labels must be 0..N-1).",
     "data.synthetic.identities": "Number of synthetic identities (classes).",
     "data.synthetic.images_per_identity": "Images per synthetic identity.",
     "data.synthetic.difficulty": "Scales every nuisance of the synthetic faces (alignment error, lighting, colour "
-                                 "cast, clutter, ...); 0 = none.",
+    "cast, clutter, ...); 0 = none.",
     "data.synthetic.seed": "Seed of the synthetic faces (and of the held-out `synthetic` verification pairs).",
     "data.synthetic.cache": "Render the synthetic set once into memory at the model's input size (else render every "
-                            "image in the data workers each epoch).",
+    "image in the data workers each epoch).",
     "data.augment.flip": "Horizontal flip probability (insightface and AdaFace: 0.5).",
     "data.augment.crop": "AdaFace's crop-and-pad probability: keep a random rectangle (20-100% of the area, aspect "
-                         "3/4-4/3) in place and zero the rest. AdaFace's scripts: 0.2; insightface: 0.",
+    "3/4-4/3) in place and zero the rest. AdaFace's scripts: 0.2; insightface: 0.",
     "data.augment.low_res": "AdaFace's low-resolution probability: shrink to 20-100% of the side and enlarge back, "
-                            "with random interpolations. AdaFace's scripts: 0.2; insightface: 0.",
+    "with random interpolations. AdaFace's scripts: 0.2; insightface: 0.",
     "data.augment.photometric": "AdaFace's photometric probability: brightness, contrast and saturation jitter "
-                                "(factors in [0.5, 1.5]). AdaFace's scripts: 0.2; insightface: 0.",
+    "(factors in [0.5, 1.5]). AdaFace's scripts: 0.2; insightface: 0.",
     # loss
     "loss.name": "Margin head: `arcface` (cos(theta + m)), `cosface` (cos(theta) - m), `combined` (insightface's "
-                 "CombinedMarginLoss, cos(m1 theta + m2) - m3), `adaface`, `curricularface`, `magface`. insightface's "
-                 "WebFace configs: `combined` (1, 0, 0.4); AdaFace: `adaface`.",
+    "CombinedMarginLoss, cos(m1 theta + m2) - m3), `adaface`, `curricularface`, `magface`. insightface's "
+    "WebFace configs: `combined` (1, 0, 0.4); AdaFace: `adaface`.",
     "loss.s": "Scale of the logits (insightface and AdaFace: 64).",
     "loss.m": "The head's margin (`arcface`: radians; `cosface`: cosine; `adaface`: its m, 0.4). null: the head's "
-              "default. `combined` takes `m1`, `m2`, `m3` in `loss.args` instead.",
+    "default. `combined` takes `m1`, `m2`, `m3` in `loss.args` instead.",
     "loss.args": "The head's other arguments, a mapping checked against its signature (a wrong name is an error with "
-                 "a suggestion): `combined`: `m1`, `m2`, `m3`, `straight_through` (default true: insightface's "
-                 "gradient, which skips the derivative of the angular margin), `overflow` (`wrap`, `threshold`, "
-                 "`easy`), `interclass_filtering_threshold`; `arcface`: `straight_through`, `overflow`; `adaface`: `h` "
-                 "(0.333), `t_alpha` (0.01), `eps`.",
+    "a suggestion): `combined`: `m1`, `m2`, `m3`, `straight_through` (default true: insightface's "
+    "gradient, which skips the derivative of the angular margin), `overflow` (`wrap`, `threshold`, "
+    "`easy`), `interclass_filtering_threshold`; `arcface`: `straight_through`, `overflow`; `adaface`: `h` "
+    "(0.333), `t_alpha` (0.01), `eps`.",
     "loss.sample_rate": "Partial FC: the share of each process's class centres used per step (every class of the "
-                        "batch is always kept, plus random others). 1.0 = every centre (insightface's WebFace4M "
-                        "configs); insightface uses 0.2-0.3 for WebFace42M.",
+    "batch is always kept, plus random others). 1.0 = every centre (insightface's WebFace4M "
+    "configs); insightface uses 0.2-0.3 for WebFace42M.",
     "loss.center_init": "How the class centres start: `normal`, N(0, 0.01) (insightface), or `unit`, uniform(-1, 1) "
-                        "rows scaled to norm 1 (AdaFace). Drawn in blocks seeded by `train.seed`, so the start does "
-                        "not depend on the number of processes.",
+    "rows scaled to norm 1 (AdaFace). Drawn in blocks seeded by `train.seed`, so the start does "
+    "not depend on the number of processes.",
     # optim
     "optim.name": "`sgd` (insightface, AdaFace) or `adamw` (insightface's AdamW variant uses lr 1e-3, weight decay "
-                  "0.1). Parameter groups: the backbone (plus its BatchNorm parameters apart with "
-                  "`no_weight_decay_on_bn`), then the class centres last, as insightface.",
+    "0.1). Parameter groups: the backbone (plus its BatchNorm parameters apart with "
+    "`no_weight_decay_on_bn`), then the class centres last, as insightface.",
     "optim.lr": "Peak learning rate of the class centres (the backbone's is `lr x backbone_lr_scale`); the schedule "
-                "multiplies it. Not scaled by batch size or process count. insightface and AdaFace: 0.1 (SGD).",
+    "multiplies it. Not scaled by batch size or process count. insightface and AdaFace: 0.1 (SGD).",
     "optim.momentum": "SGD momentum (insightface and AdaFace: 0.9). Not used by AdamW.",
     "optim.weight_decay": "Weight decay (insightface and AdaFace: 5e-4), on every parameter unless "
-                          "`no_weight_decay_on_bn` is set; the class centres are decayed too.",
+    "`no_weight_decay_on_bn` is set; the class centres are decayed too.",
     "optim.betas": "AdamW betas. Not used by SGD.",
     "optim.no_weight_decay_on_bn": "No weight decay on the parameters of BatchNorm layers (AdaFace: true; "
-                                   "insightface: false, one decay for all).",
+    "insightface: false, one decay for all).",
     "optim.backbone_lr_scale": "Backbone learning rate = `lr` x this, e.g. 0.1 to fine-tune a pretrained backbone "
-                               "while new class centres learn at `lr`.",
+    "while new class centres learn at `lr`.",
     "optim.clip_grad_norm": "Clip the backbone's gradient norm (after fp16 unscaling) to this value; the class "
-                            "centres are never clipped. null: no clipping. insightface: 5; AdaFace: none. The norm "
-                            "before clipping is logged as `grad_norm` either way.",
+    "centres are never clipped. null: no clipping. insightface: 5; AdaFace: none. The norm "
+    "before clipping is logged as `grad_norm` either way.",
     # schedule
     "schedule.name": "`polynomial` (insightface: linear warmup, then `(1 - progress) ** power`, per step), "
-                     "`multistep` (AdaFace: `x gamma` at each milestone epoch, constant within an epoch), `cosine` "
-                     "(warmup, then half a cosine to `min_lr`), `constant` (warmup, then `lr`).",
+    "`multistep` (AdaFace: `x gamma` at each milestone epoch, constant within an epoch), `cosine` "
+    "(warmup, then half a cosine to `min_lr`), `constant` (warmup, then `lr`).",
     "schedule.warmup_epochs": "Linear warmup from 0, in epochs (fractions allowed; rounded to steps). insightface's "
-                              "WebFace4M configs: 0; its WebFace42M configs: a tenth of the epochs. AdaFace: 0.",
+    "WebFace4M configs: 0; its WebFace42M configs: a tenth of the epochs. AdaFace: 0.",
     "schedule.power": "`polynomial` only: the decay power (current insightface: 1 = linear to 0; its older "
-                      "PolyScheduler: 2).",
+    "PolyScheduler: 2).",
     "schedule.milestones": "`multistep` only: epochs (0-based, counted in steps) from which the rate is multiplied "
-                           "by `gamma` once more. AdaFace: [12, 20, 24].",
+    "by `gamma` once more. AdaFace: [12, 20, 24].",
     "schedule.gamma": "`multistep` only: the factor at each milestone (AdaFace: 0.1).",
     "schedule.min_lr": "`cosine` only: the final learning rate.",
     # train
     "train.epochs": "Passes over `data.train`; without `max_steps` the run is `epochs x floor(images / batch_size)` "
-                    "steps. Also the unit of the schedule (warmup, milestones).",
+    "steps. Also the unit of the schedule (warmup, milestones).",
     "train.max_steps": "Train this many optimizer steps instead; the schedule (warmup, decay, milestones) is laid out "
-                       "over them, one schedule \"epoch\" being `max_steps / epochs` steps (the data still goes "
-                       "through whole shuffled epochs). null: `epochs` decides.",
+    'over them, one schedule "epoch" being `max_steps / epochs` steps (the data still goes '
+    "through whole shuffled epochs). null: `epochs` decides.",
     "train.grad_accum": "Micro-batches per optimizer step: the same global batch in smaller pieces, for memory "
-                        "(gradients are synchronised once per step).",
-    "train.mixed_precision": "`\"no\"`, `fp16` (autocast + a dynamic loss scale that every process agrees on: "
-                             "insightface's fp16) or `bf16` (no scaling). Quote \"no\" (in YAML and in overrides: "
-                             "`'train.mixed_precision=\"no\"'`): unquoted, YAML reads it as false.",
+    "(gradients are synchronised once per step).",
+    "train.mixed_precision": '`"no"`, `fp16` (autocast + a dynamic loss scale that every process agrees on: '
+    'insightface\'s fp16) or `bf16` (no scaling). Quote "no" (in YAML and in overrides: '
+    "`'train.mixed_precision=\"no\"'`): unquoted, YAML reads it as false.",
     "train.checkpoint_every": "Steps between checkpoints; 0: only at epoch ends and at the end (insightface "
-                              "checkpoints at epoch ends). A SIGTERM / Ctrl-C also writes one.",
+    "checkpoints at epoch ends). A SIGTERM / Ctrl-C also writes one.",
     "train.keep_last": "Complete checkpoints kept; older ones are deleted after a new one is in place.",
     "train.seed": "Seed of everything random: the model and class-centre initialisation, the sample order "
-                  "(a permutation per `(seed, epoch)`), the augmentation draws (a hash of seed, epoch and sample), "
-                  "each process's dropout / Partial FC sampling. insightface: 2048; AdaFace: 42.",
+    "(a permutation per `(seed, epoch)`), the augmentation draws (a hash of seed, epoch and sample), "
+    "each process's dropout / Partial FC sampling. insightface: 2048; AdaFace: 42.",
     "train.max_bad_steps": "Stop after this many non-finite steps in a row (each is skipped on every process, "
-                           "logged, and lowers the fp16 loss scale); the last good checkpoint stays.",
+    "logged, and lowers the fp16 loss scale); the last good checkpoint stays.",
     "train.log_every": "Steps between log lines (loss, lr, grad_norm, images/s, loss scale) in `train.log` and "
-                       "TensorBoard.",
+    "TensorBoard.",
     "train.tensorboard": "Write TensorBoard logs to `<output-dir>/tensorboard` (needs the tensorboard package).",
     # eval
     "eval.targets": "Verification sets: `.bin` files, Hugging Face pair datasets, folders of them (every set found), "
-                    "or `synthetic` (held-out synthetic identities). One string is one target. The paper's: lfw, "
-                    "cfp_fp, agedb_30, calfw, cplfw. Loaded before training starts, so a wrong path fails at once.",
+    "or `synthetic` (held-out synthetic identities). One string is one target. The paper's: lfw, "
+    "cfp_fp, agedb_30, calfw, cplfw. Loaded before training starts, so a wrong path fails at once.",
     "eval.every": "Steps between evaluations (0: only at the end); the final evaluation always runs. insightface: "
-                  "every 2000 steps; AdaFace: every epoch.",
+    "every 2000 steps; AdaFace: every epoch.",
     "eval.batch_size": "Images per evaluation batch and process.",
     "eval.flip": "Embedding = model(image) + model(mirrored image), insightface's protocol (and AdaFace's).",
     "eval.synthetic_pairs": "Number of pairs of the `synthetic` target.",
     # export
     "export.enabled": "At the end, write `<output-dir>/export/`: the model as safetensors with timm's config.json "
-                      "and a model card holding the final evaluation (loadable with "
-                      "`timm.create_model('local-dir:...', pretrained=True)`).",
+    "and a model card holding the final evaluation (loadable with "
+    "`timm.create_model('local-dir:...', pretrained=True)`).",
     "export.datasets": "Training datasets named in the model card, e.g. `[WebFace4M]`.",
     "export.license": "License written into the model card (null: none stated).",
 }
@@ -260,8 +261,12 @@ def generate() -> str:
         fields = {n: f for n, f in model.model_fields.items() if f"{section}.{n}" in keys}
         if not fields:
             continue
-        lines += [f"### `{section}`: {SECTIONS.get(section, '')}".rstrip(": "), "",
-                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [
+            f"### `{section}`: {SECTIONS.get(section, '')}".rstrip(": "),
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, field in fields.items():
             key = f"{section}.{name}"
             kind = _type_name(field.annotation)
@@ -278,7 +283,7 @@ def current_block(text: str) -> Optional[str]:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         return None
-    return text[start:stop + len(END)] + "\n"
+    return text[start : stop + len(END)] + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

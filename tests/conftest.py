@@ -4,6 +4,7 @@
 The builders are session-scoped factories (plain functions handed out by a fixture), so fixtures of any scope can
 use them: ``def test_x(tmp_path, make_bins): make_bins(tmp_path, ["lfw"])``.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,8 +78,12 @@ def make_bins() -> Callable[..., Path]:
     verification sets in the folder ``root`` (``NAME.bin`` and Hugging Face pair datasets ``NAME/``); returns root."""
     from facezoo.data import synthetic_pairs, write_bin, write_pairs_dataset
 
-    def make(root: Path, bins: Sequence[str] = ("lfw", "cfp_fp"), pairs_datasets: Sequence[str] = ("agedb_30",),
-             num_pairs: int = 12) -> Path:
+    def make(
+        root: Path,
+        bins: Sequence[str] = ("lfw", "cfp_fp"),
+        pairs_datasets: Sequence[str] = ("agedb_30",),
+        num_pairs: int = 12,
+    ) -> Path:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(bins):
@@ -129,8 +134,11 @@ def make_ijb_release() -> Callable[..., Path]:
         (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_lines) + "\n")
         (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lmk_lines) + "\n")
         (meta / "ijbc_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
-        for key, fname in (("G1", "ijbc_1N_gallery_G1.csv"), ("G2", "ijbc_1N_gallery_G2.csv"),
-                           ("probe", "ijbc_1N_probe_mixed.csv")):
+        for key, fname in (
+            ("G1", "ijbc_1N_gallery_G1.csv"),
+            ("G2", "ijbc_1N_gallery_G2.csv"),
+            ("probe", "ijbc_1N_probe_mixed.csv"),
+        ):
             (meta / fname).write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(csv[key]) + "\n")
         return root
 
@@ -147,8 +155,10 @@ def make_face_records() -> Callable[..., Dict[str, Any]]:
 
     def make(folder: Path, num_identities: int = 3, per_identity: int = 2, size: int = 112) -> Dict[str, Any]:
         faces = SyntheticFaces(num_identities, per_identity, seed=0)
-        items: Iterable = ((encode_image(_resized(im, size), "jpeg", 90), int(label)) for im, label in
-                           (faces[i] for i in range(len(faces))))
+        items: Iterable = (
+            (encode_image(_resized(im, size), "jpeg", 90), int(label))
+            for im, label in (faces[i] for i in range(len(faces)))
+        )
         return write_face_records(folder, items, num_classes=num_identities)
 
     return make
@@ -174,8 +184,9 @@ def hf_offline_cache(tmp_path: Path) -> Callable[..., Dict[str, str]]:
     cache, home = tmp_path / "hf_cache", tmp_path / "hf_home"
     revision = "0" * 40
 
-    def populate(repo_id: str, folder: Union[Path, str, Callable[[Path], Any]],
-                 repo_type: str = "model") -> Dict[str, str]:
+    def populate(
+        repo_id: str, folder: Union[Path, str, Callable[[Path], Any]], repo_type: str = "model"
+    ) -> Dict[str, str]:
         repo_dir = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
         snapshot = repo_dir / "snapshots" / revision
         if callable(folder):
@@ -189,4 +200,3 @@ def hf_offline_cache(tmp_path: Path) -> Callable[..., Dict[str, str]]:
         return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(home)}
 
     return populate
-

@@ -1,4 +1,5 @@
 """Shared fixtures-in-code for the publishing tests: small models, a real ``facezoo eval`` results.json, HF caches."""
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,16 @@ def eval_results(model_name: str = "iresnet18_gwp", target: str = "IJBC") -> Dic
         emb[201::2] = rng.standard_normal((100, 16))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         ver[name] = verification.evaluate(emb, issame)
-    ijb = {"target": target, "num_images": 100, "num_pairs": 1000, "flip": True,
-           "modes": {"default": {"tar_at_far": {f: 0.5 + 0.08 * i for i, f in enumerate(FARS)}},
-                     "no_faceness": {"tar_at_far": {f: 0.45 + 0.08 * i for i, f in enumerate(FARS)}}}}
+    ijb = {
+        "target": target,
+        "num_images": 100,
+        "num_pairs": 1000,
+        "flip": True,
+        "modes": {
+            "default": {"tar_at_far": {f: 0.5 + 0.08 * i for i, f in enumerate(FARS)}},
+            "no_faceness": {"tar_at_far": {f: 0.45 + 0.08 * i for i, f in enumerate(FARS)}},
+        },
+    }
     return build_results(model_name, ver, ijb, extra={"checkpoint": "backbone.pth", "flip": True, "nfolds": 10})
 
 

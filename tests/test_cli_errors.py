@@ -5,6 +5,7 @@ Most cases run ``facezoo.cli.main`` in-process (fast); a few run ``python -m fac
 stderr. Nothing here reaches the network: Hub lookups go to a closed local port, a local server that never answers,
 or an empty offline cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ def facezoo_process(*args: str, env: dict = None, timeout: float = 180) -> subpr
     full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     full_env.pop("FACEZOO_DEBUG", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "facezoo", *args], env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "facezoo", *args], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +113,26 @@ def _warm_import(cli) -> None:
 
 # --- usage -----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    [], ["nope"], ["data"], ["data", "convert", "only_src"], ["data", "synth"], ["data", "synth", "o", "--pairs", "x"],
-    ["models", "--format", "xml"], ["models", "convert-checkpoint", "in.pth"], ["eval"], ["eval", "m", "--bins"],
-    ["eval", "m", "--ijb-target", "IJBX"], ["eval", "m", "--batch-size", "many"], ["eval", "m", "--not-an-option"],
-], ids=lambda a: " ".join(a) or "bare")
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["data"],
+        ["data", "convert", "only_src"],
+        ["data", "synth"],
+        ["data", "synth", "o", "--pairs", "x"],
+        ["models", "--format", "xml"],
+        ["models", "convert-checkpoint", "in.pth"],
+        ["eval"],
+        ["eval", "m", "--bins"],
+        ["eval", "m", "--ijb-target", "IJBX"],
+        ["eval", "m", "--batch-size", "many"],
+        ["eval", "m", "--not-an-option"],
+    ],
+    ids=lambda a: " ".join(a) or "bare",
+)
 def test_wrong_usage_is_one_line_pointing_at_help(cli, argv):
     line = one_error_line(cli(*argv))
     assert "--help" in line
@@ -123,9 +140,11 @@ def test_wrong_usage_is_one_line_pointing_at_help(cli, argv):
 
 # --- models ----------------------------------------------------------------------------------------------------------
 
+
 def test_unknown_model_name_suggests_the_closest(cli, bins, tmp_path):
-    line = one_error_line(cli("eval", "iresnet51_gwp", "--bins", bins, "--output-dir", tmp_path), "'iresnet51_gwp'",
-                          prog="facezoo eval")
+    line = one_error_line(
+        cli("eval", "iresnet51_gwp", "--bins", bins, "--output-dir", tmp_path), "'iresnet51_gwp'", prog="facezoo eval"
+    )
     assert "did you mean 'iresnet50_gwp'" in line and "facezoo models" in line
     assert not (tmp_path / "results.json").exists()
     with pytest.raises(UnknownNameError, match="did you mean 'iresnet50_gwp'"):
@@ -134,8 +153,10 @@ def test_unknown_model_name_suggests_the_closest(cli, bins, tmp_path):
     assert "shell patterns" in line
 
 
-@pytest.mark.parametrize("name", ["random.pth", "text.pth", "empty.pth", "list.pth", "garbage.pt", "truncated.pth",
-                                  "notes.pth", "fake.safetensors"])
+@pytest.mark.parametrize(
+    "name",
+    ["random.pth", "text.pth", "empty.pth", "list.pth", "garbage.pt", "truncated.pth", "notes.pth", "fake.safetensors"],
+)
 def test_file_that_is_no_checkpoint(cli, not_checkpoints, bins, tmp_path, name):
     path, says = not_checkpoints[name]
     # convert-checkpoint, which the messages suggest for refused pickles, must not crash on it
@@ -144,8 +165,12 @@ def test_file_that_is_no_checkpoint(cli, not_checkpoints, bins, tmp_path, name):
         one_error_line(cli("models", "convert-checkpoint", path, out), str(path), says, prog="facezoo models")
         assert not out.exists() and not list(tmp_path.iterdir())
     # eval --checkpoint: reported before any set is read
-    line = one_error_line(cli("eval", "iresnet18", "--checkpoint", path, "--bins", tmp_path / "no_bins"), str(path),
-                          says, prog="facezoo eval")
+    line = one_error_line(
+        cli("eval", "iresnet18", "--checkpoint", path, "--bins", tmp_path / "no_bins"),
+        str(path),
+        says,
+        prog="facezoo eval",
+    )
     assert "no_bins" not in line
     # and through timm's own loader
     with pytest.raises(CheckpointError, match=says):
@@ -156,10 +181,16 @@ def test_file_that_is_no_checkpoint(cli, not_checkpoints, bins, tmp_path, name):
 
 def test_missing_checkpoint_file_names_the_path(cli, tmp_path):
     missing = tmp_path / "runs" / "backbone.pth"
-    one_error_line(cli("eval", "iresnet18", "--checkpoint", missing, "--bins", tmp_path),
-                   f"{missing}: no such checkpoint file", prog="facezoo eval")
-    one_error_line(cli("models", "convert-checkpoint", missing, tmp_path / "w.safetensors"),
-                   f"{missing}: no such checkpoint file", prog="facezoo models")
+    one_error_line(
+        cli("eval", "iresnet18", "--checkpoint", missing, "--bins", tmp_path),
+        f"{missing}: no such checkpoint file",
+        prog="facezoo eval",
+    )
+    one_error_line(
+        cli("models", "convert-checkpoint", missing, tmp_path / "w.safetensors"),
+        f"{missing}: no such checkpoint file",
+        prog="facezoo models",
+    )
     import timm
 
     with pytest.raises(MissingPathError, match=f"{missing}: no such checkpoint file"):
@@ -180,24 +211,40 @@ def test_unreadable_torch_zip_is_explained_not_crashed(cli, tiny_model, tmp_path
         facezoo.models.create_model("test_resnet", checkpoint=bad)
     with pytest.raises(CheckpointError, match=f"{bad}: not a readable torch checkpoint"):
         facezoo.models.create_model("iresnet18", checkpoint=bad)
-    line = one_error_line(cli("models", "convert-checkpoint", bad, tmp_path / "w.safetensors"), str(bad),
-                          prog="facezoo models")
+    line = one_error_line(
+        cli("models", "convert-checkpoint", bad, tmp_path / "w.safetensors"), str(bad), prog="facezoo models"
+    )
     assert "not a readable torch checkpoint" in line and "pickles Python objects" not in line
 
 
 # --- eval ------------------------------------------------------------------------------------------------------------
 
+
 def test_non_finite_model_output_names_the_set_and_the_images(cli, tiny_model, bins, tmp_path):
     from safetensors.torch import save_file
 
-    nan = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v).contiguous()
-           for k, v in tiny_model.state_dict().items()}
+    nan = {
+        k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v).contiguous()
+        for k, v in tiny_model.state_dict().items()
+    }
     save_file(nan, str(tmp_path / "nan.safetensors"))
     out = tmp_path / "out"
-    r = cli("eval", "test_resnet", "--checkpoint", tmp_path / "nan.safetensors", "--bins", bins, "--targets", "lfw",
-            "--output-dir", out, "--quiet", "--device", "cpu")
-    line = one_error_line(r, "lfw: the embeddings of 24 of 24 images are not finite (NaN or Inf",
-                          prog="facezoo eval")
+    r = cli(
+        "eval",
+        "test_resnet",
+        "--checkpoint",
+        tmp_path / "nan.safetensors",
+        "--bins",
+        bins,
+        "--targets",
+        "lfw",
+        "--output-dir",
+        out,
+        "--quiet",
+        "--device",
+        "cpu",
+    )
+    line = one_error_line(r, "lfw: the embeddings of 24 of 24 images are not finite (NaN or Inf", prog="facezoo eval")
     assert "untrained or diverged" in line
     assert not out.exists()  # no 50.00% table written
 
@@ -205,8 +252,19 @@ def test_non_finite_model_output_names_the_set_and_the_images(cli, tiny_model, b
 def test_bins_without_targets_evaluates_and_lists_every_set(cli, bins, tmp_path, caplog):
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="facezoo.eval.runner"):
-        r = cli("eval", "test_resnet", "--bins", bins, "--output-dir", out, "--quiet", "--batch-size", "24",
-                "--device", "cpu")
+        r = cli(
+            "eval",
+            "test_resnet",
+            "--bins",
+            bins,
+            "--output-dir",
+            out,
+            "--quiet",
+            "--batch-size",
+            "24",
+            "--device",
+            "cpu",
+        )
     assert r.rc == 0, r
     assert f"verification sets in {bins}: agedb_30, cfp_fp, lfw" in caplog.text
     doc = json.loads((out / "results.json").read_text())
@@ -217,23 +275,41 @@ def test_bins_without_targets_evaluates_and_lists_every_set(cli, bins, tmp_path,
 def test_bins_folder_empty_missing_or_a_file(cli, bins, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
-    one_error_line(cli("eval", "test_resnet", "--bins", tmp_path / "empty"), str(tmp_path / "empty"),
-                   "no verification sets in this folder", "lfw.bin", prog="facezoo eval")
-    one_error_line(cli("eval", "test_resnet", "--bins", tmp_path / "nope"),
-                   f"{tmp_path / 'nope'}: no such folder of verification sets", prog="facezoo eval")
-    one_error_line(cli("eval", "test_resnet", "--bins", tmp_path / "notes.txt"), "expected a folder of verification "
-                   "sets (a folder), found a file", prog="facezoo eval")
-    line = one_error_line(cli("eval", "test_resnet", "--bins", bins, "--targets", "lfw,cfp-fp"), "'cfp-fp'",
-                          prog="facezoo eval")
+    one_error_line(
+        cli("eval", "test_resnet", "--bins", tmp_path / "empty"),
+        str(tmp_path / "empty"),
+        "no verification sets in this folder",
+        "lfw.bin",
+        prog="facezoo eval",
+    )
+    one_error_line(
+        cli("eval", "test_resnet", "--bins", tmp_path / "nope"),
+        f"{tmp_path / 'nope'}: no such folder of verification sets",
+        prog="facezoo eval",
+    )
+    one_error_line(
+        cli("eval", "test_resnet", "--bins", tmp_path / "notes.txt"),
+        "expected a folder of verification sets (a folder), found a file",
+        prog="facezoo eval",
+    )
+    line = one_error_line(
+        cli("eval", "test_resnet", "--bins", bins, "--targets", "lfw,cfp-fp"), "'cfp-fp'", prog="facezoo eval"
+    )
     assert "found agedb_30, cfp_fp, lfw" in line and "did you mean 'cfp_fp'" in line
     one_error_line(cli("eval", "test_resnet", "--targets", "lfw"), "--targets", "--bins", prog="facezoo eval")
-    one_error_line(cli("eval", "test_resnet", "--bins", bins, "--ijb", tmp_path / "IJBC"), str(tmp_path / "IJBC"),
-                   "no such IJB release folder", prog="facezoo eval")
-    one_error_line(cli("eval", "test_resnet", "--bins", bins, "--device", "gpu7"), "--device 'gpu7'",
-                   prog="facezoo eval")
+    one_error_line(
+        cli("eval", "test_resnet", "--bins", bins, "--ijb", tmp_path / "IJBC"),
+        str(tmp_path / "IJBC"),
+        "no such IJB release folder",
+        prog="facezoo eval",
+    )
+    one_error_line(
+        cli("eval", "test_resnet", "--bins", bins, "--device", "gpu7"), "--device 'gpu7'", prog="facezoo eval"
+    )
 
 
 # --- data ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def no_hub(monkeypatch):
@@ -248,8 +324,19 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", refuse)
 
 
-@pytest.mark.parametrize("path", ["faces_emore", "faces_emore/", "./faces_emore", "data/faces_emore/train.rec",
-                                  "/nonexistent/faces_emore", "~/nonexistent-facezoo/faces", "lfw.bin", "x.parquet"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "faces_emore",
+        "faces_emore/",
+        "./faces_emore",
+        "data/faces_emore/train.rec",
+        "/nonexistent/faces_emore",
+        "~/nonexistent-facezoo/faces",
+        "lfw.bin",
+        "x.parquet",
+    ],
+)
 def test_data_info_on_a_missing_path_fails_at_once(cli, no_hub, path):
     _warm_import(cli)
     t0 = time.perf_counter()
@@ -261,45 +348,76 @@ def test_data_info_on_a_missing_path_fails_at_once(cli, no_hub, path):
 
 def test_data_info_on_folders_and_files_that_hold_no_faces(cli, no_hub, tmp_path, not_checkpoints):
     (tmp_path / "empty").mkdir()
-    one_error_line(cli("data", "info", tmp_path / "empty"), f"{tmp_path / 'empty'}: the folder is empty",
-                   "expected a Hugging Face dataset, a .rec, or identity folders", prog="facezoo data")
+    one_error_line(
+        cli("data", "info", tmp_path / "empty"),
+        f"{tmp_path / 'empty'}: the folder is empty",
+        "expected a Hugging Face dataset, a .rec, or identity folders",
+        prog="facezoo data",
+    )
     (tmp_path / "ids" / "bob").mkdir(parents=True)
     (tmp_path / "ids" / "bob" / "notes.txt").write_text("not an image")
-    one_error_line(cli("data", "info", tmp_path / "ids"), f"{tmp_path / 'ids'}: no images",
-                   "<identity>/<image>.jpg", prog="facezoo data")
+    one_error_line(
+        cli("data", "info", tmp_path / "ids"),
+        f"{tmp_path / 'ids'}: no images",
+        "<identity>/<image>.jpg",
+        prog="facezoo data",
+    )
     (tmp_path / "rec").mkdir()
     (tmp_path / "rec" / "train.rec").write_bytes(b"\0" * 64)
-    one_error_line(cli("data", "info", tmp_path / "rec"), "train.idx: index file not found beside train.rec",
-                   prog="facezoo data")
-    one_error_line(cli("data", "info", not_checkpoints["random.pth"][0]), "not a dataset file", ".parquet",
-                   prog="facezoo data")
+    one_error_line(
+        cli("data", "info", tmp_path / "rec"), "train.idx: index file not found beside train.rec", prog="facezoo data"
+    )
+    one_error_line(
+        cli("data", "info", not_checkpoints["random.pth"][0]), "not a dataset file", ".parquet", prog="facezoo data"
+    )
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("hello\n")  # datasets reads this as a 'text' dataset
-    one_error_line(cli("data", "info", tmp_path / "notes"), f"{tmp_path / 'notes'}: no Image column among ['text']",
-                   prog="facezoo data")
+    one_error_line(
+        cli("data", "info", tmp_path / "notes"),
+        f"{tmp_path / 'notes'}: no Image column among ['text']",
+        prog="facezoo data",
+    )
     (tmp_path / "bad.bin").write_bytes(b"garbage\n")
-    one_error_line(cli("data", "info", tmp_path / "bad.bin"), f"{tmp_path / 'bad.bin'}: not a readable verification "
-                   ".bin pickle", prog="facezoo data")
+    one_error_line(
+        cli("data", "info", tmp_path / "bad.bin"),
+        f"{tmp_path / 'bad.bin'}: not a readable verification .bin pickle",
+        prog="facezoo data",
+    )
 
 
 def test_data_info_describes_what_it_finds(cli, bins, tmp_path, make_face_records):
     make_face_records(tmp_path / "rec", num_identities=2, per_identity=2)
     r = cli("data", "info", tmp_path / "rec")
     assert r.rc == 0 and r.err == [], r
-    assert json.loads(r.out) == {"path": str(tmp_path / "rec"), "type": "RecordIOFaces", "images": 4,
-                                 "num_classes": 2, "image_shape": [3, 112, 112], "first_label": 0}
+    assert json.loads(r.out) == {
+        "path": str(tmp_path / "rec"),
+        "type": "RecordIOFaces",
+        "images": 4,
+        "num_classes": 2,
+        "image_shape": [3, 112, 112],
+        "first_label": 0,
+    }
     assert facezoo.data.describe_source(bins / "lfw.bin")["pairs"] == 12
     pairs = json.loads(cli("data", "info", bins / "agedb_30").out)
     assert pairs["pairs"] == 12 and pairs["type"].startswith("verification pairs") and pairs["image_shape"][0] == 3
 
 
 def test_data_convert_and_synth_mistakes(cli, tmp_path, not_checkpoints):
-    one_error_line(cli("data", "convert", tmp_path / "lfw.bin", tmp_path / "lfw_hf"),
-                   f"{tmp_path / 'lfw.bin'}: no such verification .bin file", prog="facezoo data")
-    one_error_line(cli("data", "convert", tmp_path / "faces.rec", tmp_path / "hf"),
-                   f"{tmp_path / 'faces.rec'}: no such RecordIO file", prog="facezoo data")
-    one_error_line(cli("data", "convert", "faces_emore", tmp_path / "out"), "faces_emore: no such file or folder",
-                   prog="facezoo data")
+    one_error_line(
+        cli("data", "convert", tmp_path / "lfw.bin", tmp_path / "lfw_hf"),
+        f"{tmp_path / 'lfw.bin'}: no such verification .bin file",
+        prog="facezoo data",
+    )
+    one_error_line(
+        cli("data", "convert", tmp_path / "faces.rec", tmp_path / "hf"),
+        f"{tmp_path / 'faces.rec'}: no such RecordIO file",
+        prog="facezoo data",
+    )
+    one_error_line(
+        cli("data", "convert", "faces_emore", tmp_path / "out"),
+        "faces_emore: no such file or folder",
+        prog="facezoo data",
+    )
     ckpt = not_checkpoints["text.pth"][0]
     one_error_line(cli("data", "synth", ckpt), f"{ckpt}: expected a folder", prog="facezoo data")
     one_error_line(cli("data", "synth", tmp_path / "s", "--identities", "0"), "must be >= 1", prog="facezoo data")
@@ -310,10 +428,12 @@ def test_a_typo_in_a_real_process_and_the_debug_switches(tmp_path):
     """Real exit codes and stderr: one line and code 2; FACEZOO_DEBUG=1 and --debug give the traceback instead."""
     plain = facezoo_process("data", "info", "faces_emore", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert plain.returncode == 2 and plain.stdout == ""
-    assert plain.stderr.splitlines() == ["facezoo data: error: faces_emore: no such file or folder (expected a "
-                                         "training set: a .rec file or a folder with train.rec, a folder of identity "
-                                         "folders, a Hugging Face dataset folder or .parquet file, a Hub id ORG/NAME, "
-                                         "or 'synthetic')"]
+    assert plain.stderr.splitlines() == [
+        "facezoo data: error: faces_emore: no such file or folder (expected a "
+        "training set: a .rec file or a folder with train.rec, a folder of identity "
+        "folders, a Hugging Face dataset folder or .parquet file, a Hub id ORG/NAME, "
+        "or 'synthetic')"
+    ]
     debug = facezoo_process("data", "info", "faces_emore", env={"FACEZOO_DEBUG": "1"})
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
@@ -339,11 +459,14 @@ def test_a_bug_is_one_line_with_exit_code_1(cli, monkeypatch):
     monkeypatch.setattr("facezoo.data.describe.describe_source", broken)
     r = cli("data", "info", "x")
     assert r.rc == 1 and len(r.err) == 1
-    assert r.err[0] == ("facezoo data: internal error: ZeroDivisionError: division by zero (rerun with --debug for "
-                        "the traceback, and please report it)")
+    assert r.err[0] == (
+        "facezoo data: internal error: ZeroDivisionError: division by zero (rerun with --debug for "
+        "the traceback, and please report it)"
+    )
 
 
 # --- the Hugging Face Hub without a network ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def hub_at(monkeypatch):
@@ -391,8 +514,9 @@ def test_hub_id_without_network_fails_in_seconds(cli, hub_at, free_port, bins, c
     argv = ["data", "info", "org/name"] if command == "data info" else ["eval", "hf-hub:org/name", "--bins", bins]
     cli(*argv)  # warm-up: first imports
     t0 = time.perf_counter()
-    line = one_error_line(cli(*argv), "org/name: cannot reach the Hugging Face Hub", "HF_HUB_OFFLINE=1",
-                          prog=f"facezoo {argv[0]}")
+    line = one_error_line(
+        cli(*argv), "org/name: cannot reach the Hugging Face Hub", "HF_HUB_OFFLINE=1", prog=f"facezoo {argv[0]}"
+    )
     assert time.perf_counter() - t0 < 5
     assert "Traceback" not in line
     with pytest.raises(HubError):
@@ -408,12 +532,18 @@ def test_hub_that_never_answers_times_out(cli, hub_at, silent_server, monkeypatc
     assert time.perf_counter() - t0 < 6  # the timeout (1 s here, 10 s by default), not datasets' ~30 s of retries
 
 
-@pytest.mark.parametrize("argv", [["data", "info", "org/name"], ["eval", "hf-hub:org/name", "--bins", "BINS"]],
-                         ids=["data info", "eval"])
+@pytest.mark.parametrize(
+    "argv", [["data", "info", "org/name"], ["eval", "hf-hub:org/name", "--bins", "BINS"]], ids=["data info", "eval"]
+)
 def test_hub_id_offline_with_an_empty_cache(tmp_path, bins, argv):
     argv = [str(bins) if a == "BINS" else a for a in argv]
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "cache"),
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "home"),
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }
     proc = facezoo_process(*argv, env=env)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -1,4 +1,5 @@
 """Similarity estimation and 5-point alignment to the arcface template."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,11 +80,11 @@ def test_align_maps_landmarks_onto_template():
     m = _similarity(-0.2, 1.3, 30.0, 10.0)
     pts = _apply(m, ARCFACE_TEMPLATE.astype(np.float64))
     for x, y in np.round(pts).astype(int):
-        img[y - 2:y + 3, x - 2:x + 3] = 255
+        img[y - 2 : y + 3, x - 2 : x + 3] = 255
     out = align_face(img, pts).float().mean(0)
     for tx, ty in ARCFACE_TEMPLATE:
         x, y = int(round(tx)), int(round(ty))
-        assert out[y - 1:y + 2, x - 1:x + 2].max() > 150
+        assert out[y - 1 : y + 2, x - 1 : x + 2].max() > 150
 
 
 def test_align_other_size_and_bad_landmarks():

@@ -1,4 +1,5 @@
 """collate_faces: same batches as default_collate, buffers reused only when nobody can see them, workers."""
+
 from __future__ import annotations
 
 import gc
@@ -91,24 +92,24 @@ def test_dataloader_batches_stay_intact(tmp_path, workers):
     ims = (torch.rand(48, 3, 12, 12, generator=g) * 255).to(torch.uint8)
     write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
     ds = RecordIOFaces(tmp_path)
-    loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=collate_faces,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=collate_faces, persistent_workers=workers > 0)
     for epoch in range(3):
         kept = []
         for b, (x, y) in enumerate(loader):
             assert x.shape == (8, 3, 12, 12) and x.dtype == torch.uint8
             assert y.tolist() == [(b * 8 + j) // 4 for j in range(8)]
-            assert torch.equal(x, ims[b * 8:(b + 1) * 8])
+            assert torch.equal(x, ims[b * 8 : (b + 1) * 8])
             if b % 2 == 0:
                 kept.append((b, x))  # held across later batches: must not be overwritten
         for b, x in kept:
-            assert torch.equal(x, ims[b * 8:(b + 1) * 8]), (epoch, b)
+            assert torch.equal(x, ims[b * 8 : (b + 1) * 8]), (epoch, b)
 
 
 def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
     # each worker buffer's shared memory reaches the main process once; later batches in it carry only its key,
     # and the main process drops the buffers of workers that have exited when a newer worker's buffer arrives
     from facezoo.data import collate as C
+
     g = torch.Generator().manual_seed(4)
     ims = (torch.rand(96, 3, 16, 16, generator=g) * 255).to(torch.uint8)
     write_face_records(tmp_path, ((encode_image(im, "png"), i // 4) for i, im in enumerate(ims)))
@@ -128,7 +129,7 @@ def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
         it = iter(loader)  # workers fork here, with the real _rebuild; the main process unpickles with the counter
         monkeypatch.setattr(C, "_rebuild", counting)
         for b, (x, y) in enumerate(it):
-            assert torch.equal(x, ims[b * 4:(b + 1) * 4]) and y.tolist() == [b] * 4
+            assert torch.equal(x, ims[b * 4 : (b + 1) * 4]) and y.tolist() == [b] * 4
         monkeypatch.setattr(C, "_rebuild", rebuild)
         tokens = {tok for tok, _ in C._REMOTE}
         assert len(tokens) == 2  # this epoch's two workers only: the first epoch's were dropped
@@ -142,5 +143,6 @@ def test_worker_buffers_cross_once_then_travel_by_key(tmp_path, monkeypatch):
 
 def test_unknown_worker_buffer_key_is_a_clear_error():
     from facezoo.data import collate as C
+
     with pytest.raises(RuntimeError, match="worker pid 12345 refers to its buffer 3"):
         C._rebuild((12345, 1), 3, None, torch.zeros(2, dtype=torch.int64).numpy(), True)

@@ -1,4 +1,5 @@
 """IJB-B/C meta readers and aligned image dataset, on generated files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_read_ijb_and_align(tmp_path):
     # landmarks are the template shifted: the aligned crop is the shifted window of the source image
     src = np.asarray(Image.open(tmp_path / "loose_crop" / "2.jpg").convert("RGB")).astype(np.float32)
     dx, dy = (lmks[1] - ARCFACE_TEMPLATE)[0]
-    window = src[int(round(dy)) + 10:int(round(dy)) + 60, int(round(dx)) + 10:int(round(dx)) + 60]
+    window = src[int(round(dy)) + 10 : int(round(dy)) + 60, int(round(dx)) + 10 : int(round(dx)) + 60]
     got = x.permute(1, 2, 0).numpy()[10:60, 10:60].astype(np.float32)
     if abs(dx - round(dx)) < 1e-3 and abs(dy - round(dy)) < 1e-3:
         np.testing.assert_allclose(got, window, atol=1)
@@ -58,14 +59,17 @@ def _rewrite(path: Path, old: str, new: str) -> None:
     path.write_text(path.read_text().replace(old, new))
 
 
-@pytest.mark.parametrize("case, match", [
-    ("malformed", r"ijbc_face_tid_mid\.txt:2: expected integers"),
-    ("short_lmk", r"ijbc_name_5pts_score\.txt:\d+: expected 12 fields"),
-    ("missing_lmk", r"ijbc_face_tid_mid\.txt:3: image '3\.jpg' has no landmarks"),
-    ("extra_lmk", r"ijbc_name_5pts_score\.txt:\d+: image '9\.jpg' is not in"),
-    ("orphan_template", r"ijbc_template_pair_label\.txt:2: template 777 has no images"),
-    ("missing_file", r"ijbc_face_tid_mid\.txt:4: image file .*4\.jpg not found"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("malformed", r"ijbc_face_tid_mid\.txt:2: expected integers"),
+        ("short_lmk", r"ijbc_name_5pts_score\.txt:\d+: expected 12 fields"),
+        ("missing_lmk", r"ijbc_face_tid_mid\.txt:3: image '3\.jpg' has no landmarks"),
+        ("extra_lmk", r"ijbc_name_5pts_score\.txt:\d+: image '9\.jpg' is not in"),
+        ("orphan_template", r"ijbc_template_pair_label\.txt:2: template 777 has no images"),
+        ("missing_file", r"ijbc_face_tid_mid\.txt:4: image file .*4\.jpg not found"),
+    ],
+)
 def test_read_ijb_errors(tmp_path, case, match):
     _make_ijb(tmp_path)
     meta = tmp_path / "meta"

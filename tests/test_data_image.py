@@ -1,4 +1,5 @@
 """decode_rgb: simplejpeg for JPEG gives torchvision's pixels; other formats and refused JPEGs go to torchvision."""
+
 from __future__ import annotations
 
 import io

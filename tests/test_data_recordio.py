@@ -1,4 +1,5 @@
 """MXNet RecordIO reading and writing without mxnet: format details, split records, corrupt files, workers."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ def write_records(random_images):
 
     def write(folder, labels, header=True, seed=0):
         ims = random_images(len(labels), seed=seed)
-        info = write_face_records(folder, ((encode_image(im, "png"), lab) for im, lab in zip(ims, labels)),
-                                  insightface_header=header)
+        info = write_face_records(
+            folder, ((encode_image(im, "png"), lab) for im, lab in zip(ims, labels)), insightface_header=header
+        )
         return ims, info
 
     return write
@@ -93,9 +95,11 @@ def test_file_without_header_record(tmp_path, write_records):
 def test_split_records_and_multi_float_labels(tmp_path, random_images):
     # the float whose bytes are the magic sits at an aligned offset: dmlc splits the record there
     ims = random_images(3)
-    items = [(encode_image(ims[0], "png"), [0.0, MAGIC_FLOAT]),
-             (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT, MAGIC_FLOAT, 0.5]),
-             (encode_image(ims[2], "png"), 1)]
+    items = [
+        (encode_image(ims[0], "png"), [0.0, MAGIC_FLOAT]),
+        (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT, MAGIC_FLOAT, 0.5]),
+        (encode_image(ims[2], "png"), 1),
+    ]
     info = write_face_records(tmp_path, items)
     assert info["split_records"] == 3
     raw = (tmp_path / "train.rec").read_bytes()
@@ -159,12 +163,12 @@ def test_corrupt_records_name_file_key_offset(tmp_path, kind, fmt, random_images
     elif kind == "undecodable":  # keep the image's first two bytes (a JPEG's SOI marker), clobber what follows
         raw = bytearray(rec.read_bytes())
         start = off[2] + 8 + 24 + 2
-        raw[start:start + 120] = b"\x00" * 120
+        raw[start : start + 120] = b"\x00" * 120
         rec.write_bytes(bytes(raw))
         match, key, o = "cannot decode", 2, off[2]
     else:  # truncated: cut the file in the middle of the last image
         raw = rec.read_bytes()
-        rec.write_bytes(raw[:off[5] + 40])
+        rec.write_bytes(raw[: off[5] + 40])
         lines = lines[:6]
         match, key, o = "truncated", 5, off[5]
     idx.write_text("\n".join(lines) + "\n")
@@ -224,9 +228,13 @@ def test_batch_read_equals_single_items(tmp_path, random_images):
     # __getitems__ (what DataLoader calls) = [ds[i] ...]: plain records on the fast path, split records and
     # multi-float labels through the checked path, negative indices, out-of-range errors
     ims = random_images(5, seed=3)
-    items = [(encode_image(ims[0], "png"), 0), (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT]),
-             (encode_image(ims[2], "jpeg"), 1), (encode_image(ims[3], "png"), [2.0, 0.5]),
-             (encode_image(ims[4], "png"), 2)]
+    items = [
+        (encode_image(ims[0], "png"), 0),
+        (encode_image(ims[1], "png"), [1.0, MAGIC_FLOAT]),
+        (encode_image(ims[2], "jpeg"), 1),
+        (encode_image(ims[3], "png"), [2.0, 0.5]),
+        (encode_image(ims[4], "png"), 2),
+    ]
     assert write_face_records(tmp_path, items)["split_records"] == 1
     ds = RecordIOFaces(tmp_path, transform=lambda x: x[:, :8])
     order = [4, 1, 0, 3, 2, -1, 1]
@@ -245,7 +253,7 @@ def test_batch_read_errors_and_skips(tmp_path, caplog, write_records):
     ims, off = _corrupt_file(tmp_path, write_records)
     rec = tmp_path / "train.rec"
     raw = bytearray(rec.read_bytes())
-    raw[off[2] + 8 + 24: off[2] + 8 + 40] = b"\x00" * 16  # key 2 (item 1) no longer decodes
+    raw[off[2] + 8 + 24 : off[2] + 8 + 40] = b"\x00" * 16  # key 2 (item 1) no longer decodes
     rec.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"train\.rec: record key 2 at byte offset \d+: .*cannot decode"):
         RecordIOFaces(tmp_path).__getitems__([0, 1, 2])
@@ -269,6 +277,7 @@ def _jpeg_file(tmp_path, n=12, odd=()):
 def test_jpeg_batches_decode_into_one_buffer(tmp_path):
     from facezoo.data import collate_faces, decode_rgb
     from facezoo.data.collate import PooledSamples
+
     data, labels = _jpeg_file(tmp_path)
     ds = RecordIOFaces(tmp_path)
     order = [5, 0, 11, 3, -2, 7]
@@ -290,9 +299,14 @@ def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
     # a batch mixing plain JPEGs with records off the fast path gives exactly [ds[i] for i in order]
     g = torch.Generator().manual_seed(8)
     ims = [(torch.rand(3, 16, 16, generator=g) * 255).to(torch.uint8) for _ in range(6)]
-    items = [(encode_image(ims[0], "jpeg"), 0), (encode_image(ims[1], "jpeg"), [1.0, MAGIC_FLOAT]),  # split
-             (encode_image(ims[2], "png"), 1), (encode_image(ims[3], "jpeg"), [2.0, 0.5]),  # multi-float label
-             (encode_image(ims[4][:, :12], "jpeg"), 2), (encode_image(ims[5], "jpeg"), 3)]  # another size
+    items = [
+        (encode_image(ims[0], "jpeg"), 0),
+        (encode_image(ims[1], "jpeg"), [1.0, MAGIC_FLOAT]),  # split
+        (encode_image(ims[2], "png"), 1),
+        (encode_image(ims[3], "jpeg"), [2.0, 0.5]),  # multi-float label
+        (encode_image(ims[4][:, :12], "jpeg"), 2),
+        (encode_image(ims[5], "jpeg"), 3),
+    ]  # another size
     write_face_records(tmp_path, items)
     ds = RecordIOFaces(tmp_path)
     for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 5], [0, 5, 0]):
@@ -302,12 +316,14 @@ def test_jpeg_batch_mixed_with_item_path_records(tmp_path):
         for (a, _), (b, _) in zip(batch, single):
             assert torch.equal(a, b)
     from facezoo.data import collate_faces
+
     x, y = collate_faces(ds.__getitems__([2, 0, 5]))  # PNG first, then JPEGs decoded into the same buffer
     assert torch.equal(x[1], ds[0][0]) and y.tolist() == [1, 0, 3]
 
 
 def test_reader_map_is_per_process(tmp_path):
     import pickle
+
     _jpeg_file(tmp_path, n=3)
     ds = RecordIOFaces(tmp_path)
     assert ds.reader.mapping() is ds.reader.mapping() and len(ds.reader.words()) == ds.reader.size // 4

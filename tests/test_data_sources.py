@@ -1,4 +1,5 @@
 """Identity folders, Hugging Face datasets (local and streamed), the source factory and format conversion."""
+
 from __future__ import annotations
 
 import datasets
@@ -24,11 +25,15 @@ from facezoo.data.recordio import write_face_records
 
 
 def _hf(ims: torch.Tensor, labels: list[int], classlabel: bool = True) -> datasets.Dataset:
-    feats = datasets.Features({"img": datasets.Image(),
-                               "identity": datasets.ClassLabel(num_classes=max(labels) + 2) if classlabel
-                               else datasets.Value("int64")})
-    return datasets.Dataset.from_dict({"img": [{"bytes": encode_image(im, "png"), "path": None} for im in ims],
-                                       "identity": labels}, features=feats)
+    feats = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "identity": datasets.ClassLabel(num_classes=max(labels) + 2) if classlabel else datasets.Value("int64"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"img": [{"bytes": encode_image(im, "png"), "path": None} for im in ims], "identity": labels}, features=feats
+    )
 
 
 def test_identity_folders(tmp_path, random_images):
@@ -74,7 +79,8 @@ def test_hf_dataset_local_sources(tmp_path, random_images):
     plain = HFFaces(_hf(ims, labels, classlabel=False))
     assert plain.num_classes == 3  # max label + 1
     bad = ds.cast_column("img", datasets.Image(decode=False)).map(
-        lambda r, i: {"img": {"bytes": b"junk" if i == 2 else r["img"]["bytes"], "path": None}}, with_indices=True)
+        lambda r, i: {"img": {"bytes": b"junk" if i == 2 else r["img"]["bytes"], "path": None}}, with_indices=True
+    )
     with pytest.raises(DataError, match="row 2 column img"):
         HFFaces(bad).__getitems__([0, 2])
     skip = HFFaces(bad, on_error="skip")

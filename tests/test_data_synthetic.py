@@ -1,4 +1,5 @@
 """SyntheticFaces: deterministic, aligned, fast, disjoint held-out identities, and not trivially separable."""
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,9 @@ def test_dataset_interface_and_determinism():
     assert len(ds) == 15 and ds.num_classes == 5
     im, label = ds[4]
     assert im.dtype == torch.uint8 and im.shape == (3, 112, 112) and label == 1 and isinstance(label, int)
-    assert torch.equal(im, SyntheticFaces(5, 3, seed=7)[4][0])          # same seed -> same image
-    assert not torch.equal(im, SyntheticFaces(5, 3, seed=8)[4][0])      # other seed -> other image
-    assert not torch.equal(ds[3][0], ds[4][0])                          # same identity, other nuisance
+    assert torch.equal(im, SyntheticFaces(5, 3, seed=7)[4][0])  # same seed -> same image
+    assert not torch.equal(im, SyntheticFaces(5, 3, seed=8)[4][0])  # other seed -> other image
+    assert not torch.equal(ds[3][0], ds[4][0])  # same identity, other nuisance
     assert ds[-1][1] == 4
     with pytest.raises(IndexError):
         ds[15]
@@ -79,9 +80,20 @@ def test_untrained_model_is_near_chance():
     embeddings = {"pixels": F.normalize(flat, dim=1), "centred": F.normalize(flat - flat.mean(1, keepdim=True), dim=1)}
     for seed in range(2):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1),
-                            nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(1024, 128)).eval()
+        net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(1024, 128),
+        ).eval()
         with torch.no_grad():
             embeddings[f"cnn{seed}"] = F.normalize(net(x) + net(x.flip(3)), dim=1)
     acc = {k: (evaluate(e, issame)["accuracy"], _fine_accuracy(e, same)) for k, e in embeddings.items()}
@@ -96,8 +108,10 @@ def test_synth_cli_writes_rec_and_bin(tmp_path):
     from facezoo.cli import main
     from facezoo.data import RecordIOFaces
 
-    assert main(["data", "synth", str(tmp_path), "--identities", "4", "--per-identity", "3", "--pairs", "6",
-                 "--quiet"]) == 0
+    assert (
+        main(["data", "synth", str(tmp_path), "--identities", "4", "--per-identity", "3", "--pairs", "6", "--quiet"])
+        == 0
+    )
     ds = RecordIOFaces(tmp_path)
     assert len(ds) == 12 and ds.num_classes == 4 and ds.header is not None
     assert [ds[i][1] for i in range(12)] == [i // 3 for i in range(12)]

@@ -1,4 +1,5 @@
 """Face transforms from a pretrained cfg, flip and the AdaFace augmentations."""
+
 from __future__ import annotations
 
 import pickle
@@ -18,8 +19,9 @@ def test_eval_transform_normalizes_from_cfg():
     t = create_face_transform({"input_size": (3, 112, 112), "mean": (0.5,) * 3, "std": (0.5,) * 3}, is_training=False)
     assert torch.allclose(t(x), (x.float() / 255 - 0.5) / 0.5, atol=1e-6)
     assert torch.allclose(create_face_transform(None)(x), t(x))
-    imagenet = create_face_transform({"input_size": (3, 112, 112), "mean": (0.485, 0.456, 0.406),
-                                      "std": (0.229, 0.224, 0.225)})
+    imagenet = create_face_transform(
+        {"input_size": (3, 112, 112), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    )
     assert torch.allclose(imagenet(x)[1], (x[1].float() / 255 - 0.456) / 0.224, atol=1e-5)
     assert create_face_transform(None, input_size=(3, 96, 96))(x).shape == (3, 96, 96)
     with pytest.raises(TypeError):
@@ -63,7 +65,7 @@ def test_adaface_augmentations():
     assert low.shape == x.shape and low.dtype == torch.uint8
     smooth = torch.zeros(20)
     for k in range(20):
-        smooth[k] = (FaceTransform.low_resolution(x).float().diff(dim=-1).abs().mean())
+        smooth[k] = FaceTransform.low_resolution(x).float().diff(dim=-1).abs().mean()
     assert smooth.mean() < x.float().diff(dim=-1).abs().mean()  # lower resolution = less high-frequency energy
     t = create_face_transform(None, is_training=True, flip_prob=0.0, photometric_prob=1.0)
     y = t(x)

@@ -1,4 +1,5 @@
 """Verification sets: insightface .bin (safe unpickling) and Hugging Face pair datasets."""
+
 from __future__ import annotations
 
 import builtins
@@ -109,8 +110,9 @@ def test_pairs_dataset_custom_columns_and_split(tmp_path, random_images):
     ims = random_images(2, 112, seed=5, smooth=True)
     arr = ims.permute(0, 2, 3, 1).numpy()
     feats = datasets.Features({"left": datasets.Image(), "right": datasets.Image(), "label": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])],
-                                     "label": [1]}, features=feats)
+    ds = datasets.Dataset.from_dict(
+        {"left": [Image.fromarray(arr[0])], "right": [Image.fromarray(arr[1])], "label": [1]}, features=feats
+    )
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "dd"))
     images, issame = load_pairs_dataset(tmp_path / "dd", split="test")
     assert images.shape == (2, 3, 112, 112) and issame.tolist() == [True]

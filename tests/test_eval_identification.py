@@ -1,4 +1,5 @@
 """1:N identification: insightface's ijb_1n.py (transcribed loops) and the NIST open-set protocol."""
+
 from __future__ import annotations
 
 import heapq

@@ -1,4 +1,5 @@
 """facezoo.eval.ijb against a literal transcription of insightface's eval_ijbc.py (loops over templates/pairs)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,13 +12,14 @@ from facezoo.eval.insightface_reference import verification_scores
 from facezoo.eval.roc import roc_curve
 
 
-def _ref_pipeline(feats, flips, faceness, templates, medias, t1, t2, use_flip=True, use_norm_score=True,
-                  use_detector_score=True):
+def _ref_pipeline(
+    feats, flips, faceness, templates, medias, t1, t2, use_flip=True, use_norm_score=True, use_detector_score=True
+):
     img = np.concatenate([feats, flips], 1)
     d = img.shape[1] // 2
     x = img[:, :d] + img[:, d:] if use_flip else img[:, :d]
     if not use_norm_score:
-        x = x / np.sqrt(np.sum(x ** 2, -1, keepdims=True))
+        x = x / np.sqrt(np.sum(x**2, -1, keepdims=True))
     if use_detector_score:
         x = x * faceness[:, np.newaxis]
     tf, ut = _ref_image2template(x, templates, medias)
@@ -54,12 +56,24 @@ def test_template_features_equal_reference():
 def test_evaluate_equals_reference_pipeline(mode):
     rng = np.random.default_rng(1)
     feats, flips, faceness, templates, medias, t1, t2, labels = _fixture(rng)
-    kw = dict(flip_features=None if mode == "no_flip" else flips,
-              faceness=None if mode == "no_faceness" else faceness,
-              normalize_images=mode == "image_l2")
+    kw = dict(
+        flip_features=None if mode == "no_flip" else flips,
+        faceness=None if mode == "no_faceness" else faceness,
+        normalize_images=mode == "image_l2",
+    )
     res = ijb.evaluate(feats, templates, medias, t1, t2, labels, **kw)
-    ref = _ref_pipeline(feats, flips, faceness, templates, medias, t1, t2, use_flip=mode != "no_flip",
-                        use_norm_score=mode != "image_l2", use_detector_score=mode != "no_faceness")
+    ref = _ref_pipeline(
+        feats,
+        flips,
+        faceness,
+        templates,
+        medias,
+        t1,
+        t2,
+        use_flip=mode != "no_flip",
+        use_norm_score=mode != "image_l2",
+        use_detector_score=mode != "no_faceness",
+    )
     np.testing.assert_allclose(res["scores"], ref, rtol=0, atol=1e-6)
     fpr, tpr, _ = roc_curve(labels, ref)
     for far, tar in res["tar_at_far"].items():
@@ -73,8 +87,11 @@ def test_modes_change_scores():
     rng = np.random.default_rng(2)
     feats, flips, faceness, templates, medias, t1, t2, labels = _fixture(rng)
     base = ijb.evaluate(feats, templates, medias, t1, t2, labels, faceness=faceness, flip_features=flips)["scores"]
-    for kw in (dict(faceness=faceness), dict(flip_features=flips), dict(faceness=faceness, flip_features=flips,
-                                                                        normalize_images=True)):
+    for kw in (
+        dict(faceness=faceness),
+        dict(flip_features=flips),
+        dict(faceness=faceness, flip_features=flips, normalize_images=True),
+    ):
         other = ijb.evaluate(feats, templates, medias, t1, t2, labels, **kw)["scores"]
         assert not np.allclose(base, other)
 
@@ -85,7 +102,7 @@ def test_pair_scores_dense_and_sparse_paths(dense):
     f = rng.standard_normal((500, 24))
     if dense:  # few templates on each side, many pairs: blocked matrix products
         r1, r2 = rng.integers(0, 20, 5000), rng.integers(20, 500, 5000)
-    else:      # pairs spread over all template combinations: gather path
+    else:  # pairs spread over all template combinations: gather path
         r1, r2 = rng.integers(0, 500, 300), rng.integers(0, 500, 300)
     ref = np.sum(f[r1] * f[r2], -1)
     np.testing.assert_allclose(ijb.pair_scores(f, r1, r2, max_block_bytes=4096), ref, rtol=0, atol=1e-12)

@@ -1,4 +1,5 @@
 """facezoo.eval.roc against a literal transcription of sklearn's roc_curve and insightface's closest-FPR rule."""
+
 from __future__ import annotations
 
 import numpy as np

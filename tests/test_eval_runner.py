@@ -1,4 +1,5 @@
 """The evaluation runner and ``facezoo eval`` end to end on fixtures built here: tiny .bin, HF pairs, IJB folder."""
+
 from __future__ import annotations
 
 import json
@@ -104,8 +105,11 @@ def test_non_finite_embeddings_are_refused_naming_the_set_and_count(bins):
 
 
 def test_missing_set_names_paths_and_default_finds_every_set(bins, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no verification set 'calfw' \(calfw.bin, calfw/ or calfw.parquet\); "
-                                                r"found agedb_30, cfp_fp, lfw"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no verification set 'calfw' \(calfw.bin, calfw/ or calfw.parquet\); "
+        r"found agedb_30, cfp_fp, lfw",
+    ):
         runner.load_verification_sets(bins, ["calfw"])
     with pytest.raises(FileNotFoundError, match="did you mean 'cfp_fp'"):
         runner.load_verification_sets(bins, ["cfp-fp"])
@@ -119,9 +123,28 @@ def test_missing_set_names_paths_and_default_finds_every_set(bins, tmp_path):
 
 def test_cli_end_to_end(bins, ijb_root, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["eval", MODEL, "--bins", str(bins), "--targets", "lfw,cfp_fp,agedb_30", "--ijb", str(ijb_root),
-               "--ijb-target", "IJBC", "--ijb-modes", "default,no_faceness", "--ijb-1n", "--batch-size", "16",
-               "--output-dir", str(out), "--quiet"])
+    rc = main(
+        [
+            "eval",
+            MODEL,
+            "--bins",
+            str(bins),
+            "--targets",
+            "lfw,cfp_fp,agedb_30",
+            "--ijb",
+            str(ijb_root),
+            "--ijb-target",
+            "IJBC",
+            "--ijb-modes",
+            "default,no_faceness",
+            "--ijb-1n",
+            "--batch-size",
+            "16",
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["model"] == MODEL and doc["facezoo_version"] == facezoo.__version__ and doc["date"]
@@ -149,19 +172,38 @@ def test_checkpoint_roundtrip_and_ijb_numbers(tiny_model, bins, ijb_root, tmp_pa
     save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(ckpt))
     loaded = create_model(MODEL, checkpoint=str(ckpt), num_classes=0).eval()
     images, issame = synthetic_pairs(4, seed=3)
-    np.testing.assert_allclose(extract.extract_embeddings(loaded, images, progress=False),
-                               extract.extract_embeddings(tiny_model, images, progress=False), atol=1e-6)
+    np.testing.assert_allclose(
+        extract.extract_embeddings(loaded, images, progress=False),
+        extract.extract_embeddings(tiny_model, images, progress=False),
+        atol=1e-6,
+    )
 
     out = tmp_path / "out"
-    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--ijb", str(ijb_root), "--output-dir", str(out),
-                 "--quiet", "--ijb-1n"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                MODEL,
+                "--checkpoint",
+                str(ckpt),
+                "--ijb",
+                str(ijb_root),
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--ijb-1n",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "results.json").read_text())
     from facezoo.data.ijb import IJBAlignedImages, read_ijb
 
     meta = read_ijb(ijb_root, "IJBC")
     feats, flips = extract.extract_features(tiny_model, IJBAlignedImages(meta), progress=False)
-    ref = ijb.evaluate(feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels, faceness=meta.faceness,
-                       flip_features=flips)
+    ref = ijb.evaluate(
+        feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels, faceness=meta.faceness, flip_features=flips
+    )
     for far, tar in ref["tar_at_far"].items():
         assert doc["ijb"]["modes"]["default"]["tar_at_far"][f"1e{int(np.log10(far))}"] == pytest.approx(tar)
     mixed = doc["ijb"]["one_to_n"]["mixed"]
@@ -192,8 +234,10 @@ def test_odd_bin_and_bad_ijb_meta(tmp_path, ijb_root, capsys):
     images, issame = synthetic_pairs(2, seed=0)
     with open(bad / "lfw.bin", "wb") as f:  # 3 images for 2 pairs
         pickle.dump(([encode_image(im) for im in images[:3]], [True, False]), f)
-    assert main(["eval", MODEL, "--bins", str(bad), "--targets", "lfw", "--output-dir", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    assert (
+        main(["eval", MODEL, "--bins", str(bad), "--targets", "lfw", "--output-dir", str(tmp_path / "o"), "--quiet"])
+        == 2
+    )
     assert "lfw.bin" in capsys.readouterr().err
 
     broken = tmp_path / "IJBC"

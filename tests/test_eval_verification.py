@@ -1,4 +1,5 @@
 """facezoo.eval.verification against a literal transcription of insightface's per-threshold loops."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_evaluate_equals_reference_loops(n_pairs, nfolds, seed):
     emb, issame = _pairs(np.random.default_rng(seed), n_pairs)
     ours = V.evaluate(emb, issame, nfolds=nfolds)
     ref = _ref_evaluate(emb, issame, nfolds)
-    assert ours["fold_accuracies"] == ref["acc"].tolist()          # bit-exact
+    assert ours["fold_accuracies"] == ref["acc"].tolist()  # bit-exact
     assert ours["accuracy"] == float(np.mean(ref["acc"]))
     assert ours["accuracy_std"] == float(np.std(ref["acc"]))
     assert ours["thresholds"] == ref["best"].tolist()
@@ -107,16 +108,18 @@ def test_threshold_at_far_matches_scipy():
     thr = np.arange(0, 1, 0.1)
     distinct = np.array([0.0, 0.0005, 0.0008, 0.002, 0.01, 0.1, 0.2, 0.5, 0.9, 1.0])
     assert V.threshold_at_far(distinct, thr, 1e-3) == pytest.approx(
-        float(interpolate.interp1d(distinct, thr, kind="slinear")(1e-3)))
+        float(interpolate.interp1d(distinct, thr, kind="slinear")(1e-3))
+    )
     repeated = np.array([0.0, 0.0, 0.0, 0.0005, 0.0005, 0.004, 0.004, 0.5, 1.0, 1.0])
     with pytest.raises(ValueError):  # what the reference does on current SciPy
         interpolate.interp1d(repeated, thr, kind="slinear")
     for target in (1e-3, 5e-4, 4e-3, 0.3):
         assert V.threshold_at_far(repeated, thr, target) == pytest.approx(
-            float(interpolate.interp1d(repeated, thr, kind="linear")(target)))
+            float(interpolate.interp1d(repeated, thr, kind="linear")(target))
+        )
     assert V.threshold_at_far(repeated, thr, 5e-4) == pytest.approx(0.4)  # exact hit: last threshold with that FAR
     assert V.threshold_at_far(repeated, thr, 1e-3) == pytest.approx(0.4 + 0.1 * (1e-3 - 5e-4) / (4e-3 - 5e-4))
-    assert V.threshold_at_far(np.zeros(10), thr, 1e-3) == 0.0              # never reached -> 0 as the reference
+    assert V.threshold_at_far(np.zeros(10), thr, 1e-3) == 0.0  # never reached -> 0 as the reference
 
 
 def test_torch_input_and_bad_shapes():

@@ -1,4 +1,5 @@
 """Export folders (``facezoo.hub.save_pretrained``, ``facezoo export hub``) and their model cards."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,6 +35,7 @@ def _config(folder):
 
 # --- the folder and its round trip through timm --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["insightface", "adaface"])
 @pytest.mark.parametrize("stem", ["", "_k7"])
 @pytest.mark.parametrize("head", HEADS)
@@ -49,8 +51,14 @@ def test_export_loads_back_through_local_dir_with_identical_embeddings(tmp_path,
     assert cfg["architecture"] == name and cfg["num_classes"] == 0 and cfg["num_features"] == 512
     assert cfg["model_args"]["layout"] == layout and cfg["model_args"]["embed_dim"] == 512
     assert cfg["model_args"]["img_size"] == [32, 32]
-    assert cfg["facezoo"] == {"version": facezoo.__version__, "head": model.pool_type, "stem_kernel": 7 if stem else 3,
-                              "layout": layout, "embed_dim": 512, "evaluated": False}
+    assert cfg["facezoo"] == {
+        "version": facezoo.__version__,
+        "head": model.pool_type,
+        "stem_kernel": 7 if stem else 3,
+        "layout": layout,
+        "embed_dim": 512,
+        "evaluated": False,
+    }
     PretrainedCfg(**cfg["pretrained_cfg"])  # nothing timm would reject
     with open(out / "model.safetensors", "rb") as f:
         assert not zipfile.is_zipfile(f)  # safetensors, not a torch (pickle) archive
@@ -72,8 +80,12 @@ def test_non_default_kwargs_round_trip(tmp_path):
     with torch.no_grad():
         assert loaded(x).shape == (1, 10)
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-        torch.testing.assert_close(loaded.forward_head(loaded.forward_features(x), pre_logits=True),
-                                   model.forward_head(model.forward_features(x), pre_logits=True), rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded.forward_head(loaded.forward_features(x), pre_logits=True),
+            model.forward_head(model.forward_features(x), pre_logits=True),
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_written_atomically_and_not_over_an_existing_folder(tmp_path, monkeypatch):
@@ -101,14 +113,26 @@ def test_written_atomically_and_not_over_an_existing_folder(tmp_path, monkeypatc
 
 # --- the model card ------------------------------------------------------------------------------------------------
 
+
 def test_card_front_matter_model_index_and_body(tmp_path):
     results = write_results(tmp_path / "eval_out" / "results.json")
     doc = json.loads(results.read_text())
-    training = {"margin": {"name": "combined", "s": 64.0, "m3": 0.4}, "epochs": 20, "hub_token": "hf_secret",
-                "data": {"train": tmp_path / "webface4m"}}
+    training = {
+        "margin": {"name": "combined", "s": 64.0, "m3": 0.4},
+        "epochs": 20,
+        "hub_token": "hf_secret",
+        "data": {"train": tmp_path / "webface4m"},
+    }
     model = small_model("iresnet18_gwp_k7")
-    out = save_pretrained(model, tmp_path / "pub", results=results, training=training, base_model="my-org/base",
-                          datasets=["webface4m"], license="apache-2.0")
+    out = save_pretrained(
+        model,
+        tmp_path / "pub",
+        results=results,
+        training=training,
+        base_model="my-org/base",
+        datasets=["webface4m"],
+        license="apache-2.0",
+    )
     text = (out / "README.md").read_text()
     card = ModelCard.load(out / "README.md")
     data = card.data
@@ -116,8 +140,13 @@ def test_card_front_matter_model_index_and_body(tmp_path):
     assert data.tags == ["face-recognition", "timm", "facezoo", "gwp"]
     assert data.license == "apache-2.0" and data.datasets == ["webface4m"] and data.base_model == "my-org/base"
     by_set = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
-    for key, name in (("lfw", "LFW"), ("cfp_fp", "CFP-FP"), ("agedb_30", "AgeDB-30"), ("calfw", "CALFW"),
-                      ("cplfw", "CPLFW")):
+    for key, name in (
+        ("lfw", "LFW"),
+        ("cfp_fp", "CFP-FP"),
+        ("agedb_30", "AgeDB-30"),
+        ("calfw", "CALFW"),
+        ("cplfw", "CPLFW"),
+    ):
         assert by_set[(name, "accuracy")] == round(100 * doc["verification"][key]["accuracy"], 2)
     for far in ("1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1"):  # the default IJB mode
         assert by_set[("IJB-C", f"TAR@FAR={far}")] == round(100 * doc["ijb"]["modes"]["default"]["tar_at_far"][far], 2)
@@ -165,8 +194,11 @@ def test_results_of_another_model_are_flagged(tmp_path, caplog):
     assert "the results evaluated 'iresnet50', but the exported model is 'iresnet18_gap'" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="facezoo.hub.export"):
-        save_pretrained(small_model("iresnet18_gap", img_size=32), tmp_path / "pub2",
-                        results=eval_results("local-dir:runs/r18/export"))
+        save_pretrained(
+            small_model("iresnet18_gap", img_size=32),
+            tmp_path / "pub2",
+            results=eval_results("local-dir:runs/r18/export"),
+        )
     assert caplog.text == ""
 
 
@@ -175,9 +207,23 @@ def test_cli_export_hub(tmp_path, capsys):
     torch.save(model.state_dict(), tmp_path / "backbone.pth")
     results = write_results(tmp_path / "eval_out" / "results.json", eval_results("iresnet18_gdc"))
     (tmp_path / "recipe.yaml").write_text("margin: arcface\nepochs: 20\n")
-    rc = main(["export", "hub", "iresnet18_gdc", "--checkpoint", str(tmp_path / "backbone.pth"), "--results",
-               str(results), "--training", str(tmp_path / "recipe.yaml"), "--dataset", "webface4m",
-               "--output", str(tmp_path / "pub")])
+    rc = main(
+        [
+            "export",
+            "hub",
+            "iresnet18_gdc",
+            "--checkpoint",
+            str(tmp_path / "backbone.pth"),
+            "--results",
+            str(results),
+            "--training",
+            str(tmp_path / "recipe.yaml"),
+            "--dataset",
+            "webface4m",
+            "--output",
+            str(tmp_path / "pub"),
+        ]
+    )
     assert rc == 0
     assert f"wrote {tmp_path / 'pub'}/: model.safetensors" in capsys.readouterr().out
     loaded = timm.create_model(f"local-dir:{tmp_path / 'pub'}", pretrained=True).eval()
@@ -189,6 +235,7 @@ def test_cli_export_hub(tmp_path, capsys):
 
 
 # --- the template ships in the wheel -------------------------------------------------------------------------------
+
 
 @pytest.mark.slow  # builds and installs a wheel (10-25 s on 2 cores)
 def test_template_is_package_data_of_the_wheel(tmp_path):
@@ -202,12 +249,19 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
     shutil.copytree(REPO_ROOT / "hub_cards", src / "hub_cards", ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     isolation = ["--no-build-isolation"] if _can_build_without_download() else []  # else pip fetches setuptools
-    subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-q", str(src), "-w", str(tmp_path / "dist")],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", *isolation, "-q", str(src), "-w", str(tmp_path / "dist")],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     wheel = next((tmp_path / "dist").glob("facezoo-*.whl"))
     assert "facezoo/hub_cards/model_card.md" in zipfile.ZipFile(wheel).namelist()
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(tmp_path / "site"), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     script = (
         "import facezoo, timm\n"
         "from facezoo.hub import render_model_card\n"

@@ -1,4 +1,5 @@
 """facezoo models through timm's Hub paths, offline: ``local-dir:`` and ``hf-hub:`` from a populated HF cache."""
+
 from __future__ import annotations
 
 import json

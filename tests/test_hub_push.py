@@ -1,5 +1,6 @@
 """``facezoo push``: dry runs (offline, token-free output), the Hub calls of a real push (HfApi patched), loading back
 through timm from an offline Hugging Face cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = small_model("iresnet18_gwp")
     results = write_results(root / "eval_out" / "results.json")
-    out = save_pretrained(model, root / "pub", results=results, training={"margin": "arcface", "epochs": 2},
-                          datasets=["synthetic"])
+    out = save_pretrained(
+        model, root / "pub", results=results, training={"margin": "arcface", "epochs": 2}, datasets=["synthetic"]
+    )
     return out, model
 
 
@@ -47,8 +49,16 @@ def offline(monkeypatch):
         raise AssertionError("a dry run opened a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    for name in ("create_repo", "upload_folder", "file_exists", "hf_hub_download", "create_collection",
-                 "add_collection_item", "create_branch", "repo_info"):
+    for name in (
+        "create_repo",
+        "upload_folder",
+        "file_exists",
+        "hf_hub_download",
+        "create_collection",
+        "add_collection_item",
+        "create_branch",
+        "repo_info",
+    ):
         monkeypatch.setattr(HfApi, name, no_network)
 
 
@@ -90,8 +100,15 @@ class FakeHub:
         def add_collection_item(api, slug, item_id, item_type, **kw):
             hub.calls.append(("add_collection_item", slug, item_id, item_type, kw))
 
-        for fn in (create_repo, create_branch, upload_folder, file_exists, hf_hub_download, create_collection,
-                   add_collection_item):
+        for fn in (
+            create_repo,
+            create_branch,
+            upload_folder,
+            file_exists,
+            hf_hub_download,
+            create_collection,
+            add_collection_item,
+        ):
             monkeypatch.setattr(HfApi, fn.__name__, fn)
 
     def names(self):
@@ -103,6 +120,7 @@ def _all_bytes(folder: Path):
 
 
 # --- dry run ---------------------------------------------------------------------------------------------------------
+
 
 def test_dry_run_writes_the_upload_and_plan_and_leaks_no_token(exported, offline, tmp_path, capsys, caplog):
     folder, _ = exported
@@ -158,26 +176,47 @@ def test_dry_run_of_a_folder_of_runs_with_a_collection(exported, offline, tmp_pa
     assert [r["repo_id"] for r in plan["repos"]] == ["my-org/r18_gwp_adaface", "my-org/r18_gwp_arcface"]
     assert plan["collection"] == {"title": "GWP paper runs", "namespace": "my-org"}
     for rid in ("my-org/r18_gwp_adaface", "my-org/r18_gwp_arcface"):
-        assert sorted(p.name for p in (tmp_path / "dry" / rid).iterdir()) == ["README.md", "config.json",
-                                                                              "model.safetensors"]
+        assert sorted(p.name for p in (tmp_path / "dry" / rid).iterdir()) == [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+        ]
 
 
 # --- a real push, with HfApi's methods recorded instead of sent ------------------------------------------------------
 
-def test_push_calls_create_repo_and_upload_folder_with_the_staged_folder(exported, tmp_path, monkeypatch, capsys,
-                                                                         caplog):
+
+def test_push_calls_create_repo_and_upload_folder_with_the_staged_folder(
+    exported, tmp_path, monkeypatch, capsys, caplog
+):
     folder, _ = exported
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     hub = FakeHub(monkeypatch, tmp_path)
     with caplog.at_level(logging.DEBUG):
-        rc = main(["push", str(folder), "--repo-id", REPO, "--private", "--revision", "v1", "--commit-message",
-                   "r18 GWP", "--create-pr"])
+        rc = main(
+            [
+                "push",
+                str(folder),
+                "--repo-id",
+                REPO,
+                "--private",
+                "--revision",
+                "v1",
+                "--commit-message",
+                "r18 GWP",
+                "--create-pr",
+            ]
+        )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert hub.names() == ["file_exists", "create_repo", "upload_folder"]
     assert hub.calls[1] == ("create_repo", REPO, {"private": True, "exist_ok": True})
-    assert hub.calls[2][2] == {"commit_message": "r18 GWP", "revision": "v1", "create_pr": True,
-                               "allow_patterns": ["config.json", "model.safetensors", "README.md"]}
+    assert hub.calls[2][2] == {
+        "commit_message": "r18 GWP",
+        "revision": "v1",
+        "create_pr": True,
+        "allow_patterns": ["config.json", "model.safetensors", "README.md"],
+    }
     assert hub.tokens == [FAKE_TOKEN]  # from the environment, handed to HfApi only
     files = hub.uploaded[REPO]
     assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
@@ -218,8 +257,10 @@ def test_push_runs_into_a_collection(exported, tmp_path, monkeypatch):
     assert [c[1] for c in hub.calls if c[0] == "upload_folder"] == ["my-org/gwp-a", "my-org/gwp-b"]
     assert ("create_collection", "GWP paper runs", {"namespace": "my-org", "exists_ok": True}) in hub.calls
     items = [c[1:4] for c in hub.calls if c[0] == "add_collection_item"]
-    assert items == [("my-org/gwp-paper-runs-0123", "my-org/gwp-a", "model"),
-                     ("my-org/gwp-paper-runs-0123", "my-org/gwp-b", "model")]
+    assert items == [
+        ("my-org/gwp-paper-runs-0123", "my-org/gwp-a", "model"),
+        ("my-org/gwp-paper-runs-0123", "my-org/gwp-b", "model"),
+    ]
     assert b"hf-hub:my-org/gwp-b" in hub.uploaded["my-org/gwp-b"]["README.md"]
 
 
@@ -233,11 +274,15 @@ def test_overwrite_card_replaces_a_hand_written_remote_readme(exported, tmp_path
 
 
 def test_save_pretrained_with_repo_id_names_it_in_the_card(tmp_path):
-    out = save_pretrained(small_model("iresnet18_gap", img_size=32), tmp_path / "pub", repo_id="my-org/gap",
-                          results=eval_results("iresnet18_gap"))
+    out = save_pretrained(
+        small_model("iresnet18_gap", img_size=32),
+        tmp_path / "pub",
+        repo_id="my-org/gap",
+        results=eval_results("iresnet18_gap"),
+    )
     text = (out / "README.md").read_text()
     assert 'create_model("hf-hub:my-org/gap"' in text and "- name: my-org/gap" in text
     plan = push(out, "my-org/gap2", dry_run=tmp_path / "dry")  # push retargets the recorded id
     text = (tmp_path / "dry" / "my-org" / "gap2" / "README.md").read_text()
-    assert 'create_model("hf-hub:my-org/gap2"' in text and "- name: my-org/gap2" in text and "my-org/gap\"" not in text
+    assert 'create_model("hf-hub:my-org/gap2"' in text and "- name: my-org/gap2" in text and 'my-org/gap"' not in text
     assert plan["repos"][0]["repo_id"] == "my-org/gap2"

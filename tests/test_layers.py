@@ -1,4 +1,5 @@
 """GWP kernel and pooling layers against the paper's equations, computed here by hand."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from facezoo.layers import (
 def paper_kernel(k: int, sigma: float) -> list:
     """Eq. 2-3 of the paper with plain Python floats: centre index k // 2, normalized to sum 1."""
     c = k // 2
-    g = [[math.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * sigma ** 2)) for x in range(k)] for y in range(k)]
+    g = [[math.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * sigma**2)) for x in range(k)] for y in range(k)]
     total = sum(map(sum, g))
     return [[v / total for v in row] for row in g]
 

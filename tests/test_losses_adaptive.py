@@ -1,4 +1,5 @@
 """AdaFace, CurricularFace and MagFace against the authors' code (adapted to take cosine logits) and formulas."""
+
 from __future__ import annotations
 
 import io
@@ -260,8 +261,12 @@ def test_curricular_and_magface_stay_finite_at_the_edges(dtype):
     cos = torch.tensor([[1.0, -1.0, 0.999], [-1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=dtype)
     labels = torch.tensor([0, 0, 2])
     norms = torch.tensor([0.0, 1e3, 20.0], dtype=dtype)
-    for head in (CurricularFace().train(), CurricularFace(straight_through=False).train(), MagFace(),
-                 MagFace(straight_through=False)):
+    for head in (
+        CurricularFace().train(),
+        CurricularFace(straight_through=False).train(),
+        MagFace(),
+        MagFace(straight_through=False),
+    ):
         x, n = cos.clone().requires_grad_(True), norms.clone().requires_grad_(True)
         out = head(x, labels, n)
         loss = out.sum() + (head.regularizer(n) if head.regularizer(n) is not None else 0)

@@ -4,6 +4,7 @@ The test starts this file twice as a script (ranks 0 and 1, unequal local batche
 losses, embedding gradients, center gradients and head buffers; the parent recomputes everything in one
 process and compares.
 """
+
 from __future__ import annotations
 
 import os
@@ -122,13 +123,17 @@ def close(a, b, what, scale=1.0):
 @pytest.mark.dist
 @pytest.mark.timeout(180)
 def test_two_gloo_processes_equal_one_process(tmp_path, free_port):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
     port = free_port
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, str(rank), str(port), str(tmp_path)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in range(2)
     ]
@@ -173,8 +178,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path, free_port):
                 cstart, nloc = shard_range(C, 2, r)
                 close(got["loss"][step], loss.detach(), f"{name} step {step} rank {r} loss")
                 close(got["emb_grad"][step], e.grad[rows], f"{name} step {step} rank {r} embedding grad", ddp_scale)
-                close(got["weight_grad"][step], wgrad[cstart : cstart + nloc],
-                      f"{name} step {step} rank {r} center grad")
+                close(
+                    got["weight_grad"][step], wgrad[cstart : cstart + nloc], f"{name} step {step} rank {r} center grad"
+                )
         for r in range(2):
             for key, value in head.state_dict().items():
                 close(ranks[r][name]["buffers"][key], value, f"{name} rank {r} buffer {key}")

@@ -1,4 +1,5 @@
 """CombinedMarginLoss / ArcFace / CosFace against insightface's code and straightforward formulas."""
+
 from __future__ import annotations
 
 import math
@@ -152,8 +153,9 @@ def test_easy_margin_matches_old_insightface_arcface():
 
 
 # ---------------------------------------------------------------- formulas
-@pytest.mark.parametrize("m1,m2,m3", [(1.0, 0.5, 0.0), (1.0, 0.3, 0.2), (1.35, 0.0, 0.0), (1.2, 0.25, 0.15),
-                                      (1.0, 0.0, 0.35)])
+@pytest.mark.parametrize(
+    "m1,m2,m3", [(1.0, 0.5, 0.0), (1.0, 0.3, 0.2), (1.35, 0.0, 0.0), (1.2, 0.25, 0.15), (1.0, 0.0, 0.35)]
+)
 def test_combined_margin_formula_and_exact_gradient(m1, m2, m3):
     cos, labels = make_batch(dtype=torch.float64, seed=7)
     s = 30.0
@@ -206,8 +208,12 @@ def test_half_precision_inputs_give_finite_float32(dtype):
     labels[0], labels[1] = 2, 4
     # slightly out of range, as half-precision dot products of unit vectors can be
     cos[2, labels[2]] = torch.tensor(1.001, dtype=dtype)
-    for head in [ArcFace(), ArcFace(straight_through=False), CosFace(),
-                 CombinedMarginLoss(64, 1.5, 0.3, 0.2, straight_through=False)]:
+    for head in [
+        ArcFace(),
+        ArcFace(straight_through=False),
+        CosFace(),
+        CombinedMarginLoss(64, 1.5, 0.3, 0.2, straight_through=False),
+    ]:
         out, grad, _ = run(head, cos, labels)
         assert out.dtype == torch.float32
         assert torch.isfinite(out).all() and torch.isfinite(grad).all(), head

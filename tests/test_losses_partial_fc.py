@@ -1,4 +1,5 @@
 """Partial FC in one process: equals head + cross-entropy, sampling, precision, checkpoints and re-sharding."""
+
 from __future__ import annotations
 
 import pytest
@@ -285,5 +286,6 @@ def test_insightface_head_module_works_inside_partial_fc():
     (l1 + l2).backward()
     torch.testing.assert_close(l1, l2, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-4, atol=1e-6 * e2.grad.abs().max().item())
-    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4,
-                               atol=1e-6 * ours.weight.grad.abs().max().item())
+    torch.testing.assert_close(
+        ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-6 * ours.weight.grad.abs().max().item()
+    )

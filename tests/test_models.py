@@ -1,4 +1,5 @@
 """IResNet models: paper parameter counts, insightface / GWP-author checkpoints, clear errors for bad input."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import facezoo  # noqa: F401
 from facezoo.models.profile import count_params, model_stats
 
 # --- a reference insightface IResNet, written here from arcface_torch/backbones/iresnet.py ----------------------------
+
 
 class RefBlock(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None):
@@ -65,7 +67,7 @@ class RefIResNet(nn.Module):
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False
         c = 3
-        g = [[math.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * 3.0 ** 2)) for x in range(7)] for y in range(7)]
+        g = [[math.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * 3.0**2)) for x in range(7)] for y in range(7)]
         s = sum(map(sum, g))
         self.gauss = torch.tensor([[v / s for v in row] for row in g], dtype=torch.float64)
         for m in self.modules():
@@ -73,8 +75,9 @@ class RefIResNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.1)
 
     def _make_layer(self, planes, blocks):
-        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, 2, bias=False),
-                                   nn.BatchNorm2d(planes, eps=1e-05))
+        downsample = nn.Sequential(
+            nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-05)
+        )
         layers = [RefBlock(self.inplanes, planes, 2, downsample)]
         self.inplanes = planes
         layers += [RefBlock(planes, planes) for _ in range(1, blocks)]
@@ -118,10 +121,19 @@ def _reference(name: str) -> RefIResNet:
 # --- parameter counts ------------------------------------------------------------------------------------------------
 
 PAPER_PARAMS_M = {  # the GWP paper's parameter columns: baseline -> GAP/GWP
-    "iresnet18": 24.03, "iresnet18_gwp_k7": 11.45, "iresnet18_gap_k7": 11.45,
-    "iresnet34": 34.14, "iresnet34_gwp": 21.56, "iresnet34_gap": 21.56, "iresnet34_gwp_k7": 21.56,
-    "iresnet50": 43.59, "iresnet50_gwp_k7": 31.02, "iresnet50_gap_k7": 31.02,
-    "iresnet100": 65.16, "iresnet100_gwp": 52.57, "iresnet100_gap": 52.57,
+    "iresnet18": 24.03,
+    "iresnet18_gwp_k7": 11.45,
+    "iresnet18_gap_k7": 11.45,
+    "iresnet34": 34.14,
+    "iresnet34_gwp": 21.56,
+    "iresnet34_gap": 21.56,
+    "iresnet34_gwp_k7": 21.56,
+    "iresnet50": 43.59,
+    "iresnet50_gwp_k7": 31.02,
+    "iresnet50_gap_k7": 31.02,
+    "iresnet100": 65.16,
+    "iresnet100_gwp": 52.57,
+    "iresnet100_gap": 52.57,
 }
 
 
@@ -151,6 +163,7 @@ def test_count_params_includes_frozen_gamma_like_insightface():
 
 # --- checkpoints ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["iresnet18", "iresnet18_k7", "iresnet18_gwp_k7", "iresnet18_gap_k7"])
 def test_insightface_and_gwp_author_checkpoints_load_strictly(tmp_path, name):
     ref = _reference(name)
@@ -171,8 +184,9 @@ def test_safetensors_and_ddp_prefix(tmp_path):
     torch.save({"state_dict": ddp}, tmp_path / "wrapped.pth")
     x = torch.randn(1, 3, 112, 112, dtype=torch.float64)
     for f in ("model.safetensors", "wrapped.pth"):
-        model = timm.create_model("iresnet18_gwp_k7", pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(tmp_path / f))).eval()
+        model = timm.create_model(
+            "iresnet18_gwp_k7", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / f))
+        ).eval()
         with torch.no_grad():
             torch.testing.assert_close(model.double()(x), ref.double()(x), rtol=1e-5, atol=1e-3)
 
@@ -207,8 +221,9 @@ def test_pretrained_backbone_with_new_classifier(tmp_path):
     ref = _reference("iresnet18")
     path = tmp_path / "backbone.pth"
     torch.save(ref.state_dict(), path)
-    model = timm.create_model("iresnet18", pretrained=True, num_classes=7,
-                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    model = timm.create_model(
+        "iresnet18", pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
     x = torch.randn(2, 3, 112, 112, dtype=torch.float64)
     model, ref = model.double(), ref.double()
     assert model(x).shape == (2, 7)
@@ -216,6 +231,7 @@ def test_pretrained_backbone_with_new_classifier(tmp_path):
 
 
 # --- bad input --------------------------------------------------------------------------------------------------------
+
 
 def test_fixed_size_model_rejects_other_input_size():
     model = timm.create_model("iresnet18").eval()
@@ -246,15 +262,21 @@ def test_num_classes_gives_classifier_and_embedding_dim():
 
 # --- command line -----------------------------------------------------------------------------------------------------
 
+
 def test_cli_models_json_and_markdown():
-    out = subprocess.run([sys.executable, "-m", "facezoo", "models", "iresnet34*", "--format", "json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "facezoo", "models", "iresnet34*", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = {r["name"]: r for r in json.loads(out)}
     assert len(rows) == 8
     assert round(rows["iresnet34"]["params"] / 1e6, 2) == 34.14
     assert round(rows["iresnet34_gwp"]["params"] / 1e6, 2) == 21.56
-    md = subprocess.run([sys.executable, "-m", "facezoo", "models", "iresnet50_gwp"],
-                        capture_output=True, text=True, check=True).stdout
+    md = subprocess.run(
+        [sys.executable, "-m", "facezoo", "models", "iresnet50_gwp"], capture_output=True, text=True, check=True
+    ).stdout
     assert md.splitlines()[0].startswith("| model |") and "| iresnet50_gwp | gwp | 3x3 | 31.01 | 0.26 |" in md
     bad = subprocess.run([sys.executable, "-m", "facezoo", "models", "nope*"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no facezoo model matches" in bad.stderr
@@ -270,5 +292,6 @@ def test_gdc_checkpoint_is_refused_by_a_gap_model(tmp_path):
     save_file({k: v.contiguous() for k, v in gdc.state_dict().items()}, str(tmp_path / "gdc.safetensors"))
     expected = r"unexpected keys \[pool\.bn\..*pool\.conv\.weight.*looks like iresnet18_gdc"
     with pytest.raises(CheckpointError, match=expected):
-        timm.create_model("iresnet18_gap", pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(tmp_path / "gdc.safetensors")))
+        timm.create_model(
+            "iresnet18_gap", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "gdc.safetensors"))
+        )

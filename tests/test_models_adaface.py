@@ -1,4 +1,5 @@
 """AdaFace / TFace / CVLface "IR" checkpoints in facezoo's IResNet (``layout='adaface'``), loaded through timm."""
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,7 @@ from facezoo.models.profile import count_params
 
 # --- a reference AdaFace IR backbone, written here from AdaFace's net.py (Backbone, mode='ir', depths 18-100) --------
 
+
 class Flatten(nn.Module):
     def forward(self, input):
         return input.view(input.size(0), -1)
@@ -30,15 +32,16 @@ class BasicBlockIR(nn.Module):
             self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False),
-                nn.BatchNorm2d(depth))
+                nn.Conv2d(in_channel, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth)
+            )
         self.res_layer = nn.Sequential(
             nn.BatchNorm2d(in_channel),
             nn.Conv2d(in_channel, depth, (3, 3), (1, 1), 1, bias=False),
             nn.BatchNorm2d(depth),
             nn.PReLU(depth),
             nn.Conv2d(depth, depth, (3, 3), stride, 1, bias=False),
-            nn.BatchNorm2d(depth))
+            nn.BatchNorm2d(depth),
+        )
 
     def forward(self, x):
         shortcut = self.shortcut_layer(x)
@@ -56,8 +59,12 @@ def get_block(in_channel, depth, num_units, stride=2):
 
 def get_blocks(num_layers):
     units = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 14, 3], 100: [3, 13, 30, 3]}[num_layers]
-    return [get_block(64, 64, units[0]), get_block(64, 128, units[1]), get_block(128, 256, units[2]),
-            get_block(256, 512, units[3])]
+    return [
+        get_block(64, 64, units[0]),
+        get_block(64, 128, units[1]),
+        get_block(128, 256, units[2]),
+        get_block(256, 512, units[3]),
+    ]
 
 
 def initialize_weights(modules):
@@ -85,8 +92,13 @@ class Backbone(nn.Module):
         super().__init__()
         self.input_layer = nn.Sequential(nn.Conv2d(3, 64, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
         output_channel = 512
-        self.output_layer = nn.Sequential(nn.BatchNorm2d(output_channel), nn.Dropout(0.4), Flatten(),
-                                          nn.Linear(output_channel * 7 * 7, 512), nn.BatchNorm1d(512, affine=False))
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(output_channel),
+            nn.Dropout(0.4),
+            Flatten(),
+            nn.Linear(output_channel * 7 * 7, 512),
+            nn.BatchNorm1d(512, affine=False),
+        )
         modules = []
         for block in get_blocks(num_layers):
             for bottleneck in block:
@@ -130,9 +142,15 @@ def _lightning_ckpt(ref: Backbone, **extra) -> dict:
     state_dict = {f"model.{k}": v for k, v in ref.state_dict().items()}
     state_dict["head.kernel"] = torch.randn(512, 10)
     state_dict["head.t"] = torch.zeros(1)
-    return {"epoch": 25, "global_step": 1000, "pytorch-lightning_version": "1.8.6", "state_dict": state_dict,
-            "hyper_parameters": {"arch": "ir_18", "lr": 0.1, "m": 0.4, "h": 0.333},
-            "lr_schedulers": [{"milestones": Counter({12: 1, 20: 1, 24: 1}), "last_epoch": 25}], **extra}
+    return {
+        "epoch": 25,
+        "global_step": 1000,
+        "pytorch-lightning_version": "1.8.6",
+        "state_dict": state_dict,
+        "hyper_parameters": {"arch": "ir_18", "lr": 0.1, "m": 0.4, "h": 0.333},
+        "lr_schedulers": [{"milestones": Counter({12: 1, 20: 1, 24: 1}), "last_epoch": 25}],
+        **extra,
+    }
 
 
 def _assert_matches_reference(model: nn.Module, ref: Backbone) -> None:
@@ -151,6 +169,7 @@ def _load(name: str, path, **kwargs) -> nn.Module:
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["lightning_ckpt", "plain_pth"])
 def test_adaface_checkpoint_loads_and_matches_reference(tmp_path, caplog, kind):
@@ -176,6 +195,7 @@ def test_facezoo_checkpoint_of_adaface_layout_round_trips(tmp_path):
 
 
 # --- clear errors ----------------------------------------------------------------------------------------------------
+
 
 def test_adaface_checkpoint_into_insightface_layout_names_the_kwarg(tmp_path):
     torch.save(_lightning_ckpt(_reference()), tmp_path / "adaface_ir18.ckpt")
@@ -249,6 +269,7 @@ def test_convert_checkpoint_refuses_what_it_cannot_read_safely(tmp_path, capsys)
 
 # --- architecture ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("depth", [18, 50])
 def test_parameter_count_equals_reference(depth):
     with torch.device("meta"):
@@ -263,8 +284,9 @@ def test_parameter_count_equals_reference(depth):
 @pytest.mark.parametrize("name", ["iresnet18", "iresnet18_gap", "iresnet18_gwp_k7", "iresnet18_gdc"])
 def test_layout_composes_with_every_head(name):
     model = timm.create_model(name, layout="adaface", num_classes=42)
-    assert isinstance(model.layer1[0].downsample, nn.MaxPool2d) and isinstance(model.layer2[0].downsample,
-                                                                               nn.Sequential)
+    assert isinstance(model.layer1[0].downsample, nn.MaxPool2d) and isinstance(
+        model.layer2[0].downsample, nn.Sequential
+    )
     assert model.features.weight is None and model.features.bias is None
     model.train()
     model(torch.randn(2, 3, 112, 112)).mean().backward()

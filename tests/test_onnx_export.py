@@ -1,4 +1,5 @@
 """ONNX export (``facezoo.export.export_onnx``, ``facezoo export onnx``) checked under onnxruntime."""
+
 from __future__ import annotations
 
 import re
@@ -44,9 +45,14 @@ def _graph_io(path):
     return graph, inp, out
 
 
-@pytest.mark.parametrize("name, input_size", [
-    ("iresnet18_gdc", None), ("iresnet18_gwp", None), ("iresnet18_gap_k7", (128, 96)),
-])
+@pytest.mark.parametrize(
+    "name, input_size",
+    [
+        ("iresnet18_gdc", None),
+        ("iresnet18_gwp", None),
+        ("iresnet18_gap_k7", (128, 96)),
+    ],
+)
 def test_every_head_matches_torch_under_onnxruntime(tmp_path, name, input_size):
     """GDC, GWP, GAP here; the flatten head is the AdaFace checkpoint's, below (each export takes seconds)."""
     model = calibrate(small_model(name)).train()
@@ -75,8 +81,21 @@ def test_cli_exports_an_adaface_layout_checkpoint(tmp_path, capsys):
 
     ckpt = tmp_path / "adaface_ir18.ckpt"
     torch.save(_lightning_ckpt(_reference()), ckpt)
-    rc = main(["export", "onnx", "iresnet18", "--layout", "adaface", "--checkpoint", str(ckpt), "--output",
-               str(tmp_path / "adaface.onnx"), "--opset", "18"])
+    rc = main(
+        [
+            "export",
+            "onnx",
+            "iresnet18",
+            "--layout",
+            "adaface",
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "adaface.onnx"),
+            "--opset",
+            "18",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "opset 18" in out and "dynamic batch" in out

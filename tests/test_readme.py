@@ -11,6 +11,7 @@ Adding a snippet to README.md: one that needs no file just runs. One that names 
 (``fixture("make_bins")`` hands out any fixture of tests/conftest.py). A snippet that cannot run here (it needs a GPU
 or several processes) gets an entry in :data:`NOT_RUN` with the reason; keep that list short.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,6 +64,7 @@ SNIPPETS = readme_snippets(README.read_text())
 
 # --- the files the snippets name -------------------------------------------------------------------------------------
 
+
 def _backbone_pth(dest: Path, fixture: Fixture) -> None:
     """An insightface-style iresnet18 state_dict (torch.save, as arcface_torch writes backbone.pth)."""
     import timm
@@ -107,6 +109,43 @@ def _ijb_release(dest: Path, fixture: Fixture) -> None:
     fixture("make_ijb_release")(dest, n_subjects=2)
 
 
+def _results_json(dest: Path, fixture: Fixture) -> None:
+    """A real ``facezoo eval`` results document (10 verification pairs, random embeddings)."""
+    from facezoo.eval import report, verification
+
+    g = torch.Generator().manual_seed(0)
+    res = verification.evaluate(torch.nn.functional.normalize(torch.randn(20, 8, generator=g)), [True, False] * 5)
+    doc = report.build_results("iresnet18_gwp_k7", {"lfw": res}, None, extra={"checkpoint": None, "flip": True})
+    dest.write_text(json.dumps(doc))
+
+
+def _exported(dest: Path, name: str, **kwargs: Any) -> None:
+    import timm
+
+    import facezoo  # noqa: F401
+    from facezoo.hub import save_pretrained
+
+    torch.manual_seed(0)
+    save_pretrained(timm.create_model(name, **kwargs), dest, overwrite=True)
+
+
+def _hub_model(dest: Path, fixture: Fixture) -> None:
+    """``my-org/...`` in the runner's offline Hugging Face cache (``<work>/.hf_cache``; ``dest`` is ``<work>/ORG/NAME``)."""
+    work, repo_id = dest.parents[1], f"{dest.parent.name}/{dest.name}"
+    snapshot = work / ".hf_cache" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    _exported(snapshot, "iresnet50_gwp_k7")
+    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+
+
+def _quickstart_export(dest: Path, fixture: Fixture) -> None:
+    _exported(dest, "iresnet18_gwp", embed_dim=128, widths=(16, 32, 64, 128), img_size=32)
+
+
+def _recipe(dest: Path, fixture: Fixture) -> None:
+    dest.write_text((REPO / "recipes" / dest.name).read_text())
+
+
 #: what a snippet names (as it spells the path) -> the function that makes it, small, under that path
 FILES: Dict[str, Callable[[Path, Fixture], None]] = {
     "backbone.pth": _backbone_pth,
@@ -116,6 +155,10 @@ FILES: Dict[str, Callable[[Path, Fixture], None]] = {
     "lfw.bin": _lfw_bin,
     "lfw_hf/": _pairs_dataset,
     "IJB_release/IJBC": _ijb_release,
+    "eval_out/results.json": _results_json,
+    "my-org/iresnet50_gwp_k7.arcface_webface4m": _hub_model,
+    "runs/quickstart/export": _quickstart_export,
+    "recipes/quickstart.yaml": _recipe,
 }
 
 #: snippets that are not run here, by a string they contain -> why
@@ -124,7 +167,7 @@ NOT_RUN: Dict[str, str] = {}
 
 # --- running them ----------------------------------------------------------------------------------------------------
 
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import json, sys, time, traceback
 
     snippets = json.load(open(sys.argv[1]))
@@ -138,7 +181,7 @@ RUNNER = textwrap.dedent('''
             results[s["id"]] = {"ok": False, "error": traceback.format_exc(limit=-3)}
         results[s["id"]]["seconds"] = round(time.perf_counter() - t0, 2)
         json.dump(results, open(sys.argv[2], "w"))
-''')
+""")
 
 
 def _not_run(snippet: Snippet) -> str:
@@ -156,12 +199,25 @@ def snippet_results(tmp_path_factory, request) -> Dict[str, Dict[str, Any]]:
             build(dest, request.getfixturevalue)
     (work / "snippets.json").write_text(json.dumps([dict(s._asdict(), id=s.id) for s in runnable]))
     (work / "runner.py").write_text(RUNNER)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(work / ".hf_home"), HF_HUB_CACHE=str(work / ".hf_cache"),
-               HF_DATASETS_CACHE=str(work / ".hf_datasets"), HF_ENDPOINT="http://127.0.0.1:9",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="2")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(work / ".hf_home"),
+        HF_HUB_CACHE=str(work / ".hf_cache"),
+        HF_DATASETS_CACHE=str(work / ".hf_datasets"),
+        HF_ENDPOINT="http://127.0.0.1:9",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="2",
+    )
     env.pop("FACEZOO_DEBUG", None)
-    proc = subprocess.run([sys.executable, "runner.py", "snippets.json", "results.json"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "runner.py", "snippets.json", "results.json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").exists() else {}
     if proc.returncode != 0:
         results["__process__"] = {"ok": False, "error": proc.stderr[-3000:]}

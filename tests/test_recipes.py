@@ -1,4 +1,5 @@
 """Recipes: every key documented, every YAML loads, every recipe family trains on a CPU, generated tables current."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,10 +24,20 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # a model and data small enough for 3 CPU steps in about a second; model.args entries are set one by one so that a
 # recipe's own ones (the AdaFace recipe's drop_rate) stay in the run
 TINY = [
-    "model.name=iresnet18_gwp", "model.embed_dim=32", "model.args.widths=[8, 8, 16, 16]", "model.args.img_size=32",
-    "data.train=synthetic", "data.synthetic.identities=16", "data.synthetic.images_per_identity=4",
-    "data.batch_size=16", "data.num_workers=0", "train.max_steps=3", 'train.mixed_precision="no"',
-    "eval.targets=[]", "export.enabled=false", "train.tensorboard=false",
+    "model.name=iresnet18_gwp",
+    "model.embed_dim=32",
+    "model.args.widths=[8, 8, 16, 16]",
+    "model.args.img_size=32",
+    "data.train=synthetic",
+    "data.synthetic.identities=16",
+    "data.synthetic.images_per_identity=4",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "train.max_steps=3",
+    'train.mixed_precision="no"',
+    "eval.targets=[]",
+    "export.enabled=false",
+    "train.tensorboard=false",
 ]
 _STEP_LINE = re.compile(r"step (\d+)/(\d+) epoch \d+ loss (\S+)")
 
@@ -63,16 +74,19 @@ def _assert_finished(run: Path, steps: int = 3) -> None:
 
 # --- (a) documentation --------------------------------------------------------------------------------------------
 
+
 def test_every_recipe_key_is_documented():
     text = (RECIPES / "README.md").read_text()
     missing = [k for k in recipe_keys() if f"`{k}`" not in text]
     assert not missing, f"recipes/README.md does not document {missing}; run python recipes/make_keys_table.py"
     keys_table = _script(RECIPES / "make_keys_table.py")
-    assert keys_table.current_block(text) == keys_table.generate(), \
+    assert keys_table.current_block(text) == keys_table.generate(), (
         "recipes/README.md key reference is out of date; run python recipes/make_keys_table.py"
+    )
 
 
 # --- (b) every recipe file ----------------------------------------------------------------------------------------
+
 
 def test_every_recipe_file_loads():
     files = sorted(RECIPES.rglob("*.yaml"))
@@ -90,22 +104,36 @@ def test_paper_recipes_state_the_papers_settings():
     assert (arc.schedule.name, arc.train.epochs, arc.train.mixed_precision) == ("polynomial", 20, "fp16")
     assert (arc.optim.clip_grad_norm, arc.data.batch_size, arc.loss.sample_rate) == (5.0, 1024, 1.0)
     ada = load_recipe(RECIPES / "paper" / "adaface.yaml")
-    assert (ada.loss.name, ada.loss.s, ada.loss.m, ada.loss.args) == ("adaface", 64.0, 0.4,
-                                                                      {"h": 0.333, "t_alpha": 0.01})
-    assert (ada.optim.lr, ada.optim.momentum, ada.optim.weight_decay, ada.optim.no_weight_decay_on_bn) == \
-        (0.1, 0.9, 5e-4, True)
-    assert (ada.schedule.name, ada.schedule.milestones, ada.schedule.gamma, ada.train.epochs) == \
-        ("multistep", [12, 20, 24], 0.1, 26)
+    assert (ada.loss.name, ada.loss.s, ada.loss.m, ada.loss.args) == (
+        "adaface",
+        64.0,
+        0.4,
+        {"h": 0.333, "t_alpha": 0.01},
+    )
+    assert (ada.optim.lr, ada.optim.momentum, ada.optim.weight_decay, ada.optim.no_weight_decay_on_bn) == (
+        0.1,
+        0.9,
+        5e-4,
+        True,
+    )
+    assert (ada.schedule.name, ada.schedule.milestones, ada.schedule.gamma, ada.train.epochs) == (
+        "multistep",
+        [12, 20, 24],
+        0.1,
+        26,
+    )
     assert ada.data.batch_size == 512 and ada.model.args == {"drop_rate": 0.4}
     a = ada.data.augment
     assert (a.flip, a.crop, a.low_res, a.photometric) == (0.5, 0.2, 0.2, 0.2)
     for r in (arc, ada):
         assert (r.model.name, r.model.embed_dim, r.data.train) == ("iresnet50", 512, "/data/webface4m")
-        assert [Path(t).name for t in r.eval.targets] == [f"{n}.bin" for n in
-                                                          ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")]
+        assert [Path(t).name for t in r.eval.targets] == [
+            f"{n}.bin" for n in ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+        ]
 
 
 # --- (c) every recipe family trains -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["quickstart", "paper/arcface", "paper/adaface"])
 def test_recipe_runs(name, tmp_path):
@@ -125,8 +153,9 @@ def test_finetune_runs_from_a_pretrained_file(tmp_path):
     weights = tmp_path / "pretrained.safetensors"
     save_file({k: v.detach().contiguous() for k, v in src.state_dict().items()}, str(weights))
     frozen = ("conv1", "bn1", "prelu", "layer1")
-    recipe = load_recipe(RECIPES / "finetune.yaml",
-                         TINY + [f"model.pretrained={weights}", f"model.freeze=[{','.join(frozen)}]"])
+    recipe = load_recipe(
+        RECIPES / "finetune.yaml", TINY + [f"model.pretrained={weights}", f"model.freeze=[{','.join(frozen)}]"]
+    )
     run = tmp_path / "run"
     Trainer(recipe, run, progress=False).fit()
     _assert_finished(run)
@@ -143,12 +172,14 @@ def test_finetune_runs_from_a_pretrained_file(tmp_path):
 
 # --- (d) the paper's run table ------------------------------------------------------------------------------------
 
+
 def test_paper_table_is_current():
     table = _script(RECIPES / "paper" / "make_table.py")
     text = (RECIPES / "paper" / "README.md").read_text()
     block = table.generate()
-    assert table.current_block(text) == block, \
+    assert table.current_block(text) == block, (
         "recipes/paper/README.md is out of date; run python recipes/paper/make_table.py"
+    )
     rows = [line for line in block.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 48 and len({r.split("|")[6] for r in rows}) == 24  # 2 losses x 24 distinct models
     assert sum("not reported" not in r for r in rows) == len(table.TARGETS)

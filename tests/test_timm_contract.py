@@ -5,6 +5,7 @@ backward with ``num_classes=42`` where every parameter gets a gradient, the defa
 meta device, torchscript, ``features_only``, ``forward_intermediates`` and torch.fx. The cheap structural checks run
 on all 40 models; the numerical ones on a representative subset (every head and stem, at depth 18) to fit 2 cores.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -185,8 +186,10 @@ def test_model_forward_intermediates(model_name):
 
 def _fx_model(model, train: bool = False):
     from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-                         param_shapes_constant=True)
+
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
     train_return = [train_nodes[-1]]
     if train:
@@ -195,8 +198,9 @@ def _fx_model(model, train: bool = False):
         out_names = [n.name for n in nodes[0]._input_nodes.keys()]
         names = [n.name for n in nodes]
         train_return = [train_nodes[-names.index(n)] for n in out_names]
-    return create_feature_extractor(model, train_return_nodes=train_return, eval_return_nodes=[eval_nodes[-1]],
-                                    tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(
+        model, train_return_nodes=train_return, eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
+    )
 
 
 @pytest.mark.parametrize("model_name", SUBSET)
@@ -258,4 +262,3 @@ def test_init_weights_after_to_empty_restores_gaussian():
     reference = timm.create_model("iresnet18_gwp")
     torch.testing.assert_close(model.pool.kernel, reference.pool.kernel)
     assert torch.isfinite(model.eval()(torch.randn(1, 3, 112, 112))).all()
-

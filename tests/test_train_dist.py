@@ -1,5 +1,6 @@
 """Elastic resume: 2 -> 1 and 1 -> 2 CPU processes (accelerate launch, gloo) re-shard Partial FC and its momentum,
 keep the global batch and continue the interrupted epoch at the same sample."""
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,23 @@ from facezoo.train.checkpoint import read_trainer_state
 from facezoo.train.sampler import BatchPlan, epoch_permutation
 
 TINY = [
-    "model.name=iresnet18_gwp", "model.embed_dim=32", "model.args={widths: [8, 8, 16, 16], img_size: 32}",
-    "data.synthetic.identities=25", "data.synthetic.images_per_identity=4", "data.batch_size=16",
-    "data.num_workers=0", "loss.name=adaface", "loss.s=16", "optim.lr=0.05", "optim.no_weight_decay_on_bn=true",
-    "schedule.name=multistep", "schedule.milestones=[1]", "train.epochs=2", "train.checkpoint_every=0",
-    "train.tensorboard=false", "export.enabled=false",
+    "model.name=iresnet18_gwp",
+    "model.embed_dim=32",
+    "model.args={widths: [8, 8, 16, 16], img_size: 32}",
+    "data.synthetic.identities=25",
+    "data.synthetic.images_per_identity=4",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "loss.name=adaface",
+    "loss.s=16",
+    "optim.lr=0.05",
+    "optim.no_weight_decay_on_bn=true",
+    "schedule.name=multistep",
+    "schedule.milestones=[1]",
+    "train.epochs=2",
+    "train.checkpoint_every=0",
+    "train.tensorboard=false",
+    "export.enabled=false",
 ]  # 100 images: 6 steps of 16 per epoch (4 left out), 25 classes (13 + 12 on two ranks)
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -37,8 +50,21 @@ def _port() -> int:
 def launch(processes: int, run: Path, *extra: str) -> None:
     recipe = run.parent / "tiny.yaml"
     recipe.write_text("model: {name: iresnet18_gwp}\n")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_port()),
+    ]
     cmd += ["--multi_gpu"] if processes > 1 else ["--cpu"]
     cmd += ["-m", "facezoo", "train", str(recipe), "--output-dir", str(run), "--quiet", *TINY, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
@@ -50,10 +76,12 @@ def shards(step_dir: Path) -> dict:
     """The full class-centre matrix and momentum rebuilt from a checkpoint's shards, in class order."""
     files = sorted((step_dir / "partial_fc").glob("*.safetensors"))
     parts = sorted((load_file(str(f)) for f in files), key=lambda sd: int(sd["shard_spec"][3]))
-    return {"world": len(files),
-            "weight": torch.cat([p["weight"] for p in parts]),
-            "momentum": torch.cat([p["optim.momentum_buffer"] for p in parts]),
-            "ada_mean": parts[0]["margin_loss.batch_mean"]}
+    return {
+        "world": len(files),
+        "weight": torch.cat([p["weight"] for p in parts]),
+        "momentum": torch.cat([p["optim.momentum_buffer"] for p in parts]),
+        "ada_mean": parts[0]["margin_loss.batch_mean"],
+    }
 
 
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
@@ -73,8 +101,10 @@ def test_elastic_resume_reshards_and_continues_the_epoch(tmp_path, before, after
     assert resharded["world"] == after
     for k in ("weight", "momentum", "ada_mean"):
         assert torch.equal(resharded[k], saved[k]), k
-    assert torch.equal(load_file(str(run / "checkpoints/step_4/backbone.safetensors"))["conv1.weight"],
-                       load_file(str(keep / "backbone.safetensors"))["conv1.weight"])
+    assert torch.equal(
+        load_file(str(run / "checkpoints/step_4/backbone.safetensors"))["conv1.weight"],
+        load_file(str(keep / "backbone.safetensors"))["conv1.weight"],
+    )
 
     # the resumed run reads the rest of epoch 0 from sample 64, then epoch 1: every sample of the epoch once
     trainer = Trainer(load_recipe(None, TINY), run, resume="latest", progress=False)

@@ -1,4 +1,5 @@
 """Training engine features: mixed precision, accumulation, logs without duplicated steps, evaluation, fine-tuning."""
+
 from __future__ import annotations
 
 import csv
@@ -13,10 +14,20 @@ from facezoo.train import Trainer, load_recipe
 from facezoo.train.checkpoint import list_checkpoints
 
 TINY = [
-    "model.name=iresnet18_gwp", "model.embed_dim=32", "model.args={widths: [8, 8, 16, 16], img_size: 32}",
-    "data.synthetic.identities=16", "data.synthetic.images_per_identity=4", "data.batch_size=16",
-    "data.num_workers=0", "loss.s=16", "loss.m=0.3", "optim.lr=0.05", "train.epochs=2", "train.log_every=1",
-    "train.tensorboard=false", "export.enabled=false",
+    "model.name=iresnet18_gwp",
+    "model.embed_dim=32",
+    "model.args={widths: [8, 8, 16, 16], img_size: 32}",
+    "data.synthetic.identities=16",
+    "data.synthetic.images_per_identity=4",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "loss.s=16",
+    "loss.m=0.3",
+    "optim.lr=0.05",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "export.enabled=false",
 ]
 
 
@@ -26,14 +37,17 @@ def tiny(*extra: str):
 
 @pytest.mark.parametrize("precision,accum", [("bf16", 1), ("fp16", 2), ("no", 2)])
 def test_mixed_precision_and_accumulation_train(tmp_path, precision, accum):
-    t = Trainer(tiny(f"train.mixed_precision={precision}", f"train.grad_accum={accum}", "loss.name=adaface"),
-                tmp_path, progress=False)
+    t = Trainer(
+        tiny(f"train.mixed_precision={precision}", f"train.grad_accum={accum}", "loss.name=adaface"),
+        tmp_path,
+        progress=False,
+    )
     before = t.backbone.conv1.weight.detach().clone()
     t.fit()
     assert t.step == 8 and not torch.equal(before, t.backbone.conv1.weight)
     assert t.plan.local_batch == 16 // accum
     if precision == "fp16":  # the first steps overflow at 2**16 and back off, skipped on every rank
-        assert 0 < t.skipped < 8 and t.scaler.scale == 2.0 ** 16 * 0.5 ** t.skipped
+        assert 0 < t.skipped < 8 and t.scaler.scale == 2.0**16 * 0.5**t.skipped
     else:
         assert t.skipped == 0
     log = (tmp_path / "train.log").read_text()
@@ -44,8 +58,13 @@ def test_mixed_precision_and_accumulation_train(tmp_path, precision, accum):
 def test_logs_have_no_duplicated_steps_after_a_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    extra = ["train.tensorboard=true", "eval.targets=[synthetic]", "eval.synthetic_pairs=20", "eval.every=2",
-             "train.checkpoint_every=2"]
+    extra = [
+        "train.tensorboard=true",
+        "eval.targets=[synthetic]",
+        "eval.synthetic_pairs=20",
+        "eval.every=2",
+        "train.checkpoint_every=2",
+    ]
     Trainer(tiny(*extra), tmp_path, progress=False).fit(stop_at=5)
     Trainer(tiny(*extra), tmp_path, resume="latest", progress=False).fit()
     with open(tmp_path / "summary.csv", newline="") as f:
@@ -65,8 +84,16 @@ def test_finetune_from_a_file_with_frozen_stages_and_lower_backbone_lr(tmp_path)
 
     base = timm.create_model("iresnet18_gwp", embed_dim=32, widths=(8, 8, 16, 16), img_size=32)
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
-    t = Trainer(tiny(f"model.pretrained={tmp_path / 'base.safetensors'}", "model.freeze=[conv1, bn1, layer1]",
-                     "optim.backbone_lr_scale=0.1", "data.synthetic.identities=20"), tmp_path / "ft", progress=False)
+    t = Trainer(
+        tiny(
+            f"model.pretrained={tmp_path / 'base.safetensors'}",
+            "model.freeze=[conv1, bn1, layer1]",
+            "optim.backbone_lr_scale=0.1",
+            "data.synthetic.identities=20",
+        ),
+        tmp_path / "ft",
+        progress=False,
+    )
     assert torch.equal(t.backbone.layer2[0].conv1.weight, base.layer2[0].conv1.weight)  # started from the file
     lrs = {g["name"]: g["lr"] for g in t.optimizer.param_groups}
     assert lrs == pytest.approx({"backbone": 0.005, "partial_fc": 0.05})  # the backbone at 0.1 x optim.lr
@@ -86,7 +113,8 @@ def test_learning_rate_schedules():
     assert [lr_factor(s, 10, 2, poly) for s in (0, 1, 2, 6, 10)] == pytest.approx([0, 0.5, 1, 0.5, 0])
     multi = ScheduleConfig(name="multistep", milestones=[12, 20, 24], gamma=0.1)  # AdaFace: per epoch
     assert [lr_factor(s * 100, 2600, 100, multi) for s in (0, 11, 12, 19, 20, 24, 25)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+        [1, 1, 0.1, 0.1, 0.01, 0.001, 0.001]
+    )
     assert lr_factor(1199, 2600, 100, multi) == 1.0  # constant within epoch 11
     cos = ScheduleConfig(name="cosine")
     assert lr_factor(5, 10, 5, cos, final=0.1) == pytest.approx(0.55)

@@ -1,4 +1,5 @@
 """Training engine: exact resume (in-process stop / resume, data workers 0 and 2, after SIGKILL), checkpoints, skips."""
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,27 @@ from facezoo.train.checkpoint import list_checkpoints
 
 # a model and data small enough for a few CPU steps per second
 TINY = [
-    "model.name=iresnet18_gwp", "model.embed_dim=32", "model.args={widths: [8, 8, 16, 16], img_size: 32}",
-    "data.train=synthetic", "data.synthetic.identities=24", "data.synthetic.images_per_identity=4",
-    "data.batch_size=16", "data.num_workers=0",
-    "loss.name=arcface", "loss.s=16", "loss.m=0.3", "loss.sample_rate=0.5",
-    "optim.name=sgd", "optim.lr=0.05", "optim.clip_grad_norm=5",
-    "schedule.name=polynomial", "schedule.warmup_epochs=0.5",
-    "train.epochs=2", "train.checkpoint_every=3", "train.log_every=2", "train.tensorboard=false",
+    "model.name=iresnet18_gwp",
+    "model.embed_dim=32",
+    "model.args={widths: [8, 8, 16, 16], img_size: 32}",
+    "data.train=synthetic",
+    "data.synthetic.identities=24",
+    "data.synthetic.images_per_identity=4",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "loss.name=arcface",
+    "loss.s=16",
+    "loss.m=0.3",
+    "loss.sample_rate=0.5",
+    "optim.name=sgd",
+    "optim.lr=0.05",
+    "optim.clip_grad_norm=5",
+    "schedule.name=polynomial",
+    "schedule.warmup_epochs=0.5",
+    "train.epochs=2",
+    "train.checkpoint_every=3",
+    "train.log_every=2",
+    "train.tensorboard=false",
     "data.augment={flip: 0.5, crop: 0.2, photometric: 0.2, low_res: 0.2}",
     "export.enabled=false",
 ]
@@ -71,8 +86,13 @@ def test_checkpoints_are_complete_and_pruned(reference):
     names = [p.name for p in list_checkpoints(reference)]
     assert names == ["step_6", "step_9", "step_12"]  # keep_last 3 of 3, 6 (epoch end), 9, 12
     for p in list_checkpoints(reference):
-        assert {f.name for f in p.iterdir()} == {"backbone.safetensors", "backbone_optim.safetensors", "partial_fc",
-                                                  "rng", "trainer_state.json"}
+        assert {f.name for f in p.iterdir()} == {
+            "backbone.safetensors",
+            "backbone_optim.safetensors",
+            "partial_fc",
+            "rng",
+            "trainer_state.json",
+        }
     assert not [p for p in (reference / "checkpoints").iterdir() if p.name.startswith(".")]
     for f in ("recipe.yaml", "train.log"):
         assert (reference / f).stat().st_size > 0
@@ -83,8 +103,12 @@ def test_resume_refuses_another_run(reference, tmp_path):
     from facezoo.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"num_classes: checkpoint 24, recipe 30.*model.pretrained="):
-        Trainer(tiny("data.synthetic.identities=30"), tmp_path, resume=str(reference / "checkpoints" / "step_12"),
-                progress=False)
+        Trainer(
+            tiny("data.synthetic.identities=30"),
+            tmp_path,
+            resume=str(reference / "checkpoints" / "step_12"),
+            progress=False,
+        )
     with pytest.raises(CheckpointError, match=r"embed_dim: checkpoint 32, recipe 64"):
         Trainer(tiny("model.embed_dim=64"), tmp_path, resume=str(reference), progress=False)
 
@@ -142,10 +166,22 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
 def test_sigterm_writes_a_checkpoint_and_exits_nonzero(tmp_path):
     recipe = _recipe_file(tmp_path)
     run = tmp_path / "term"
-    cmd = [sys.executable, "-m", "facezoo", "train", str(recipe), "--output-dir", str(run), "--quiet", *TINY,
-           "train.checkpoint_every=0", "train.epochs=50"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "facezoo",
+        "train",
+        str(recipe),
+        "--output-dir",
+        str(run),
+        "--quiet",
+        *TINY,
+        "train.checkpoint_every=0",
+        "train.epochs=50",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     log = run / "train.log"
     deadline = time.time() + 240
     while time.time() < deadline and "step 4/" not in (log.read_text() if log.exists() else ""):

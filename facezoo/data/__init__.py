@@ -1,4 +1,5 @@
 """Face data: training sources, verification sets, IJB, alignment and transforms; no mxnet needed."""
+
 from __future__ import annotations
 
 from facezoo.data.align import ARCFACE_TEMPLATE, align_face, estimate_similarity
@@ -20,10 +21,29 @@ from facezoo.data.verification import UnsafePickleError, load_bin, load_pairs_da
 from facezoo.errors import DataError
 
 __all__ = [
-    "ARCFACE_TEMPLATE", "align_face", "estimate_similarity", "collate_faces", "describe_source",
-    "IJBAlignedImages", "IJBMeta", "read_ijb",
-    "DataError", "decode_rgb", "encode_image",
-    "FaceDataset", "HFFaces", "HFIterableFaces", "ImageFolderFaces", "RecordIOFaces", "create_face_source",
-    "SyntheticFaces", "synthetic_pairs", "create_face_transform",
-    "UnsafePickleError", "load_bin", "load_pairs_dataset", "write_bin", "write_pairs_dataset",
+    "ARCFACE_TEMPLATE",
+    "align_face",
+    "estimate_similarity",
+    "collate_faces",
+    "describe_source",
+    "IJBAlignedImages",
+    "IJBMeta",
+    "read_ijb",
+    "DataError",
+    "decode_rgb",
+    "encode_image",
+    "FaceDataset",
+    "HFFaces",
+    "HFIterableFaces",
+    "ImageFolderFaces",
+    "RecordIOFaces",
+    "create_face_source",
+    "SyntheticFaces",
+    "synthetic_pairs",
+    "create_face_transform",
+    "UnsafePickleError",
+    "load_bin",
+    "load_pairs_dataset",
+    "write_bin",
+    "write_pairs_dataset",
 ]

@@ -4,6 +4,7 @@
 insightface uses); ``align_face`` warps with bilinear sampling and zero border, sampling pixel centres the way
 ``cv2.warpAffine`` does, so crops match insightface's ``norm_crop`` up to interpolation rounding.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -20,7 +21,8 @@ __all__ = ["ARCFACE_TEMPLATE", "estimate_similarity", "align_face", "warp_affine
 #: Landmarks (left eye, right eye, nose tip, left and right mouth corner) of an aligned 112x112 arcface crop.
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32)
+    dtype=np.float32,
+)
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -69,13 +71,19 @@ def warp_affine(image: torch.Tensor, matrix: np.ndarray, size: Union[int, tuple[
     in_h, in_w = image.shape[-2:]
     # grid_sample with align_corners=False: normalized -1/+1 are the outer pixel edges.
     grid = np.stack([(src_x + 0.5) / in_w * 2 - 1, (src_y + 0.5) / in_h * 2 - 1], axis=-1)
-    out = F.grid_sample(image[None].float(), torch.from_numpy(grid).float()[None], mode="bilinear",
-                        padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        image[None].float(),
+        torch.from_numpy(grid).float()[None],
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     return out[0].round().clamp_(0, 255).to(torch.uint8)
 
 
-def align_face(image: Union[np.ndarray, Image.Image, torch.Tensor], landmarks: np.ndarray,
-               size: int = 112) -> torch.Tensor:
+def align_face(
+    image: Union[np.ndarray, Image.Image, torch.Tensor], landmarks: np.ndarray, size: int = 112
+) -> torch.Tensor:
     """Align a face with its 5 landmarks (x, y in input pixels) to the arcface template; uint8 RGB (3, size, size).
 
     ``image``: uint8 HWC numpy array, PIL image, or uint8 (3, H, W) tensor. For sizes other than 112 the template

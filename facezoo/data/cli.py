@@ -1,4 +1,5 @@
 """``facezoo data``: convert between .rec / Hugging Face datasets / .bin, write synthetic sets, inspect sources."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,15 @@ from typing import Any
 def _convert(args: argparse.Namespace) -> int:
     from facezoo.data.convert import convert
 
-    info = convert(args.src, args.dst, format=args.hf_format, split=args.split, image_column=args.image_column,
-                   label_column=args.label_column, progress=not args.quiet)
+    info = convert(
+        args.src,
+        args.dst,
+        format=args.hf_format,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        progress=not args.quiet,
+    )
     print(json.dumps(info))
     return 0
 
@@ -18,9 +26,17 @@ def _convert(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from facezoo.data.convert import write_synthetic
 
-    info = write_synthetic(args.out, num_identities=args.identities, images_per_identity=args.per_identity,
-                           num_pairs=args.pairs, seed=args.seed, difficulty=args.difficulty, workers=args.workers,
-                           verify_name=args.name, progress=not args.quiet)
+    info = write_synthetic(
+        args.out,
+        num_identities=args.identities,
+        images_per_identity=args.per_identity,
+        num_pairs=args.pairs,
+        seed=args.seed,
+        difficulty=args.difficulty,
+        workers=args.workers,
+        verify_name=args.name,
+        progress=not args.quiet,
+    )
     print(json.dumps(info))
     return 0
 
@@ -34,30 +50,43 @@ def _info(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``facezoo data {convert,synth,info}``."""
-    data = subparsers.add_parser("data", help="face data: convert formats, write synthetic sets, inspect",
-                                 description="Convert between .rec, Hugging Face datasets and .bin; write synthetic "
-                                             "training/verification sets; inspect a data source.")
+    data = subparsers.add_parser(
+        "data",
+        help="face data: convert formats, write synthetic sets, inspect",
+        description="Convert between .rec, Hugging Face datasets and .bin; write synthetic "
+        "training/verification sets; inspect a data source.",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data.set_defaults(func=lambda args: data.error(f"choose a command: {', '.join(sub.choices)}"))
 
-    c = sub.add_parser("convert", help="convert .rec <-> Hugging Face dataset, .bin <-> HF pair dataset",
-                       description="SRC .rec (or folder with train.rec) -> DST Hugging Face dataset (Parquet shards in "
-                                   "DST/data, or --hf-format arrow for save_to_disk); SRC .bin -> DST HF pair dataset; "
-                                   "SRC HF pair dataset -> DST .bin; SRC HF dataset (folder, .parquet, Hub id) -> DST "
-                                   "folder with train.rec/train.idx/property. Image bytes are copied, not re-encoded.")
+    c = sub.add_parser(
+        "convert",
+        help="convert .rec <-> Hugging Face dataset, .bin <-> HF pair dataset",
+        description="SRC .rec (or folder with train.rec) -> DST Hugging Face dataset (Parquet shards in "
+        "DST/data, or --hf-format arrow for save_to_disk); SRC .bin -> DST HF pair dataset; "
+        "SRC HF pair dataset -> DST .bin; SRC HF dataset (folder, .parquet, Hub id) -> DST "
+        "folder with train.rec/train.idx/property. Image bytes are copied, not re-encoded.",
+    )
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--hf-format", choices=["parquet", "arrow"], default=None,
-                   help="output format when writing a Hugging Face dataset (default parquet for .rec, arrow for .bin)")
+    c.add_argument(
+        "--hf-format",
+        choices=["parquet", "arrow"],
+        default=None,
+        help="output format when writing a Hugging Face dataset (default parquet for .rec, arrow for .bin)",
+    )
     c.add_argument("--split", default=None, help="split of a Hugging Face source with several")
     c.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     c.add_argument("--label-column", default=None, help="label column (default: a ClassLabel or 'label'/'identity')")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_convert)
 
-    s = sub.add_parser("synth", help="write a synthetic training .rec and verification .bin",
-                       description="Write OUT/train.rec, OUT/train.idx, OUT/property (SyntheticFaces as JPEG) and "
-                                   "OUT/<name>.bin verification pairs from identities disjoint from training.")
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic training .rec and verification .bin",
+        description="Write OUT/train.rec, OUT/train.idx, OUT/property (SyntheticFaces as JPEG) and "
+        "OUT/<name>.bin verification pairs from identities disjoint from training.",
+    )
     s.add_argument("out")
     s.add_argument("--identities", type=int, default=1000, help="training identities (default 1000)")
     s.add_argument("--per-identity", type=int, default=20, help="images per identity (default 20)")
@@ -69,11 +98,13 @@ def register(subparsers: Any) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)
 
-    i = sub.add_parser("info", help="print the size, classes and image shape of a data source or verification set",
-                       description="Print, as one JSON line, what PATH holds: a training source (.rec, identity "
-                                   "folders, Hugging Face dataset or Hub id: images, classes, image shape) or a "
-                                   "verification set (.bin or HF pair dataset: pairs, positives, image shape).")
+    i = sub.add_parser(
+        "info",
+        help="print the size, classes and image shape of a data source or verification set",
+        description="Print, as one JSON line, what PATH holds: a training source (.rec, identity "
+        "folders, Hugging Face dataset or Hub id: images, classes, image shape) or a "
+        "verification set (.bin or HF pair dataset: pairs, positives, image shape).",
+    )
     i.add_argument("path")
     i.add_argument("--split", default=None, help="split of a Hugging Face dataset with several")
     i.set_defaults(func=_info)
-

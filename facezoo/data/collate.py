@@ -28,6 +28,7 @@ Samples that are not ``(tensor, int label)`` pairs are passed to ``default_colla
     loader = DataLoader(RecordIOFaces("faces_emore"), batch_size=256, shuffle=True, num_workers=8,
                         collate_fn=collate_faces)
 """
+
 from __future__ import annotations
 
 import operator
@@ -42,8 +43,8 @@ from torch.utils.data import default_collate, get_worker_info
 
 __all__ = ["collate_faces", "batch_buffer", "PooledSamples"]
 
-_SLOTS = 6    # buffers per batch shape and process (prefetched batches + the ones the caller holds)
-_SHAPES = 4   # batch shapes pooled per process (the full batch, a last partial one, ...)
+_SLOTS = 6  # buffers per batch shape and process (prefetched batches + the ones the caller holds)
+_SHAPES = 4  # batch shapes pooled per process (the full batch, a last partial one, ...)
 _FREE, _LENT, _SENT = 0, 1, 2  # slot states: in the pool / lent in this process / handed to the main process
 
 
@@ -96,8 +97,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _rebuild(token: tuple[int, int], key: int, buffer: Optional[torch.Tensor], labels: np.ndarray,
-             channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _rebuild(
+    token: tuple[int, int], key: int, buffer: Optional[torch.Tensor], labels: np.ndarray, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpickled in the main process: the worker's shared buffer (sent whole the first time, by key after), lent
     until the batch is dropped here."""
     global _REMOTE, _REMOTE_PID
@@ -110,9 +112,11 @@ def _rebuild(token: tuple[int, int], key: int, buffer: Optional[torch.Tensor], l
     else:
         slot = _REMOTE.get((token, key))
         if slot is None:
-            raise RuntimeError(f"collate_faces: a batch from DataLoader worker pid {token[0]} refers to its buffer "
-                               f"{key}, whose memory never reached this process (was the batch unpickled in another "
-                               "process than the one that received the worker's first batches?)")
+            raise RuntimeError(
+                f"collate_faces: a batch from DataLoader worker pid {token[0]} refers to its buffer "
+                f"{key}, whose memory never reached this process (was the batch unpickled in another "
+                "process than the one that received the worker's first batches?)"
+            )
     images = _lend(slot.buffer, slot.flag, _release_remote)
     return (images.permute(0, 3, 1, 2) if channels_last else images), torch.from_numpy(labels)
 
@@ -139,7 +143,7 @@ class _Pool:
 
     def _new(self, shape: Sequence[int], dtype: torch.dtype) -> _Slot:
         nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
-        storage = (torch.UntypedStorage._new_shared(nbytes + 1) if self.shared else torch.UntypedStorage(nbytes + 1))
+        storage = torch.UntypedStorage._new_shared(nbytes + 1) if self.shared else torch.UntypedStorage(nbytes + 1)
         self.made += 1
         return _Slot(torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape)), self.token, self.made)
 
@@ -237,8 +241,13 @@ def collate_faces(batch: Sequence[Any]) -> Any:
     if not batch:
         return default_collate(batch)
     first = batch[0]
-    if not (isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], torch.Tensor)
-            and not first[0].requires_grad and first[0].device.type == "cpu"):
+    if not (
+        isinstance(first, (tuple, list))
+        and len(first) == 2
+        and isinstance(first[0], torch.Tensor)
+        and not first[0].requires_grad
+        and first[0].device.type == "cpu"
+    ):
         return default_collate(batch)
     try:
         images, labels = zip(*batch)
@@ -246,8 +255,13 @@ def collate_faces(batch: Sequence[Any]) -> Any:
     except (TypeError, ValueError):  # labels that are not integers (floats, strings, multi-label tensors)
         return default_collate(batch)
     im = first[0]
-    channels_last = (im.dim() == 3 and im.shape[0] > 1 and im.stride(0) == 1 and im.stride(2) == im.shape[0]
-                     and im.stride(1) == im.shape[0] * im.shape[2])
+    channels_last = (
+        im.dim() == 3
+        and im.shape[0] > 1
+        and im.stride(0) == 1
+        and im.stride(2) == im.shape[0]
+        and im.stride(1) == im.shape[0] * im.shape[2]
+    )
     shape = (len(images),) + ((im.shape[1], im.shape[2], im.shape[0]) if channels_last else tuple(im.shape))
     slot = _pool(shared=in_worker).take(shape, im.dtype)
     if slot is None:  # every pooled buffer is still in use: fresh memory, as default_collate would

@@ -5,6 +5,7 @@
 - verification ``.bin`` <-> Hugging Face pair dataset (``image1``, ``image2``, ``issame``): a pickle-free copy
 - ``write_synthetic``: a SyntheticFaces training ``.rec`` and verification ``.bin`` files
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def is_rec_path(path: PathLike) -> bool:
     return p.suffix == ".rec" or (p.is_dir() and (p / "train.rec").exists())
 
 
-def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: bool = True,
-              max_shard_size: str = "500MB") -> dict:
+def rec_to_hf(
+    src: PathLike, dst: PathLike, format: str = "parquet", progress: bool = True, max_shard_size: str = "500MB"
+) -> dict:
     """Copy a face ``.rec`` into a Hugging Face dataset with columns ``image`` (Image) and ``label``.
 
     ``format='parquet'`` writes ``dst/data/train-*.parquet`` (``load_dataset(dst)``, ready to push to the Hub);
@@ -55,8 +57,9 @@ def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: b
 
     dst = Path(dst)
     with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
-        ds = datasets.Dataset.from_generator(rows, gen_kwargs={"rec_path": str(rec.rec_path)}, features=features,
-                                             cache_dir=tmp)
+        ds = datasets.Dataset.from_generator(
+            rows, gen_kwargs={"rec_path": str(rec.rec_path)}, features=features, cache_dir=tmp
+        )
         if format == "arrow":
             ds.save_to_disk(str(dst), max_shard_size=max_shard_size)
         elif format == "parquet":
@@ -73,8 +76,14 @@ def rec_to_hf(src: PathLike, dst: PathLike, format: str = "parquet", progress: b
     return {"images": n, "num_classes": ncls, "dst": str(dst)}
 
 
-def hf_to_rec(src: Any, dst: PathLike, split: Optional[str] = None, image_column: Optional[str] = None,
-              label_column: Optional[str] = None, progress: bool = True) -> dict:
+def hf_to_rec(
+    src: Any,
+    dst: PathLike,
+    split: Optional[str] = None,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    progress: bool = True,
+) -> dict:
     """Write a Hugging Face face dataset as insightface ``train.rec``/``train.idx``/``property`` in ``dst``
     (a folder, or a ``.rec`` path). Images are grouped by identity (stable sort by label), bytes copied as stored."""
     hf = HFFaces(src, split=split, image_column=image_column, label_column=label_column)
@@ -92,8 +101,15 @@ def hf_to_rec(src: Any, dst: PathLike, split: Optional[str] = None, image_column
     return {"images": info["images"], "num_classes": info["num_classes"], "dst": str(info["rec"])}
 
 
-def convert(src: PathLike, dst: PathLike, format: Optional[str] = None, split: Optional[str] = None,
-            image_column: Optional[str] = None, label_column: Optional[str] = None, progress: bool = True) -> dict:
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    format: Optional[str] = None,
+    split: Optional[str] = None,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    progress: bool = True,
+) -> dict:
     """Dispatch on the paths: ``.rec`` -> HF; ``.bin`` -> HF pairs; HF pairs -> ``.bin`` (dst ends in .bin);
     otherwise HF dataset (folder, parquet, Hub id) -> ``.rec``."""
     s, d = str(src), str(dst)
@@ -124,9 +140,18 @@ class _EncodedSynthetic(torch.utils.data.Dataset):
         return encode_image(image, "jpeg", self.quality), label
 
 
-def write_synthetic(path: PathLike, num_identities: int = 1000, images_per_identity: int = 20,
-                    num_pairs: int = 3000, seed: int = 0, difficulty: float = 1.0, workers: int = 0,
-                    verify_name: str = "synth_verify", quality: int = 95, progress: bool = True) -> dict:
+def write_synthetic(
+    path: PathLike,
+    num_identities: int = 1000,
+    images_per_identity: int = 20,
+    num_pairs: int = 3000,
+    seed: int = 0,
+    difficulty: float = 1.0,
+    workers: int = 0,
+    verify_name: str = "synth_verify",
+    quality: int = 95,
+    progress: bool = True,
+) -> dict:
     """Write ``path/train.rec``, ``train.idx``, ``property`` (SyntheticFaces, JPEG) and ``path/<verify_name>.bin``
     (held-out pairs from disjoint identities)."""
     from facezoo.data.synthetic import SyntheticFaces, synthetic_pairs

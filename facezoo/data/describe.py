@@ -3,6 +3,7 @@
 ``facezoo data info PATH`` prints it; a training loop or a notebook can log it. Paths are checked the way the
 readers check them: a local path that does not exist is reported at once, never looked up on the Hub.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,13 @@ def describe_source(path: Union[str, os.PathLike], split: Optional[str] = None) 
         from facezoo.data.verification import load_bin
 
         images, issame = load_bin(path)
-        return {"path": str(path), "type": "verification .bin", "pairs": len(issame),
-                "positives": int(issame.sum()), "image_shape": list(images.shape[1:])}
+        return {
+            "path": str(path),
+            "type": "verification .bin",
+            "pairs": len(issame),
+            "positives": int(issame.sum()),
+            "image_shape": list(images.shape[1:]),
+        }
     check_source_path(path)  # before anything is imported or asked: a typo fails at once
     with _quiet_datasets():
         if _is_local_hf(path):  # a pair dataset, or a training set (then opened again below: cached, cheap)
@@ -48,8 +54,14 @@ def _describe_faces(ds: Any, path: Any) -> Dict[str, Any]:
     if len(ds) == 0:
         raise DataError(f"{path}: the source holds no images")
     image, label = ds[0]
-    return {"path": str(path), "type": type(ds).__name__, "images": len(ds), "num_classes": ds.num_classes,
-            "image_shape": list(image.shape), "first_label": label}
+    return {
+        "path": str(path),
+        "type": type(ds).__name__,
+        "images": len(ds),
+        "num_classes": ds.num_classes,
+        "image_shape": list(image.shape),
+        "first_label": label,
+    }
 
 
 @contextlib.contextmanager
@@ -94,7 +106,15 @@ def _describe_pairs(ds: Any, where: str) -> Optional[Dict[str, Any]]:
     import datasets
 
     ds = ds.cast_column(first, datasets.Image(decode=False))
-    shape = list(decode_rgb(cell_bytes(ds[0][first], f"{where}: row 0 {first}"), where=f"{where}: row 0").shape) \
-        if len(ds) else []
-    return {"path": where, "type": "verification pairs (Hugging Face dataset)", "pairs": len(ds),
-            "positives": int(sum(bool(v) for v in ds[same])), "image_shape": shape}
+    shape = (
+        list(decode_rgb(cell_bytes(ds[0][first], f"{where}: row 0 {first}"), where=f"{where}: row 0").shape)
+        if len(ds)
+        else []
+    )
+    return {
+        "path": where,
+        "type": "verification pairs (Hugging Face dataset)",
+        "pairs": len(ds),
+        "positives": int(sum(bool(v) for v in ds[same])),
+        "image_shape": shape,
+    }

@@ -9,6 +9,7 @@ Layout (insightface's release)::
 
 Images are aligned to the arcface template with their 5 landmarks (:func:`facezoo.data.align.align_face`).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,13 @@ class IJBMeta:
     root: Path
     target: str
     image_names: list[str]
-    templates: np.ndarray   # int64 (N,)
-    medias: np.ndarray      # int64 (N,)
-    landmarks: np.ndarray   # float32 (N, 5, 2)
-    faceness: np.ndarray    # float32 (N,)
-    t1: np.ndarray          # int64 (M,)
-    t2: np.ndarray          # int64 (M,)
-    labels: np.ndarray      # int64 (M,)
+    templates: np.ndarray  # int64 (N,)
+    medias: np.ndarray  # int64 (N,)
+    landmarks: np.ndarray  # float32 (N, 5, 2)
+    faceness: np.ndarray  # float32 (N,)
+    t1: np.ndarray  # int64 (M,)
+    t2: np.ndarray  # int64 (M,)
+    labels: np.ndarray  # int64 (M,)
 
     def __len__(self) -> int:
         return len(self.image_names)
@@ -99,8 +100,9 @@ def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: 
     lmk_by_name: dict[str, tuple[np.ndarray, float, int]] = {}
     for lineno, parts in _lines(f_lmk):
         if len(parts) != 12:
-            raise DataError(f"{f_lmk}:{lineno}: expected 12 fields (image, 10 landmark coordinates, score), "
-                            f"got {len(parts)}")
+            raise DataError(
+                f"{f_lmk}:{lineno}: expected 12 fields (image, 10 landmark coordinates, score), got {len(parts)}"
+            )
         try:
             vals = np.array([float(p) for p in parts[1:]], dtype=np.float32)
         except ValueError:
@@ -113,12 +115,14 @@ def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: 
 
     missing = [n for n in names if n not in lmk_by_name]
     if missing:
-        raise DataError(f"{f_tid}:{seen[missing[0]]}: image {missing[0]!r} has no landmarks in {f_lmk} "
-                        f"({len(missing)} such images)")
+        raise DataError(
+            f"{f_tid}:{seen[missing[0]]}: image {missing[0]!r} has no landmarks in {f_lmk} ({len(missing)} such images)"
+        )
     extra = [n for n in lmk_by_name if n not in seen]
     if extra:
-        raise DataError(f"{f_lmk}:{lmk_by_name[extra[0]][2]}: image {extra[0]!r} is not in {f_tid} "
-                        f"({len(extra)} such images)")
+        raise DataError(
+            f"{f_lmk}:{lmk_by_name[extra[0]][2]}: image {extra[0]!r} is not in {f_tid} ({len(extra)} such images)"
+        )
 
     t1, t2, labels = [], [], []
     known = set(templates)
@@ -143,12 +147,21 @@ def read_ijb(path: Union[str, os.PathLike], target: str = "IJBC", check_images: 
                 raise DataError(f"{f_tid}:{seen[n]}: image file {crop / n} not found")
 
     return IJBMeta(
-        root=root, target=target.upper(), image_names=names,
-        templates=np.asarray(templates, dtype=np.int64), medias=np.asarray(medias, dtype=np.int64),
-        landmarks=(np.stack([lmk_by_name[n][0] for n in names]).astype(np.float32) if names
-                   else np.zeros((0, 5, 2), np.float32)),
+        root=root,
+        target=target.upper(),
+        image_names=names,
+        templates=np.asarray(templates, dtype=np.int64),
+        medias=np.asarray(medias, dtype=np.int64),
+        landmarks=(
+            np.stack([lmk_by_name[n][0] for n in names]).astype(np.float32)
+            if names
+            else np.zeros((0, 5, 2), np.float32)
+        ),
         faceness=np.asarray([lmk_by_name[n][1] for n in names], dtype=np.float32),
-        t1=np.asarray(t1, dtype=np.int64), t2=np.asarray(t2, dtype=np.int64), labels=np.asarray(labels, dtype=np.int64))
+        t1=np.asarray(t1, dtype=np.int64),
+        t2=np.asarray(t2, dtype=np.int64),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
 
 
 class IJBAlignedImages(Dataset):

@@ -5,6 +5,7 @@ JPEG through ``simplejpeg`` (libjpeg-turbo; the same pixels as ``torchvision.io`
 decode straight into a caller's buffer, which ``RecordIOFaces``'s batch reader uses), everything else, and any JPEG
 simplejpeg refuses, through ``torchvision.io`` (libjpeg-turbo / libpng / libwebp).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -9,6 +9,7 @@ An image payload starts with the ``IRHeader`` struct ``'IfQQ'`` (flag, label, id
 float32 labels follow and ``label`` is 0; the rest is the encoded image. insightface's face datasets add a header
 record at key 0 (no image, labels ``[a, b]``: images are keys ``1..a-1``, identity records ``a..b-1``).
 """
+
 from __future__ import annotations
 
 import mmap
@@ -22,8 +23,19 @@ import numpy as np
 
 from facezoo.errors import DataError, MissingPathError
 
-__all__ = ["MAGIC", "IRHeader", "pack", "unpack", "read_index", "RecordReader", "RecordWriter",
-           "write_face_records", "write_property", "read_property", "resolve_rec_paths"]
+__all__ = [
+    "MAGIC",
+    "IRHeader",
+    "pack",
+    "unpack",
+    "read_index",
+    "RecordReader",
+    "RecordWriter",
+    "write_face_records",
+    "write_property",
+    "read_property",
+    "resolve_rec_paths",
+]
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -90,8 +102,9 @@ def resolve_rec_paths(path: PathLike) -> tuple[Path, Path]:
     if p.is_dir():
         recs = [p / "train.rec"] if (p / "train.rec").exists() else sorted(p.glob("*.rec"))
         if len(recs) != 1:
-            raise MissingPathError(f"{p}: expected train.rec (or exactly one .rec file) in the folder, found "
-                                   f"{[r.name for r in recs]}")
+            raise MissingPathError(
+                f"{p}: expected train.rec (or exactly one .rec file) in the folder, found {[r.name for r in recs]}"
+            )
         p = recs[0]
     if not p.is_file():
         raise MissingPathError(f"{p}: no such RecordIO file (.rec)")
@@ -161,7 +174,7 @@ class RecordReader:
         if _HAS_PREADV:
             return os.preadv(fd, [buf], offset)
         data = self._pread(len(buf), offset)  # pragma: no cover - platforms without preadv
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         return len(data)
 
     def read_at(self, offset: int, key: Union[int, str] = "?", span: int = 0) -> Union[bytes, memoryview]:
@@ -176,7 +189,7 @@ class RecordReader:
                 magic, lrec = struct.unpack_from("<II", buf)
                 length = lrec & _LEN_MASK
                 if magic == MAGIC and lrec >> 29 == 0 and 8 + length <= got:
-                    return buf[8:8 + length]
+                    return buf[8 : 8 + length]
         where = f"{self.path}: record key {key} at byte offset {offset}"
         if offset < 0 or offset + 8 > self.size:
             raise DataError(f"{where}: offset is past the end of the file ({self.size} bytes)")
@@ -188,15 +201,18 @@ class RecordReader:
                 raise DataError(f"{where}: truncated record (part header at byte {pos} cut off at end of file)")
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise DataError(f"{where}: wrong magic 0x{magic:08x} at byte {pos} (expected 0x{MAGIC:08x}); "
-                                "the index does not point at a record or the file is corrupt")
+                raise DataError(
+                    f"{where}: wrong magic 0x{magic:08x} at byte {pos} (expected 0x{MAGIC:08x}); "
+                    "the index does not point at a record or the file is corrupt"
+                )
             cflag, length = lrec >> 29, lrec & _LEN_MASK
             if cflag not in (0, 1, 2, 3) or (pos == offset) != (cflag in (0, 1)):
                 raise DataError(f"{where}: unexpected split flag {cflag} at byte {pos}")
             data = self._pread(length, pos + 8) if length else b""
             if len(data) < length:
-                raise DataError(f"{where}: truncated record: needs {length} bytes at byte {pos + 8}, "
-                                f"file ends at {self.size}")
+                raise DataError(
+                    f"{where}: truncated record: needs {length} bytes at byte {pos + 8}, file ends at {self.size}"
+                )
             parts.append(data)
             if cflag in (0, 3):
                 break
@@ -304,9 +320,13 @@ def read_property(path: PathLike) -> Optional[tuple[int, int, int]]:
     return (vals[0], vals[1], vals[2]) if len(vals) == 3 else (vals[0], 0, 0)
 
 
-def write_face_records(path: PathLike, items: Iterable[tuple[bytes, Union[int, Sequence[float]]]],
-                       num_classes: Optional[int] = None, insightface_header: bool = True,
-                       image_size: tuple[int, int] = (112, 112)) -> dict:
+def write_face_records(
+    path: PathLike,
+    items: Iterable[tuple[bytes, Union[int, Sequence[float]]]],
+    num_classes: Optional[int] = None,
+    insightface_header: bool = True,
+    image_size: tuple[int, int] = (112, 112),
+) -> dict:
     """Write an insightface-style face ``.rec``/``.idx`` (+ ``property``) from ``(encoded_image, label)`` items.
 
     With ``insightface_header`` (the default, what insightface's tools expect) the images must come grouped by
@@ -333,9 +353,11 @@ def write_face_records(path: PathLike, items: Iterable[tuple[bytes, Union[int, S
                 raise ValueError(f"{rec}: image {n} has negative label {lab}")
             if insightface_header:
                 if lab in ranges and order[-1] != lab:
-                    raise ValueError(f"{rec}: image {n} (label {lab}) is not next to the other images of its identity; "
-                                     "insightface-style files need images grouped by identity (sort them, or pass "
-                                     "insightface_header=False)")
+                    raise ValueError(
+                        f"{rec}: image {n} (label {lab}) is not next to the other images of its identity; "
+                        "insightface-style files need images grouped by identity (sort them, or pass "
+                        "insightface_header=False)"
+                    )
                 if lab not in ranges:
                     ranges[lab] = [key, key + 1]
                     order.append(lab)

@@ -7,6 +7,7 @@ MXNet RecordIO (:class:`RecordIOFaces`), identity folders (:class:`ImageFolderFa
 Bad records raise :class:`DataError` naming the file and where. Training may pass ``on_error='skip'``: the
 sample is replaced by the next readable one and every skip is counted (``ds.skipped``, per process) and logged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,16 @@ from facezoo.data.recordio import (
 )
 from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_local_path, require_path
 
-__all__ = ["FaceDataset", "RecordIOFaces", "ImageFolderFaces", "HFFaces", "HFIterableFaces",
-           "create_face_source", "check_source_path", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "FaceDataset",
+    "RecordIOFaces",
+    "ImageFolderFaces",
+    "HFFaces",
+    "HFIterableFaces",
+    "create_face_source",
+    "check_source_path",
+    "IMAGE_EXTENSIONS",
+]
 
 _logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -78,8 +87,13 @@ class FaceDataset(Dataset):
     def _note_skip(self, index: int, exc: Exception) -> None:
         self.skipped += 1
         if self.skipped <= 10 or self.skipped % 100 == 0:
-            _logger.warning("skipping unreadable sample %d (%s); %d skipped so far in process %d",
-                           index, exc, self.skipped, os.getpid())
+            _logger.warning(
+                "skipping unreadable sample %d (%s); %d skipped so far in process %d",
+                index,
+                exc,
+                self.skipped,
+                os.getpid(),
+            )
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self)
@@ -100,8 +114,10 @@ class FaceDataset(Dataset):
                 except DataError as exc2:
                     self._note_skip(j, exc2)
             else:
-                raise DataError(f"{type(self).__name__}: {_MAX_SKIP_TRIES} unreadable samples in a row from index "
-                                f"{index}; the source looks broken") from exc
+                raise DataError(
+                    f"{type(self).__name__}: {_MAX_SKIP_TRIES} unreadable samples in a row from index "
+                    f"{index}; the source looks broken"
+                ) from exc
         return (self.transform(image) if self.transform is not None else image), label
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
@@ -140,8 +156,9 @@ class RecordIOFaces(FaceDataset):
     (DataLoader worker) opens its own file handle.
     """
 
-    def __init__(self, path: PathLike, transform: Transform = None, on_error: str = "raise",
-                 num_classes: Optional[int] = None) -> None:
+    def __init__(
+        self, path: PathLike, transform: Transform = None, on_error: str = "raise", num_classes: Optional[int] = None
+    ) -> None:
         super().__init__(transform, on_error)
         self.rec_path, self.idx_path = resolve_rec_paths(path)
         self.reader = RecordReader(self.rec_path)
@@ -164,8 +181,10 @@ class RecordIOFaces(FaceDataset):
             last = len(self._sorted_keys) - 1
             bad = (pos > last) | (self._sorted_keys[np.minimum(pos, last)] != self.keys)
             if bad.any():
-                raise DataError(f"{self.idx_path}: header record says images are keys 1..{a - 1}, but key "
-                                f"{int(self.keys[bad][0])} is not in the index ({int(bad.sum())} missing)")
+                raise DataError(
+                    f"{self.idx_path}: header record says images are keys 1..{a - 1}, but key "
+                    f"{int(self.keys[bad][0])} is not in the index ({int(bad.sum())} missing)"
+                )
             self.offsets = self._sorted_offsets[pos]
         else:
             self.keys, self.offsets = keys, offsets
@@ -252,8 +271,9 @@ class RecordIOFaces(FaceDataset):
                 out[k] = (views[k], out[k])
         return out
 
-    def _decode_plain_jpegs(self, idx: np.ndarray, words: np.ndarray,
-                            out: list) -> tuple[Optional[torch.Tensor], list[int]]:
+    def _decode_plain_jpegs(
+        self, idx: np.ndarray, words: np.ndarray, out: list
+    ) -> tuple[Optional[torch.Tensor], list[int]]:
         """Decode the plain JPEG records of a batch into a pooled buffer; set ``out[k]`` to the label of each image
         decoded there and return (buffer, those k). ``words``: the file as little-endian uint32 (records start
         4-byte aligned: magic, lrec, then the IRHeader's flag and float label, 16 more header bytes, the image)."""
@@ -263,8 +283,14 @@ class RecordIOFaces(FaceDataset):
         at = np.where(ok, offs // 4, 0)
         lrec = words[at + 1]
         ends = 8 + (lrec & _LEN_MASK).astype(np.int64)  # end of the payload, from the record's start
-        ok &= ((words[at] == MAGIC) & (lrec >> 29 == 0) & (words[at + 2] == 0) & (ends > 36)
-               & (ends <= np.minimum(spans, size - offs)) & ((words[at + 8] & 0xFFFF) == 0xD8FF))  # JPEG SOI
+        ok &= (
+            (words[at] == MAGIC)
+            & (lrec >> 29 == 0)
+            & (words[at + 2] == 0)
+            & (ends > 36)
+            & (ends <= np.minimum(spans, size - offs))
+            & ((words[at + 8] & 0xFFFF) == 0xD8FF)
+        )  # JPEG SOI
         plain = np.flatnonzero(ok)
         if not len(plain):
             return None, []
@@ -277,7 +303,7 @@ class RecordIOFaces(FaceDataset):
         view = memoryview(mm)
         starts, ends = (offs[plain] + 32).tolist(), (offs[plain] + ends[plain]).tolist()
         try:
-            h, w = _sj_header(view[starts[0]:ends[0]])[:2]
+            h, w = _sj_header(view[starts[0] : ends[0]])[:2]
         except ValueError:
             return None, []  # the item path reports it
         lent = batch_buffer((len(idx), h, w, 3))
@@ -288,7 +314,7 @@ class RecordIOFaces(FaceDataset):
         in_batch = []
         for k, start, end, label in zip(plain.tolist(), starts, ends, labels):
             try:
-                if _sj_decode(view[start:end], "rgb", buffer=memory[k * step:(k + 1) * step]).shape[:2] == (h, w):
+                if _sj_decode(view[start:end], "rgb", buffer=memory[k * step : (k + 1) * step]).shape[:2] == (h, w):
                     out[k] = int(label)
                     in_batch.append(k)
             except ValueError:
@@ -318,8 +344,11 @@ class RecordIOFaces(FaceDataset):
         """Label of image ``i``, reading only its header."""
         off = int(self.offsets[i])
         head = self.reader._pread(8 + _HEADER.size, off)
-        plain = (len(head) == 8 + _HEADER.size and int.from_bytes(head[:4], "little") == MAGIC
-                 and (int.from_bytes(head[4:8], "little") >> 29) == 0)
+        plain = (
+            len(head) == 8 + _HEADER.size
+            and int.from_bytes(head[:4], "little") == MAGIC
+            and (int.from_bytes(head[4:8], "little") >> 29) == 0
+        )
         if plain:
             flag, lab = _HEADER.unpack_from(head, 8)[:2]
             if flag == 0:
@@ -332,9 +361,18 @@ class RecordIOFaces(FaceDataset):
     def labels(self, progress: bool = True) -> np.ndarray:
         """All labels (int64), reading only record headers; used when neither ``property`` nor a header record
         gives ``num_classes``."""
-        return np.fromiter((self.label(i) for i in tqdm(range(len(self)), desc=f"scan labels {self.rec_path.name}",
-                                                         disable=not progress or len(self) < 10000)),
-                           dtype=np.int64, count=len(self))
+        return np.fromiter(
+            (
+                self.label(i)
+                for i in tqdm(
+                    range(len(self)),
+                    desc=f"scan labels {self.rec_path.name}",
+                    disable=not progress or len(self) < 10000,
+                )
+            ),
+            dtype=np.int64,
+            count=len(self),
+        )
 
 
 class ImageFolderFaces(FaceDataset):
@@ -343,8 +381,14 @@ class ImageFolderFaces(FaceDataset):
     ``num_classes`` may raise the class count above the folders found (e.g. to share a classifier with more
     identities); it cannot lower it."""
 
-    def __init__(self, path: PathLike, transform: Transform = None, on_error: str = "raise",
-                 num_classes: Optional[int] = None, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
+    def __init__(
+        self,
+        path: PathLike,
+        transform: Transform = None,
+        on_error: str = "raise",
+        num_classes: Optional[int] = None,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    ) -> None:
         super().__init__(transform, on_error)
         self.root = require_path(path, "folder of identity folders", kind="dir")
         exts = tuple(e.lower() for e in extensions)
@@ -355,8 +399,10 @@ class ImageFolderFaces(FaceDataset):
             files = sorted(e.name for e in os.scandir(self.root / c) if e.is_file() and e.name.lower().endswith(exts))
             self.samples.extend((os.path.join(c, f), self.class_to_idx[c]) for f in files)
         if not self.samples:
-            raise DataError(f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders "
-                            f"({len(self.classes)} sub-folders found); expected {self.root}/<identity>/<image>.jpg")
+            raise DataError(
+                f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders "
+                f"({len(self.classes)} sub-folders found); expected {self.root}/<identity>/<image>.jpg"
+            )
         self.num_classes = checked_num_classes(len(self.classes), num_classes, self.root)
         self.targets = [s[1] for s in self.samples]
 
@@ -386,29 +432,38 @@ def _load_hf(path: Any, split: Optional[str], streaming: bool) -> Any:
     an offline machine fails in seconds with a message saying so."""
     import datasets
 
-    if isinstance(path, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict,
-                         datasets.IterableDatasetDict)):
+    if isinstance(
+        path, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict, datasets.IterableDatasetDict)
+    ):
         ds = path
     else:
         p = Path(path).expanduser()
         if p.is_dir() and ((p / "state.json").exists() or (p / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(p))
             if streaming:
-                ds = ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else \
-                    datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in ds.items()})
+                ds = (
+                    ds.to_iterable_dataset()
+                    if isinstance(ds, datasets.Dataset)
+                    else datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in ds.items()})
+                )
         elif p.is_file() and p.suffix in (".parquet", ".arrow"):
             ds = datasets.load_dataset(p.suffix[1:], data_files=str(p), streaming=streaming)
         elif p.is_dir():
             if not any(p.iterdir()):
-                raise DataError(f"{p}: the folder is empty (expected a Hugging Face dataset, a .rec, or identity "
-                                "folders of images)")
+                raise DataError(
+                    f"{p}: the folder is empty (expected a Hugging Face dataset, a .rec, or identity folders of images)"
+                )
             ds = datasets.load_dataset(str(p), streaming=streaming)
         elif p.exists():
-            raise DataError(f"{path}: not a dataset file (expected a .rec with its .idx, a .parquet or .arrow file, a "
-                            "folder of identity folders or a Hugging Face dataset folder)")
+            raise DataError(
+                f"{path}: not a dataset file (expected a .rec with its .idx, a .parquet or .arrow file, a "
+                "folder of identity folders or a Hugging Face dataset folder)"
+            )
         elif looks_like_local_path(path):
-            raise MissingPathError(f"{path}: no such file or folder (expected a dataset: a .rec, a folder of identity "
-                                   "folders, a Hugging Face dataset folder or .parquet file, or a Hub id ORG/NAME)")
+            raise MissingPathError(
+                f"{path}: no such file or folder (expected a dataset: a .rec, a folder of identity "
+                "folders, a Hugging Face dataset folder or .parquet file, or a Hub id ORG/NAME)"
+            )
         else:
             ds = _load_hub_dataset(str(path), streaming)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -432,8 +487,9 @@ def _load_hub_dataset(repo_id: str, streaming: bool) -> Any:
     except (ConnectionError, FileNotFoundError) as exc:  # datasets' offline errors derive from these
         if hub_offline():
             raise offline_cache_miss(repo_id, "dataset") from None
-        raise DataError(f"{repo_id}: cannot load this Hugging Face dataset ({' '.join(str(exc).split())[:200]})") \
-            from None
+        raise DataError(
+            f"{repo_id}: cannot load this Hugging Face dataset ({' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], source: Any) -> tuple[str, str]:
@@ -445,15 +501,19 @@ def _columns(ds: Any, image_column: Optional[str], label_column: Optional[str], 
     if image_column is None:
         imgs = [k for k, v in feats.items() if isinstance(v, datasets.Image)]
         if not imgs:
-            raise DataError(f"{source}: no Image column among {list(feats)} (expected a face dataset: an Image column "
-                            "and a label column; pass image_column= to name one)")
+            raise DataError(
+                f"{source}: no Image column among {list(feats)} (expected a face dataset: an Image column "
+                "and a label column; pass image_column= to name one)"
+            )
         image_column = imgs[0]
     if label_column is None:
         cls = [k for k, v in feats.items() if isinstance(v, datasets.ClassLabel)]
         named = [k for k in _LABEL_NAMES if k in feats]
         if not cls and not named:
-            raise DataError(f"{source}: no label column (ClassLabel or one of {list(_LABEL_NAMES)}) among "
-                             f"{list(feats)}; pass label_column=")
+            raise DataError(
+                f"{source}: no label column (ClassLabel or one of {list(_LABEL_NAMES)}) among "
+                f"{list(feats)}; pass label_column="
+            )
         label_column = cls[0] if cls else named[0]
     for c in (image_column, label_column):
         if c not in feats:
@@ -481,9 +541,16 @@ class HFFaces(FaceDataset):
     ``label``/``identity``/...) unless given. Images are decoded from their stored bytes (no PIL round trip).
     """
 
-    def __init__(self, path: Any, split: Optional[str] = None, transform: Transform = None,
-                 image_column: Optional[str] = None, label_column: Optional[str] = None,
-                 on_error: str = "raise", num_classes: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        path: Any,
+        split: Optional[str] = None,
+        transform: Transform = None,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        on_error: str = "raise",
+        num_classes: Optional[int] = None,
+    ) -> None:
         import datasets
         import pyarrow.compute as pc
 
@@ -501,7 +568,8 @@ class HFFaces(FaceDataset):
             found = int(pc.max(col).as_py()) + 1 if len(col) else 0
             self.num_classes = checked_num_classes(found, num_classes, self.source)
         self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
-            [self.image_column, self.label_column])
+            [self.image_column, self.label_column]
+        )
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -535,9 +603,16 @@ class HFIterableFaces(IterableDataset):
     from a ``ClassLabel`` feature or must be given. ``on_error='skip'`` skips and counts unreadable rows.
     """
 
-    def __init__(self, path: Any, split: Optional[str] = None, transform: Transform = None,
-                 image_column: Optional[str] = None, label_column: Optional[str] = None,
-                 on_error: str = "raise", num_classes: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        path: Any,
+        split: Optional[str] = None,
+        transform: Transform = None,
+        image_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        on_error: str = "raise",
+        num_classes: Optional[int] = None,
+    ) -> None:
         import datasets
 
         if on_error not in ("raise", "skip"):
@@ -553,10 +628,13 @@ class HFIterableFaces(IterableDataset):
         elif isinstance(feat, datasets.ClassLabel):
             self.num_classes = feat.num_classes
         else:
-            raise ConfigError(f"{path}: label column {self.label_column!r} is not a ClassLabel, so a streamed "
-                             "dataset cannot know num_classes without reading it all; pass num_classes=")
+            raise ConfigError(
+                f"{path}: label column {self.label_column!r} is not a ClassLabel, so a streamed "
+                "dataset cannot know num_classes without reading it all; pass num_classes="
+            )
         self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False)).select_columns(
-            [self.image_column, self.label_column])
+            [self.image_column, self.label_column]
+        )
         self.transform = transform
         self.on_error = on_error
         self.skipped = 0
@@ -575,8 +653,9 @@ class HFIterableFaces(IterableDataset):
                     raise
                 self.skipped += 1
                 if self.skipped <= 10 or self.skipped % 100 == 0:
-                    _logger.warning("skipping unreadable row (%s); %d skipped so far in process %d", exc,
-                                   self.skipped, os.getpid())
+                    _logger.warning(
+                        "skipping unreadable row (%s); %d skipped so far in process %d", exc, self.skipped, os.getpid()
+                    )
                 continue
             yield (self.transform(image) if self.transform is not None else image), label
 
@@ -584,15 +663,22 @@ class HFIterableFaces(IterableDataset):
 def check_source_path(path: Any) -> None:
     """Raise :class:`MissingPathError` at once when ``path`` reads as a local path (``faces_emore``, ``./data``,
     ``/data/x.rec``: anything but ``ORG/NAME``) and does not exist, so that it is never looked up on the Hub."""
-    if isinstance(path, (str, os.PathLike)) and path != "synthetic" and not Path(path).expanduser().exists() \
-            and looks_like_local_path(path):
-        raise MissingPathError(f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
-                               "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
-                               ".parquet file, a Hub id ORG/NAME, or 'synthetic')")
+    if (
+        isinstance(path, (str, os.PathLike))
+        and path != "synthetic"
+        and not Path(path).expanduser().exists()
+        and looks_like_local_path(path)
+    ):
+        raise MissingPathError(
+            f"{path}: no such file or folder (expected a training set: a .rec file or a folder "
+            "with train.rec, a folder of identity folders, a Hugging Face dataset folder or "
+            ".parquet file, a Hub id ORG/NAME, or 'synthetic')"
+        )
 
 
-def create_face_source(path: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False,
-                       **kwargs: Any) -> Union[FaceDataset, HFIterableFaces]:
+def create_face_source(
+    path: Any, transform: Transform = None, on_error: str = "raise", streaming: bool = False, **kwargs: Any
+) -> Union[FaceDataset, HFIterableFaces]:
     """Open any training source by what it is: ``'synthetic'``, a ``.rec`` file or folder with one, a folder of
     identity folders, a Hugging Face dataset (folder, parquet file, Hub id; ``streaming=True`` for iterable).
 

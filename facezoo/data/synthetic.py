@@ -15,6 +15,7 @@ shared state. Training identities are ``0..N-1``; held-out verification identiti
 ``VERIFY_IDENTITY_OFFSET`` (2**30), so they never overlap a training set. Rendering is PIL polygon drawing plus a
 few vectorised numpy passes over channel-first planes (over 1,000 images/s per core).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,28 +35,41 @@ VERIFY_IDENTITY_OFFSET = 1 << 30
 # Per-image nuisance (scaled by ``difficulty``). Strong enough that raw pixels and untrained CNNs are near chance on
 # held-out pairs (an identity's skin and hair tone would otherwise survive in the image statistics), mild enough
 # that a small CNN learns identity from shape, geometry and texture (benchmarks/bench_synth_learnability.py).
-_CAST = 0.18        # log-std of the per-channel white-balance error (after grey-world metering)
-_EXPOSURE = 0.35    # log-std of the exposure error (after metering)
-_GAMMA = 0.3        # log-std of the tone curve's gamma
-_CONTRAST = 0.25    # log-std of the tone curve's contrast
-_LIGHT = 0.9        # strongest directional light gradient across the frame (1 + k * position, k in [0.4, 1] x this)
-_LIGHT_MIN = 0.4    # weakest gradient, as a fraction of _LIGHT
-_SHIFT = 2.5        # std of the alignment error (pixels)
-_SCALE = 0.05       # std of the scale error
-_SPOT = 0.15        # probability of a local light / shadow blob
-_GRAY = 0.15        # probability of a greyscale photo
-_HAT = 0.03         # probability of a hat or hood
-_SPLIT = 0.5        # probability of a second large background surface
-_CLUTTER = 8        # most background clutter shapes
+_CAST = 0.18  # log-std of the per-channel white-balance error (after grey-world metering)
+_EXPOSURE = 0.35  # log-std of the exposure error (after metering)
+_GAMMA = 0.3  # log-std of the tone curve's gamma
+_CONTRAST = 0.25  # log-std of the tone curve's contrast
+_LIGHT = 0.9  # strongest directional light gradient across the frame (1 + k * position, k in [0.4, 1] x this)
+_LIGHT_MIN = 0.4  # weakest gradient, as a fraction of _LIGHT
+_SHIFT = 2.5  # std of the alignment error (pixels)
+_SCALE = 0.05  # std of the scale error
+_SPOT = 0.15  # probability of a local light / shadow blob
+_GRAY = 0.15  # probability of a greyscale photo
+_HAT = 0.03  # probability of a hat or hood
+_SPLIT = 0.5  # probability of a second large background surface
+_CLUTTER = 8  # most background clutter shapes
 _CLUTTER_SIZE = 52  # their largest extra size (pixels)
 SIZE = 112
 _CENTER = np.array([56.0, 63.0])
-_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
-                    np.sin(np.linspace(0, 2 * np.pi, 28, endpoint=False))], 1)
-_SKIN = np.array([[255, 226, 200], [236, 196, 164], [206, 150, 110], [160, 104, 70], [105, 66, 44], [70, 45, 32]],
-                 float)
-_HAIR = np.array([[18, 14, 12], [52, 36, 24], [96, 64, 38], [150, 110, 60], [205, 175, 120], [150, 70, 35],
-                  [160, 160, 160], [235, 235, 230]], float)
+_CIRCLE = np.stack(
+    [np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)), np.sin(np.linspace(0, 2 * np.pi, 28, endpoint=False))], 1
+)
+_SKIN = np.array(
+    [[255, 226, 200], [236, 196, 164], [206, 150, 110], [160, 104, 70], [105, 66, 44], [70, 45, 32]], float
+)
+_HAIR = np.array(
+    [
+        [18, 14, 12],
+        [52, 36, 24],
+        [96, 64, 38],
+        [150, 110, 60],
+        [205, 175, 120],
+        [150, 70, 35],
+        [160, 160, 160],
+        [235, 235, 230],
+    ],
+    float,
+)
 # skin and hair tones span 70% of the natural range above (around its mean): with the camera nuisance this keeps
 # them identity traits without letting them dominate raw pixels
 _TONE_SPREAD = 0.7
@@ -79,10 +93,10 @@ def _identity(seed: int, identity: int) -> dict[str, Any]:
     n = rng.standard_normal(32)
     hair_idx = rng.choice(len(_HAIR), p=[0.3, 0.22, 0.16, 0.08, 0.08, 0.05, 0.07, 0.04])
     t = {
-        "fw": 37 + 6 * u[0],                     # face half width
-        "fh": 47 + 6 * u[1],                     # face half height
-        "jaw": 0.55 + 0.4 * u[2],                # chin taper (1 = round)
-        "chin": 0.8 + 0.4 * u[3],                # chin pointiness exponent
+        "fw": 37 + 6 * u[0],  # face half width
+        "fh": 47 + 6 * u[1],  # face half height
+        "jaw": 0.55 + 0.4 * u[2],  # chin taper (1 = round)
+        "chin": 0.8 + 0.4 * u[3],  # chin pointiness exponent
         "skin": np.clip(_palette(_SKIN, u[4]) + n[0:3] * 7, 0, 255),
         "hair": np.clip(_HAIR[hair_idx] + n[3:6] * 10, 0, 255),
         "iris": np.clip(_palette(_IRIS, u[5]) + n[6:9] * 10, 0, 255),
@@ -104,9 +118,9 @@ def _identity(seed: int, identity: int) -> dict[str, Any]:
         "lip_up": 1.2 + 3.0 * u[16],
         "lip_lo": 1.6 + 3.6 * u[17],
         "lip": np.clip(np.array([175, 85, 85]) * (0.6 + 0.5 * u[18]) + n[14:17] * 10, 0, 255),
-        "hairline": -36 + 12 * u[19],           # y of the hairline centre
+        "hairline": -36 + 12 * u[19],  # y of the hairline centre
         "hair_curve": 4 + 14 * u[20],
-        "part": (u[21] - 0.5) * 30,              # side part x
+        "part": (u[21] - 0.5) * 30,  # side part x
         "bangs": u[22] < 0.3,
         "long": u[23] < 0.4,
         "bald": u[24] < 0.08,
@@ -141,50 +155,78 @@ def _derive_shapes(t: dict[str, Any]) -> None:
     jaw = outline[low & (np.abs(outline[:, 0]) < fw * 0.9)]
     jaw = jaw[np.argsort(-jaw[:, 0])]  # right to left along the chin
     top = t["mouth_y"] - 9
-    t["beard_poly"] = np.concatenate([[[jaw[0, 0], top - 8]], jaw, [[jaw[-1, 0], top - 8]],
-                                      [[-fw * 0.3, top], [fw * 0.3, top]]])
+    t["beard_poly"] = np.concatenate(
+        [[[jaw[0, 0], top - 8]], jaw, [[jaw[-1, 0], top - 8]], [[-fw * 0.3, top], [fw * 0.3, top]]]
+    )
     bx = np.linspace(0, 1, 7)
     t["brow_x"], t["brow_y"] = {}, {}
     for side in (-1, 1):
         xs = side * (t["eye_dx"] - t["brow_len"] * 0.45 + t["brow_len"] * bx)
-        ys = (t["eye_y"] - t["brow_dy"] - t["brow_arch"] * np.sin(np.pi * bx)
-              + side * t["brow_tilt"] * (xs - side * t["eye_dx"]))
+        ys = (
+            t["eye_y"]
+            - t["brow_dy"]
+            - t["brow_arch"] * np.sin(np.pi * bx)
+            + side * t["brow_tilt"] * (xs - side * t["eye_dx"])
+        )
         t["brow_x"][side] = np.concatenate([xs, xs[::-1]])
         t["brow_y"][side] = np.concatenate([ys, ys[::-1]])
     t["brow_th"] = t["brow_thick"] * (1.1 - 0.5 * bx) / 2
     ny, nw = t["nose_y"], t["nose_w"]
     t["bridge"] = np.array([[-1.5, ny - t["nose_len"]], [1.0, ny - t["nose_len"]], [nw * 0.6, ny], [-nw * 0.3, ny]])
     hx = np.linspace(-fw - 4, fw + 4, 13)
-    hy = t["hairline"] + t["hair_curve"] * (hx / fw) ** 2 - 4 * np.exp(-((hx - t["part"]) / 6) ** 2)
+    hy = t["hairline"] + t["hair_curve"] * (hx / fw) ** 2 - 4 * np.exp(-(((hx - t["part"]) / 6) ** 2))
     if t["bangs"]:
         hy = np.minimum(hy + 10, t["eye_y"] - t["brow_dy"] - 5)
     dome = _CIRCLE[15:28][::-1] * np.array([fw + 7, fh * 0.75]) + np.array([0, t["hairline"] - 2])
     t["cap"] = np.concatenate([np.stack([hx, hy], 1), dome[np.argsort(-dome[:, 0])]])
-    t["locks"] = [np.array([[sd * (fw - 5), -10], [sd * (fw + 6), -12], [sd * (fw + 4), fh * 0.6],
-                            [sd * (fw - 3), fh * 0.45]])
-                  for sd in (-1, 1)]
-    t["glasses_bridge"] = np.array([[-t["eye_dx"] + t["eye_rx"] + 4, t["eye_y"]],
-                                    [t["eye_dx"] - t["eye_rx"] - 4, t["eye_y"]]])
+    t["locks"] = [
+        np.array([[sd * (fw - 5), -10], [sd * (fw + 6), -12], [sd * (fw + 4), fh * 0.6], [sd * (fw - 3), fh * 0.45]])
+        for sd in (-1, 1)
+    ]
+    t["glasses_bridge"] = np.array(
+        [[-t["eye_dx"] + t["eye_rx"] + 4, t["eye_y"]], [t["eye_dx"] - t["eye_rx"] - 4, t["eye_y"]]]
+    )
     t["ears"] = {sd: _ellipse(sd * fw * 0.98, -2, 0.45 * t["ear"], t["ear"]) for sd in (-1, 1)}
     t["blushes"] = {sd: _ellipse(sd * fw * 0.55, 12, 7, 5) for sd in (-1, 1)}
     t["mole_polys"] = [_ellipse(mx, my, mr, mr) for mx, my, mr in t["moles"]]
     t["tip"] = _ellipse(0, ny, nw * 0.75, 3.2)
     mw, my = t["mouth_w"], t["mouth_y"]
-    t["moustache_poly"] = np.array([[-mw * 0.95, my - 1.5], [-mw * 0.5, my - 6], [0, my - 5], [mw * 0.5, my - 6],
-                                    [mw * 0.95, my - 1.5], [0, my - 2.5]])
+    t["moustache_poly"] = np.array(
+        [
+            [-mw * 0.95, my - 1.5],
+            [-mw * 0.5, my - 6],
+            [0, my - 5],
+            [mw * 0.5, my - 6],
+            [mw * 0.95, my - 1.5],
+            [0, my - 2.5],
+        ]
+    )
     t["mark_poly"] = _ellipse(*t["mark"]) if t["mark"] is not None else None
     t["earring_polys"] = {sd: _ellipse(sd * fw * 0.98, t["ear"] + 1, 1.8, 1.8) for sd in (-1, 1)}
     t["nostrils"] = {sd: _ellipse(sd * nw * 0.5, ny + 2.2, 1.6, 1.0) for sd in (-1, 1)}
     t["rims"] = {sd: _ellipse(sd * t["eye_dx"], t["eye_y"] + 1, t["eye_rx"] + 4, t["eye_ry"] + 4.5) for sd in (-1, 1)}
     t["mask"] = np.array([[-fw * 0.95, ny - 2], [fw * 0.95, ny - 2], [fw * 0.6, fh * 0.95], [-fw * 0.6, fh * 0.95]])
     t["colors"] = {
-        "skin": _color(skin), "neck": _color(skin * 0.82), "ear": _color(skin * 0.92), "hair": _color(hair),
-        "beard": _color(hair * 0.8, t["beard_alpha"]), "mole": _color(skin * 0.45), "freckle": _color(skin * 0.7),
-        "socket": _color(skin * 0.85), "iris": _color(t["iris"]), "dark": _color(np.minimum(hair, skin) * 0.5),
-        "brow": _color(np.minimum(hair * 0.75, skin * 0.5)), "bridge": _color(skin * 0.88), "tip": _color(skin * 0.95),
-        "nostril": _color(skin * 0.4), "lip": _color(t["lip"]), "lip_line": _color(t["lip"] * 0.55),
-        "lock": _color(hair * 0.92), "moustache": _color(hair * 0.7, 210),
-        "mark": _color(skin * t["mark_color"]), "glasses": _color(t["glasses_color"]),
+        "skin": _color(skin),
+        "neck": _color(skin * 0.82),
+        "ear": _color(skin * 0.92),
+        "hair": _color(hair),
+        "beard": _color(hair * 0.8, t["beard_alpha"]),
+        "mole": _color(skin * 0.45),
+        "freckle": _color(skin * 0.7),
+        "socket": _color(skin * 0.85),
+        "iris": _color(t["iris"]),
+        "dark": _color(np.minimum(hair, skin) * 0.5),
+        "brow": _color(np.minimum(hair * 0.75, skin * 0.5)),
+        "bridge": _color(skin * 0.88),
+        "tip": _color(skin * 0.95),
+        "nostril": _color(skin * 0.4),
+        "lip": _color(t["lip"]),
+        "lip_line": _color(t["lip"] * 0.55),
+        "lock": _color(hair * 0.92),
+        "moustache": _color(hair * 0.7, 210),
+        "mark": _color(skin * t["mark_color"]),
+        "glasses": _color(t["glasses_color"]),
     }
 
 
@@ -192,8 +234,9 @@ class _Scene:
     """A display list of 3D polygons in face coordinates: projected with one pose in one matrix product, then
     drawn in order (per-shape numpy calls are what would make rendering slow)."""
 
-    def __init__(self, traits: dict[str, Any], yaw: float, pitch: float, roll: float, scale: float,
-                 shift: np.ndarray) -> None:
+    def __init__(
+        self, traits: dict[str, Any], yaw: float, pitch: float, roll: float, scale: float, shift: np.ndarray
+    ) -> None:
         cy, sy = math.cos(yaw), math.sin(yaw)
         cp, sp = math.cos(pitch), math.sin(pitch)
         cr, sr = math.cos(roll), math.sin(roll)
@@ -204,11 +247,12 @@ class _Scene:
         self.offset = _CENTER + shift
         self.t = traits
         self.xy: list[np.ndarray] = []
-        self.z: list[Any] = []      # None: on the face surface (+ extra); float: constant depth
+        self.z: list[Any] = []  # None: on the face surface (+ extra); float: constant depth
         self.ops: list[tuple] = []
 
-    def add(self, op: str, xy: np.ndarray, fill: Any, z: Optional[float] = None, extra: float = 0.0,
-            width: int = 1) -> None:
+    def add(
+        self, op: str, xy: np.ndarray, fill: Any, z: Optional[float] = None, extra: float = 0.0, width: int = 1
+    ) -> None:
         self.xy.append(xy)
         self.z.append((z, extra))
         self.ops.append((op, len(xy), fill, width))
@@ -226,7 +270,7 @@ class _Scene:
         proj = (xy @ self.rot[:, :2].T + zs[:, None] * self.rot[:, 2] + self.offset).ravel().tolist()
         i = 0
         for op, n, fill, width in self.ops:
-            pts = proj[2 * i:2 * (i + n)]
+            pts = proj[2 * i : 2 * (i + n)]
             i += n
             if op == "poly":
                 (blend if len(fill) == 4 else draw).polygon(pts, fill=fill)
@@ -257,8 +301,9 @@ def _noise_bank() -> np.ndarray:
     return _NOISE_BANK[0]
 
 
-_YY, _XX = np.meshgrid(np.linspace(-1, 1, SIZE, dtype=np.float32), np.linspace(-1, 1, SIZE, dtype=np.float32),
-                       indexing="ij")
+_YY, _XX = np.meshgrid(
+    np.linspace(-1, 1, SIZE, dtype=np.float32), np.linspace(-1, 1, SIZE, dtype=np.float32), indexing="ij"
+)
 
 
 def _blur(a: np.ndarray) -> np.ndarray:
@@ -308,8 +353,14 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
         else:
             draw.line([x0, y0, x0 + w, y0 + h], fill=col, width=int(2 + q[2] * 5))
 
-    scene = _Scene(t, yaw=0.30 * d * n[0], pitch=0.15 * d * n[1], roll=0.12 * d * n[2],
-                   scale=1 + _SCALE * d * n[3], shift=np.array([_SHIFT * d * n[4], _SHIFT * d * n[5]]))
+    scene = _Scene(
+        t,
+        yaw=0.30 * d * n[0],
+        pitch=0.15 * d * n[1],
+        roll=0.12 * d * n[2],
+        scale=1 + _SCALE * d * n[3],
+        shift=np.array([_SHIFT * d * n[4], _SHIFT * d * n[5]]),
+    )
     fw, fh = t["fw"], t["fh"]
     smile = min(max(0.6 * d * n[6] + 0.15, -0.6), 1.2)
     mouth_open = max(0.0, d * (u[1] - 0.7) * 12)
@@ -407,8 +458,12 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
         crown = _CIRCLE[14:] * np.array([fw + 6 + 6 * u[28], fh * (0.5 + 0.4 * u[29])]) + np.array([0, yb])
         add("poly", np.concatenate([crown, [[fw + 6, yb + 2], [-fw - 6, yb + 2]]]), col, z=12.0)
         if u[30] < 0.5:  # brim / band
-            add("poly", _ellipse(0, yb + 1, fw + 9 + 8 * u[31], 2.5 + 3 * u[32]),
-                (int(col[0] * 0.7), int(col[1] * 0.7), int(col[2] * 0.7)), z=14.0)
+            add(
+                "poly",
+                _ellipse(0, yb + 1, fw + 9 + 8 * u[31], 2.5 + 3 * u[32]),
+                (int(col[0] * 0.7), int(col[1] * 0.7), int(col[2] * 0.7)),
+                z=14.0,
+            )
     scene.render(draw, ImageDraw.Draw(img, "RGBA"))
     if u[2] < 0.25 * d and int(u[3] * 4) == 3:  # bar across the image
         y0 = 20 + 70 * u[9]
@@ -445,13 +500,13 @@ def render_face_chw(seed: int, identity: int, sample: int, difficulty: float = 1
     arr *= field
     bank = _noise_bank()
     off = int(u[16] * (len(bank) - SIZE * SIZE * 3))
-    arr += bank[off:off + SIZE * SIZE * 3].reshape(3, SIZE, SIZE) * np.float32(2 + 8 * u[17] * d)
+    arr += bank[off : off + SIZE * SIZE * 3].reshape(3, SIZE, SIZE) * np.float32(2 + 8 * u[17] * d)
     np.clip(arr, 0, 255, out=arr)
     out = arr.astype(np.uint8)
     if d > 0:  # tone curve: gamma and contrast
         gamma = math.exp(_GAMMA * d * cn[1])
         contrast = math.exp(_CONTRAST * d * cn[2])
-        lut = np.clip(127.5 + contrast * (255 * _RAMP ** gamma - 127.5), 0, 255).astype(np.uint8)
+        lut = np.clip(127.5 + contrast * (255 * _RAMP**gamma - 127.5), 0, 255).astype(np.uint8)
         out = np.take(lut, out)
     return out
 
@@ -460,7 +515,7 @@ _LID = np.r_[14:28, 0]  # the upper half of _CIRCLE (y <= 0), left to right
 _MOUTH_X = np.linspace(-1, 1, 11)
 _RAMP = np.arange(256) / 255.0
 _METER = (slice(None), slice(2, SIZE, 4), slice(2, SIZE, 4))  # (C, H, W) pixels the exposure meter reads
-_MOUTH_F = 1 - _MOUTH_X ** 2
+_MOUTH_F = 1 - _MOUTH_X**2
 _MOUTH_SQ = np.sqrt(_MOUTH_F)
 
 
@@ -473,9 +528,16 @@ class SyntheticFaces(Dataset):
     ``num_identities``) may be larger, as for every training source.
     """
 
-    def __init__(self, num_identities: int = 1000, images_per_identity: int = 20, seed: int = 0,
-                 transform: Optional[Callable[[torch.Tensor], Any]] = None, difficulty: float = 1.0,
-                 identity_offset: int = 0, num_classes: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        num_identities: int = 1000,
+        images_per_identity: int = 20,
+        seed: int = 0,
+        transform: Optional[Callable[[torch.Tensor], Any]] = None,
+        difficulty: float = 1.0,
+        identity_offset: int = 0,
+        num_classes: Optional[int] = None,
+    ) -> None:
         if num_identities < 1 or images_per_identity < 1:
             raise ConfigError("num_identities and images_per_identity must be >= 1")
         if identity_offset + num_identities > VERIFY_IDENTITY_OFFSET and identity_offset < VERIFY_IDENTITY_OFFSET:
@@ -503,9 +565,13 @@ class SyntheticFaces(Dataset):
         return (self.transform(image) if self.transform is not None else image), label
 
 
-def synthetic_pairs(num_pairs: int = 1000, seed: int = 0, num_identities: Optional[int] = None,
-                    difficulty: float = 1.0, identity_offset: int = VERIFY_IDENTITY_OFFSET
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_pairs(
+    num_pairs: int = 1000,
+    seed: int = 0,
+    num_identities: Optional[int] = None,
+    difficulty: float = 1.0,
+    identity_offset: int = VERIFY_IDENTITY_OFFSET,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out verification pairs from identities disjoint from training: ``(images (2P,3,112,112) uint8,
     issame (P,) bool)``; even pairs are positives, odd ones negatives (same layout as an insightface ``.bin``)."""
     if num_pairs < 1:

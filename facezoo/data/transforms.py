@@ -5,6 +5,7 @@ Training adds a random horizontal flip and, with the probabilities you give, Ada
 low resolution (shrink to 20-100% with a random interpolation, enlarge back with another) and photometric
 (brightness/contrast/saturation jitter 0.5 in random order). AdaFace trains with 0.2 for all three.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,13 @@ from facezoo.data.image import to_uint8_chw
 
 __all__ = ["FaceTransform", "create_face_transform", "resolve_face_data_config"]
 
-_LOWRES_MODES = ((InterpolationMode.NEAREST, False), (InterpolationMode.BILINEAR, False),
-                 (InterpolationMode.BILINEAR, True), (InterpolationMode.BICUBIC, False),
-                 (InterpolationMode.BICUBIC, True))
+_LOWRES_MODES = (
+    (InterpolationMode.NEAREST, False),
+    (InterpolationMode.BILINEAR, False),
+    (InterpolationMode.BILINEAR, True),
+    (InterpolationMode.BICUBIC, False),
+    (InterpolationMode.BICUBIC, True),
+)
 
 
 def resolve_face_data_config(cfg_or_model: Union[nn.Module, dict, None]) -> dict:
@@ -34,8 +39,13 @@ def resolve_face_data_config(cfg_or_model: Union[nn.Module, dict, None]) -> dict
     from timm.data import resolve_data_config
 
     if cfg_or_model is None:
-        cfg_or_model = {"input_size": FACE_INPUT_SIZE, "mean": FACE_MEAN, "std": FACE_STD,
-                        "interpolation": FACE_INTERPOLATION, "crop_pct": 1.0}
+        cfg_or_model = {
+            "input_size": FACE_INPUT_SIZE,
+            "mean": FACE_MEAN,
+            "std": FACE_STD,
+            "interpolation": FACE_INTERPOLATION,
+            "crop_pct": 1.0,
+        }
     if isinstance(cfg_or_model, nn.Module):
         return resolve_data_config(model=cfg_or_model)
     if hasattr(cfg_or_model, "to_dict"):  # timm PretrainedCfg
@@ -46,19 +56,35 @@ def resolve_face_data_config(cfg_or_model: Union[nn.Module, dict, None]) -> dict
 class FaceTransform:
     """Picklable transform (DataLoader workers); random draws use torch's RNG, which workers seed per worker."""
 
-    def __init__(self, input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
-                 is_training: bool, interpolation: str = "bilinear", flip_prob: float = 0.5, crop_prob: float = 0.0,
-                 low_res_prob: float = 0.0, photometric_prob: float = 0.0) -> None:
-        for name, p in (("flip_prob", flip_prob), ("crop_prob", crop_prob), ("low_res_prob", low_res_prob),
-                        ("photometric_prob", photometric_prob)):
+    def __init__(
+        self,
+        input_size: tuple[int, int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        is_training: bool,
+        interpolation: str = "bilinear",
+        flip_prob: float = 0.5,
+        crop_prob: float = 0.0,
+        low_res_prob: float = 0.0,
+        photometric_prob: float = 0.0,
+    ) -> None:
+        for name, p in (
+            ("flip_prob", flip_prob),
+            ("crop_prob", crop_prob),
+            ("low_res_prob", low_res_prob),
+            ("photometric_prob", photometric_prob),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         self.size = (int(input_size[1]), int(input_size[2]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255
         self.inv_std = 1 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255)
         self.is_training = is_training
-        self.interpolation = InterpolationMode(interpolation) if interpolation in {m.value for m in InterpolationMode} \
+        self.interpolation = (
+            InterpolationMode(interpolation)
+            if interpolation in {m.value for m in InterpolationMode}
             else InterpolationMode.BILINEAR
+        )
         self.flip_prob = flip_prob if is_training else 0.0
         self.crop_prob = crop_prob if is_training else 0.0
         self.low_res_prob = low_res_prob if is_training else 0.0
@@ -67,8 +93,9 @@ class FaceTransform:
 
     # AdaFace's three augmentations, on uint8 (3, H, W)
     @staticmethod
-    def crop_and_pad(x: torch.Tensor, scale: tuple[float, float] = (0.2, 1.0),
-                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    def crop_and_pad(
+        x: torch.Tensor, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ) -> torch.Tensor:
         _, h, w = x.shape
         area = h * w
         log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -80,7 +107,7 @@ class FaceTransform:
                 i = int(torch.randint(0, h - ch + 1, (1,)))
                 j = int(torch.randint(0, w - cw + 1, (1,)))
                 out = torch.zeros_like(x)
-                out[:, i:i + ch, j:j + cw] = x[:, i:i + ch, j:j + cw]
+                out[:, i : i + ch, j : j + cw] = x[:, i : i + ch, j : j + cw]
                 return out
         return x
 
@@ -108,15 +135,23 @@ class FaceTransform:
         return (x.float() - self.mean) * self.inv_std
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.size}, training={self.is_training}, flip={self.flip_prob}, "
-                f"crop={self.crop_prob}, low_res={self.low_res_prob}, photometric={self.photometric_prob}, "
-                f"mean={tuple(round(v, 4) for v in (self.mean.flatten() / 255).tolist())}, "
-                f"std={tuple(round(1 / v / 255, 4) for v in self.inv_std.flatten().tolist())})")
+        return (
+            f"{type(self).__name__}(size={self.size}, training={self.is_training}, flip={self.flip_prob}, "
+            f"crop={self.crop_prob}, low_res={self.low_res_prob}, photometric={self.photometric_prob}, "
+            f"mean={tuple(round(v, 4) for v in (self.mean.flatten() / 255).tolist())}, "
+            f"std={tuple(round(1 / v / 255, 4) for v in self.inv_std.flatten().tolist())})"
+        )
 
 
-def create_face_transform(cfg_or_model: Union[nn.Module, dict, None] = None, is_training: bool = False,
-                          flip_prob: float = 0.5, crop_prob: float = 0.0, low_res_prob: float = 0.0,
-                          photometric_prob: float = 0.0, **overrides: Any) -> FaceTransform:
+def create_face_transform(
+    cfg_or_model: Union[nn.Module, dict, None] = None,
+    is_training: bool = False,
+    flip_prob: float = 0.5,
+    crop_prob: float = 0.0,
+    low_res_prob: float = 0.0,
+    photometric_prob: float = 0.0,
+    **overrides: Any,
+) -> FaceTransform:
     """Build the face transform for a model (or its pretrained cfg): input size and mean/std from
     ``timm.data.resolve_data_config``; for iresnet this is 112x112 and ``(x / 255 - 0.5) / 0.5``.
 
@@ -129,6 +164,14 @@ def create_face_transform(cfg_or_model: Union[nn.Module, dict, None] = None, is_
     if unknown:
         raise TypeError(f"create_face_transform got unexpected arguments {sorted(unknown)}")
     cfg.update(overrides)
-    return FaceTransform(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]), is_training,
-                         interpolation=cfg.get("interpolation", "bilinear"), flip_prob=flip_prob, crop_prob=crop_prob,
-                         low_res_prob=low_res_prob, photometric_prob=photometric_prob)
+    return FaceTransform(
+        tuple(cfg["input_size"]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        is_training,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        flip_prob=flip_prob,
+        crop_prob=crop_prob,
+        low_res_prob=low_res_prob,
+        photometric_prob=photometric_prob,
+    )

@@ -5,6 +5,7 @@ where images ``2i`` and ``2i+1`` form pair ``i``. Pickles can run code when load
 restricted unpickler that builds only bytes/str/list/tuple/bool (and Python 3's protocol-2 spelling of bytes,
 ``_codecs.encode(str, 'latin1')``); any other global or object is refused before it is created.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,9 @@ class UnsafePickleError(DataError):
 def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # Python 3 writes bytes in protocol <= 2 as _codecs.encode(latin1_text, 'latin1'); allow exactly that.
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
-        raise UnsafePickleError(f"_codecs.encode is only allowed as (str, 'latin1'), "
-                                f"got ({type(text).__name__}, {encoding!r})")
+        raise UnsafePickleError(
+            f"_codecs.encode is only allowed as (str, 'latin1'), got ({type(text).__name__}, {encoding!r})"
+        )
     return text.encode("latin-1", errors)
 
 
@@ -47,7 +49,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _latin1_encode
         raise UnsafePickleError(
             f"{self._source}: refusing to load: the pickle references {module}.{name}, but a verification .bin may "
-            "only contain bytes, str, lists, tuples and bools (loading it unrestricted could run arbitrary code)")
+            "only contain bytes, str, lists, tuples and bools (loading it unrestricted could run arbitrary code)"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"{self._source}: refusing to load: the pickle uses persistent ids")
@@ -58,8 +61,9 @@ _ALLOWED = (bytes, bytearray, str, list, tuple, bool, type(None))
 
 def _check_plain(obj: Any, source: str, depth: int = 0) -> None:
     if not isinstance(obj, _ALLOWED) and not (isinstance(obj, int) and obj in (0, 1)):
-        raise UnsafePickleError(f"{source}: refusing object of type {type(obj).__name__} "
-                                "(only bytes/str/list/tuple/bool)")
+        raise UnsafePickleError(
+            f"{source}: refusing object of type {type(obj).__name__} (only bytes/str/list/tuple/bool)"
+        )
     if isinstance(obj, (list, tuple)) and depth < 3:
         for item in obj:
             if not isinstance(item, (bytes, bytearray, bool)):
@@ -85,8 +89,9 @@ def _to_bytes(item: Any) -> bytes:
     return bytes(item)
 
 
-def _stack_pairs(images: Sequence[torch.Tensor], issame: Sequence[Any],
-                 source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_pairs(
+    images: Sequence[torch.Tensor], issame: Sequence[Any], source: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if len(images) % 2:
         raise ValueError(f"{source}: {len(images)} images is odd; pairs need an even count")
     if len(images) != 2 * len(issame):
@@ -109,8 +114,10 @@ def load_bin(path: PathLike, progress: bool = False) -> tuple[torch.Tensor, torc
     path = Path(path)
     obj = _safe_unpickle(path)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise DataError(f"{path}: expected a pickled (images, issame) pair, got {type(obj).__name__}"
-                        + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else ""))
+        raise DataError(
+            f"{path}: expected a pickled (images, issame) pair, got {type(obj).__name__}"
+            + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else "")
+        )
     bins, issame = obj
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
         raise DataError(f"{path}: expected lists of images and of issame flags")
@@ -119,8 +126,10 @@ def load_bin(path: PathLike, progress: bool = False) -> tuple[torch.Tensor, torc
             raise DataError(f"{path}: issame[{j}] is {flag!r}, expected a bool")
     if len(bins) % 2 or len(bins) != 2 * len(issame):
         raise DataError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected 2 images per pair")
-    images = [decode_rgb(_to_bytes(b), where=f"{path}: image {i}")
-              for i, b in enumerate(tqdm(bins, desc=f"decode {path.name}", disable=not progress))]
+    images = [
+        decode_rgb(_to_bytes(b), where=f"{path}: image {i}")
+        for i, b in enumerate(tqdm(bins, desc=f"decode {path.name}", disable=not progress))
+    ]
     return _stack_pairs(images, issame, str(path))
 
 
@@ -132,8 +141,13 @@ def _as_image_list(images: Union[torch.Tensor, np.ndarray, Sequence[Any]]) -> li
     return [to_uint8_chw(im) for im in images]
 
 
-def write_bin(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[Any]], issame: Sequence[Any],
-              format: str = "jpeg", quality: int = 95) -> None:
+def write_bin(
+    path: PathLike,
+    images: Union[torch.Tensor, np.ndarray, Sequence[Any]],
+    issame: Sequence[Any],
+    format: str = "jpeg",
+    quality: int = 95,
+) -> None:
     """Write an insightface ``.bin``: a pickle of (list of JPEG-or-PNG bytes, list of bools); pair i = images 2i and
     2i+1."""
     ims = _as_image_list(images)
@@ -170,8 +184,9 @@ def _open_hf(path: PathLike, split: Optional[str]) -> Any:
         ds = datasets.load_dataset(str(p))
     else:
         require_path(p, "pair dataset (a save_to_disk folder, a folder of data files or a .parquet file)")
-        raise DataError(f"{path}: not a pair dataset (expected a save_to_disk folder, a folder of data files or a "
-                        ".parquet file)")
+        raise DataError(
+            f"{path}: not a pair dataset (expected a save_to_disk folder, a folder of data files or a .parquet file)"
+        )
     if isinstance(ds, datasets.DatasetDict):
         if split is None:
             if len(ds) != 1:
@@ -190,8 +205,9 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     raise DataError(f"{source}: no {what} column; expected one of {list(names)}, found {list(columns)}")
 
 
-def load_pairs_dataset(path: PathLike, split: Optional[str] = None,
-                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pairs_dataset(
+    path: PathLike, split: Optional[str] = None, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a verification set stored as a Hugging Face dataset of image pairs (same output as :func:`load_bin`).
 
     ``path``: a ``save_to_disk`` folder, a ``.parquet`` file, or a folder of data files. Columns: two Image columns
@@ -216,8 +232,13 @@ def load_pairs_dataset(path: PathLike, split: Optional[str] = None,
     return _stack_pairs(images, flags, str(path))
 
 
-def write_pairs_dataset(path: PathLike, images: Union[torch.Tensor, np.ndarray, Sequence[Any]], issame: Sequence[Any],
-                        format: str = "arrow", image_format: str = "png") -> None:
+def write_pairs_dataset(
+    path: PathLike,
+    images: Union[torch.Tensor, np.ndarray, Sequence[Any]],
+    issame: Sequence[Any],
+    format: str = "arrow",
+    image_format: str = "png",
+) -> None:
     """Write pairs as a Hugging Face dataset with columns ``image1``, ``image2`` (Image feature) and ``issame`` (bool).
 
     ``format='arrow'`` writes a ``save_to_disk`` folder; ``'parquet'`` writes one ``.parquet`` file (``path``).
@@ -230,12 +251,17 @@ def write_pairs_dataset(path: PathLike, images: Union[torch.Tensor, np.ndarray, 
     if len(ims) != 2 * len(flags):
         raise ValueError(f"{path}: {len(ims)} images for {len(flags)} pairs; expected {2 * len(flags)}")
     enc = [encode_image(im, format=image_format) for im in ims]
-    features = datasets.Features({"image1": datasets.Image(), "image2": datasets.Image(),
-                                  "issame": datasets.Value("bool")})
+    features = datasets.Features(
+        {"image1": datasets.Image(), "image2": datasets.Image(), "issame": datasets.Value("bool")}
+    )
     ds = datasets.Dataset.from_dict(
-        {"image1": [{"bytes": b, "path": None} for b in enc[0::2]],
-         "image2": [{"bytes": b, "path": None} for b in enc[1::2]],
-         "issame": flags}, features=features)
+        {
+            "image1": [{"bytes": b, "path": None} for b in enc[0::2]],
+            "image2": [{"bytes": b, "path": None} for b in enc[1::2]],
+            "issame": flags,
+        },
+        features=features,
+    )
     if format == "arrow":
         ds.save_to_disk(str(path))
     elif format == "parquet":

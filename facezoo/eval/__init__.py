@@ -7,6 +7,7 @@
 * :func:`facezoo.eval.run_verification_sets` -- evaluate a model on loaded sets in-process (used in training).
 * :func:`facezoo.eval.evaluate_model` -- a model on a folder of sets and / or an IJB release (``facezoo eval``).
 """
+
 from __future__ import annotations
 
 from facezoo.eval import identification, ijb, roc, verification
@@ -24,6 +25,21 @@ from facezoo.eval.runner import (
     run_verification_sets,
 )
 
-__all__ = ["verification", "ijb", "identification", "roc", "extract_embeddings", "extract_features",
-           "evaluate_model", "find_verification_sets", "resolve_verification_sets", "load_verification_set",
-           "load_verification_sets", "run_verification_sets", "run_ijb", "resolve_device", "IJB_MODES", "PAPER_TARGETS"]
+__all__ = [
+    "verification",
+    "ijb",
+    "identification",
+    "roc",
+    "extract_embeddings",
+    "extract_features",
+    "evaluate_model",
+    "find_verification_sets",
+    "resolve_verification_sets",
+    "load_verification_set",
+    "load_verification_sets",
+    "run_verification_sets",
+    "run_ijb",
+    "resolve_device",
+    "IJB_MODES",
+    "PAPER_TARGETS",
+]

@@ -1,4 +1,5 @@
 """Small helpers to accept numpy arrays, torch tensors or sequences interchangeably."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Union

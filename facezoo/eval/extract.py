@@ -4,6 +4,7 @@ Images are uint8 RGB (N, 3, H, W) tensors or datasets of such items. They are sc
 model's input size when it differs, and normalized with the model's mean/std (``timm.data.resolve_data_config``;
 (0.5, 0.5, 0.5) for facezoo models, i.e. ``(x/255 - 0.5) / 0.5`` as insightface). The flip is horizontal.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -53,10 +54,17 @@ def _collate(batch: Sequence[Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 128,
-                     device: Union[str, torch.device, None] = None, flip: bool = True,
-                     accelerator: Any = None, num_workers: int = 0, progress: bool = True,
-                     desc: str = "extract") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def extract_features(
+    model: torch.nn.Module,
+    images: Images,
+    batch_size: int = 128,
+    device: Union[str, torch.device, None] = None,
+    flip: bool = True,
+    accelerator: Any = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "extract",
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Raw model outputs ``f(img)`` and (``flip``) ``f(flip(img))``, float32 (N, D) on the CPU, in input order.
 
     With an ``accelerate.Accelerator`` running several processes, each process embeds its contiguous part of the
@@ -97,8 +105,10 @@ def extract_features(model: torch.nn.Module, images: Images, batch_size: int = 1
                 if isinstance(y, (tuple, list)):
                     y = y[0]
                 if y.ndim != 2:
-                    raise ValueError(f"model output has shape {tuple(y.shape)}, expected 2-D (batch, embedding); "
-                                     "create the model with num_classes=0 or a head that pools to a vector")
+                    raise ValueError(
+                        f"model output has shape {tuple(y.shape)}, expected 2-D (batch, embedding); "
+                        "create the model with num_classes=0 or a head that pools to a vector"
+                    )
                 store.append(y.float().cpu())
     finally:
         model.train(was_training)
@@ -129,8 +139,14 @@ def fuse_embeddings(feats: torch.Tensor, flip_feats: Optional[torch.Tensor]) -> 
     return l2_normalize(emb)
 
 
-def extract_embeddings(model: torch.nn.Module, images: Images, batch_size: int = 128,
-                       device: Union[str, torch.device, None] = None, flip: bool = True, **kwargs: Any) -> np.ndarray:
+def extract_embeddings(
+    model: torch.nn.Module,
+    images: Images,
+    batch_size: int = 128,
+    device: Union[str, torch.device, None] = None,
+    flip: bool = True,
+    **kwargs: Any,
+) -> np.ndarray:
     """L2-normalized, flip-fused embeddings (N, D) float64, ready for :func:`facezoo.eval.verification.evaluate`.
 
     ``kwargs`` go to :func:`extract_features` (``accelerator``, ``num_workers``, ``progress``, ``desc``).

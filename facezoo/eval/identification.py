@@ -14,6 +14,7 @@ Two protocols:
 Rank of a mate = 1 + number of gallery templates scoring strictly higher (ties resolved in the probe's favour;
 the reference's unstable ``argsort`` leaves them arbitrary).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ def mate_index(probe_ids: ArrayLike, gallery_ids: ArrayLike, require_all: bool =
     idx = np.where(found, order[pos], -1)
     if require_all and not found.all():
         i = int(np.flatnonzero(~found)[0])
-        raise ValueError(f"probe {i} (subject {pid[i]}) has no template in the gallery; "
-                         f"{int((~found).sum())} probes are non-mated")
+        raise ValueError(
+            f"probe {i} (subject {pid[i]}) has no template in the gallery; {int((~found).sum())} probes are non-mated"
+        )
     return idx
 
 
@@ -67,8 +69,13 @@ def cmc(ranks: np.ndarray, ks: Iterable[int]) -> Dict[int, float]:
     return {int(k): float(np.mean(ranks <= k)) for k in ks}
 
 
-def evaluate_mixed(scores: ArrayLike, probe_ids: ArrayLike, gallery_ids: ArrayLike,
-                   ranks: Iterable[int] = (1, 5, 10), fars: Iterable[float] = (0.01, 0.1)) -> Dict[str, Any]:
+def evaluate_mixed(
+    scores: ArrayLike,
+    probe_ids: ArrayLike,
+    gallery_ids: ArrayLike,
+    ranks: Iterable[int] = (1, 5, 10),
+    fars: Iterable[float] = (0.01, 0.1),
+) -> Dict[str, Any]:
     """insightface ``ijb_1n.py`` metrics from a (Q, G) score matrix (module docstring)."""
     s = to_numpy(scores, np.float64)
     mates = mate_index(probe_ids, gallery_ids, require_all=True)
@@ -87,12 +94,22 @@ def evaluate_mixed(scores: ArrayLike, probe_ids: ArrayLike, gallery_ids: ArrayLi
         th = float(np.partition(neg, neg.size - k)[neg.size - k])
         thresholds[far] = th
         tpir[far] = float(np.sum(pos > th) / q)
-    return {"cmc": cmc(r, ranks), "tpir_at_fpir": tpir, "thresholds": thresholds,
-            "num_probes": int(q), "num_gallery": int(g)}
+    return {
+        "cmc": cmc(r, ranks),
+        "tpir_at_fpir": tpir,
+        "thresholds": thresholds,
+        "num_probes": int(q),
+        "num_gallery": int(g),
+    }
 
 
-def evaluate_open_set(scores: ArrayLike, probe_ids: ArrayLike, gallery_ids: ArrayLike,
-                      ranks: Iterable[int] = (1, 5, 10), fpirs: Iterable[float] = (0.01, 0.1)) -> Dict[str, Any]:
+def evaluate_open_set(
+    scores: ArrayLike,
+    probe_ids: ArrayLike,
+    gallery_ids: ArrayLike,
+    ranks: Iterable[int] = (1, 5, 10),
+    fpirs: Iterable[float] = (0.01, 0.1),
+) -> Dict[str, Any]:
     """NIST open-set metrics from a (Q, G) score matrix: CMC over mated probes and TPIR@FPIR (module docstring)."""
     s = to_numpy(scores, np.float64)
     mates = mate_index(probe_ids, gallery_ids, require_all=False)
@@ -112,8 +129,14 @@ def evaluate_open_set(scores: ArrayLike, probe_ids: ArrayLike, gallery_ids: Arra
         th = float(best_nonmated[k]) if k < best_nonmated.size else -np.inf
         thresholds[f] = th
         tpir[f] = float(np.mean((r == 1) & (mate_scores > th)))
-    return {"cmc": cmc(r, ranks), "tpir_at_fpir": tpir, "thresholds": thresholds,
-            "num_mated": int(mated.sum()), "num_nonmated": int((~mated).sum()), "num_gallery": int(s.shape[1])}
+    return {
+        "cmc": cmc(r, ranks),
+        "tpir_at_fpir": tpir,
+        "thresholds": thresholds,
+        "num_mated": int(mated.sum()),
+        "num_nonmated": int((~mated).sum()),
+        "num_gallery": int(s.shape[1]),
+    }
 
 
 def read_template_subjects(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
@@ -134,11 +157,14 @@ def read_template_subjects(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarr
             try:
                 tid, sid = int(parts[0]), int(parts[1])
             except (ValueError, IndexError):
-                raise ValueError(f"{path}:{lineno}: expected integer TEMPLATE_ID,SUBJECT_ID, "
-                                 f"got {line.strip()!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: expected integer TEMPLATE_ID,SUBJECT_ID, got {line.strip()!r}"
+                ) from None
             if tid in subject_of and subject_of[tid][0] != sid:
-                raise ValueError(f"{path}:{lineno}: template {tid} has subject {sid}, but subject "
-                                 f"{subject_of[tid][0]} on line {subject_of[tid][1]}")
+                raise ValueError(
+                    f"{path}:{lineno}: template {tid} has subject {sid}, but subject "
+                    f"{subject_of[tid][0]} on line {subject_of[tid][1]}"
+                )
             subject_of.setdefault(tid, (sid, lineno))
     templates = np.array(sorted(subject_of), dtype=np.int64)
     return templates, np.array([subject_of[t][0] for t in templates], dtype=np.int64)
@@ -149,5 +175,8 @@ def ijb_1n_files(root: Union[str, Path], target: str = "IJBC") -> Dict[str, Path
     t = target.lower()
     g = ("G1", "G2") if t == "ijbc" else ("S1", "S2")
     meta = Path(root) / "meta"
-    return {"gallery1": meta / f"{t}_1N_gallery_{g[0]}.csv", "gallery2": meta / f"{t}_1N_gallery_{g[1]}.csv",
-            "probe": meta / f"{t}_1N_probe_mixed.csv"}
+    return {
+        "gallery1": meta / f"{t}_1N_gallery_{g[0]}.csv",
+        "gallery2": meta / f"{t}_1N_gallery_{g[1]}.csv",
+        "probe": meta / f"{t}_1N_probe_mixed.csv",
+    }

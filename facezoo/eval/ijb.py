@@ -17,6 +17,7 @@ and pair scoring uses dense matrix products over the templates that occur in the
 (float32, as the reference's float32 media means and their float32 ``np.sum``), then L2-normalized in float64;
 scores are float64.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,8 +31,12 @@ from facezoo.eval._arrays import ArrayLike, to_numpy
 from facezoo.eval.roc import DEFAULT_FARS, auc, tar_at_far
 
 
-def image_features(features: ArrayLike, flip_features: Optional[ArrayLike] = None,
-                   faceness: Optional[ArrayLike] = None, normalize_images: bool = False) -> np.ndarray:
+def image_features(
+    features: ArrayLike,
+    flip_features: Optional[ArrayLike] = None,
+    faceness: Optional[ArrayLike] = None,
+    normalize_images: bool = False,
+) -> np.ndarray:
     """Per-image features entering template aggregation (steps 1 of the module docstring), float32 like the reference.
 
     Args:
@@ -52,7 +57,7 @@ def image_features(features: ArrayLike, flip_features: Optional[ArrayLike] = Non
     if bad:
         raise DataError(f"IJB: {bad} of {f.shape[0]} image features are not finite (NaN or Inf); refusing to score")
     if normalize_images:
-        f = f / np.sqrt(np.sum(f ** 2, -1, keepdims=True))
+        f = f / np.sqrt(np.sum(f**2, -1, keepdims=True))
     if faceness is not None:
         s = to_numpy(faceness, np.float32).reshape(-1)
         if s.shape[0] != f.shape[0]:
@@ -70,8 +75,9 @@ def split_concat_features(features: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     return f[:, :d], f[:, d:]
 
 
-def image_to_template_features(features: ArrayLike, templates: ArrayLike, medias: ArrayLike,
-                               normalize: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+def image_to_template_features(
+    features: ArrayLike, templates: ArrayLike, medias: ArrayLike, normalize: bool = True
+) -> Tuple[np.ndarray, np.ndarray]:
     """Template features: per template, mean over each media's images, summed over medias, then L2 (float64).
 
     Returns ``(template_features (T, D), unique_templates (T,))`` with templates in ascending id order, as the
@@ -97,8 +103,12 @@ def image_to_template_features(features: ArrayLike, templates: ArrayLike, medias
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
         aggregate = torch.sparse_csr_tensor(
-            torch.from_numpy(crow), torch.from_numpy(order.astype(np.int64)), torch.from_numpy(weights[order]),
-            size=(len(unique_templates), f.shape[0]), check_invariants=False)
+            torch.from_numpy(crow),
+            torch.from_numpy(order.astype(np.int64)),
+            torch.from_numpy(weights[order]),
+            size=(len(unique_templates), f.shape[0]),
+            check_invariants=False,
+        )
         out = (aggregate @ torch.from_numpy(np.ascontiguousarray(src))).double()
     if normalize:
         out = out / out.norm(dim=1, keepdim=True)
@@ -114,8 +124,12 @@ def template_rows(unique_templates: np.ndarray, ids: ArrayLike, what: str = "pai
     ids = to_numpy(ids).reshape(-1)
     if len(unique_templates) == 0:
         raise ValueError(f"no templates with images, but the {what} names {len(ids)} entries")
-    if (np.issubdtype(unique_templates.dtype, np.integer) and np.issubdtype(ids.dtype, np.integer)
-            and unique_templates[0] >= 0 and unique_templates[-1] < 16 * len(unique_templates) + 1024):
+    if (
+        np.issubdtype(unique_templates.dtype, np.integer)
+        and np.issubdtype(ids.dtype, np.integer)
+        and unique_templates[0] >= 0
+        and unique_templates[-1] < 16 * len(unique_templates) + 1024
+    ):
         lut = np.full(int(unique_templates[-1]) + 1, -1, dtype=np.int64)
         lut[unique_templates] = np.arange(len(unique_templates))
         inside = (ids >= 0) & (ids <= unique_templates[-1])
@@ -127,8 +141,10 @@ def template_rows(unique_templates: np.ndarray, ids: ArrayLike, what: str = "pai
         bad = np.nonzero(unique_templates[rows] != ids)[0]
     if len(bad):
         i = int(bad[0])
-        raise ValueError(f"template {ids[i]} (entry {i}, line {i + 1} of the {what}) has no images; "
-                         f"{len(bad)} of {len(ids)} entries name templates without images")
+        raise ValueError(
+            f"template {ids[i]} (entry {i}, line {i + 1} of the {what}) has no images; "
+            f"{len(bad)} of {len(ids)} entries name templates without images"
+        )
     return rows
 
 
@@ -141,8 +157,9 @@ def _compact(rows: np.ndarray, n_rows: int) -> Tuple[np.ndarray, np.ndarray]:
     return unique, position[rows]
 
 
-def pair_scores(template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike,
-                max_block_bytes: int = 1 << 30) -> np.ndarray:
+def pair_scores(
+    template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike, max_block_bytes: int = 1 << 30
+) -> np.ndarray:
     """Dot product of template rows ``rows1[i]`` and ``rows2[i]`` for every pair (float64).
 
     When the pairs are dense over the templates they use (IJB-C: ~3.5k enrolment templates against ~19.6k
@@ -175,7 +192,7 @@ def pair_scores(template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike
             if p0 == p1:
                 continue
             a = b * block
-            s = (feats[torch.from_numpy(u1[a:a + block])] @ f2t).numpy().ravel()
+            s = (feats[torch.from_numpy(u1[a : a + block])] @ f2t).numpy().ravel()
             sel = order[p0:p1]
             scores[sel] = np.take(s, (i1s[p0:p1] - a) * len(u2) + i2[sel])
         return scores
@@ -185,16 +202,25 @@ def pair_scores(template_features: ArrayLike, rows1: ArrayLike, rows2: ArrayLike
     t1, t2 = torch.from_numpy(r1), torch.from_numpy(r2)
     for a in range(0, n, step):
         k = min(step, n - a)
-        torch.index_select(feats, 0, t1[a:a + k], out=b1[:k])
-        torch.index_select(feats, 0, t2[a:a + k], out=b2[:k])
-        scores[a:a + k] = torch.linalg.vecdot(b1[:k], b2[:k]).numpy()
+        torch.index_select(feats, 0, t1[a : a + k], out=b1[:k])
+        torch.index_select(feats, 0, t2[a : a + k], out=b2[:k])
+        scores[a : a + k] = torch.linalg.vecdot(b1[:k], b2[:k]).numpy()
     return scores
 
 
-def evaluate(features: ArrayLike, templates: ArrayLike, medias: ArrayLike, t1: ArrayLike, t2: ArrayLike,
-             labels: ArrayLike, faceness: Optional[ArrayLike] = None, fars: Iterable[float] = DEFAULT_FARS,
-             flip_features: Optional[ArrayLike] = None, normalize_images: bool = False,
-             return_roc: bool = True) -> Dict[str, Any]:
+def evaluate(
+    features: ArrayLike,
+    templates: ArrayLike,
+    medias: ArrayLike,
+    t1: ArrayLike,
+    t2: ArrayLike,
+    labels: ArrayLike,
+    faceness: Optional[ArrayLike] = None,
+    fars: Iterable[float] = DEFAULT_FARS,
+    flip_features: Optional[ArrayLike] = None,
+    normalize_images: bool = False,
+    return_roc: bool = True,
+) -> Dict[str, Any]:
     """IJB 1:1 verification (module docstring). Inputs are per image (N rows) and per pair (P rows).
 
     Args:

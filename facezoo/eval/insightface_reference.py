@@ -4,6 +4,7 @@
 facezoo's vectorized protocols (:mod:`facezoo.eval.ijb`, :mod:`facezoo.eval.verification`) are tested against these
 to the digit and benchmarked against them (``benchmarks/bench_eval.py``). They are slow on purpose: not for use.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def image2template(img_feats, templates, medias):
             else:
                 media_norm_feats += [np.mean(face_norm_feats[ind_m], axis=0, keepdims=True)]
         template_feats[c] = np.sum(np.array(media_norm_feats), axis=0)
-    norms = np.sqrt(np.sum(template_feats ** 2, -1, keepdims=True))
+    norms = np.sqrt(np.sum(template_feats**2, -1, keepdims=True))
     return template_feats / norms, unique_templates
 
 
@@ -39,7 +40,7 @@ def verification_scores(template_norm_feats, unique_templates, p1, p2, chunk: in
         template2id[uqt] = c
     score = np.zeros((len(p1),))
     total = np.array(range(len(p1)))
-    for s in [total[i:i + chunk] for i in range(0, len(p1), chunk)]:
+    for s in [total[i : i + chunk] for i in range(0, len(p1), chunk)]:
         f1 = template_norm_feats[template2id[p1[s]]]
         f2 = template_norm_feats[template2id[p2[s]]]
         score[s] = np.sum(f1 * f2, -1).flatten()

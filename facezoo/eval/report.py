@@ -1,4 +1,5 @@
 """Evaluation outputs: ``results.json`` (all numbers), ``results.md`` (the paper's table layout), ``roc.png``."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,8 +10,17 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-DISPLAY_NAMES = {"lfw": "LFW", "cfp_fp": "CFP-FP", "cfp_ff": "CFP-FF", "agedb_30": "AgeDB-30", "calfw": "CALFW",
-                 "cplfw": "CPLFW", "vgg2_fp": "VGG2-FP", "IJBB": "IJB-B", "IJBC": "IJB-C"}
+DISPLAY_NAMES = {
+    "lfw": "LFW",
+    "cfp_fp": "CFP-FP",
+    "cfp_ff": "CFP-FF",
+    "agedb_30": "AgeDB-30",
+    "calfw": "CALFW",
+    "cplfw": "CPLFW",
+    "vgg2_fp": "VGG2-FP",
+    "IJBB": "IJB-B",
+    "IJBC": "IJB-C",
+}
 _ROC_POINTS = 2000
 
 
@@ -48,14 +58,21 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def build_results(model_name: str, verification: Optional[Mapping[str, Dict[str, Any]]] = None,
-                  ijb: Optional[Mapping[str, Any]] = None, extra: Optional[Mapping[str, Any]] = None
-                  ) -> Dict[str, Any]:
+def build_results(
+    model_name: str,
+    verification: Optional[Mapping[str, Dict[str, Any]]] = None,
+    ijb: Optional[Mapping[str, Any]] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
     """The ``results.json`` document: model, date, facezoo version, per-set numbers (scores left out)."""
     from facezoo import __version__
 
-    doc: Dict[str, Any] = {"model": model_name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                           "facezoo_version": __version__, **(extra or {})}
+    doc: Dict[str, Any] = {
+        "model": model_name,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "facezoo_version": __version__,
+        **(extra or {}),
+    }
     if verification:
         doc["verification"] = {}
         for name, r in verification.items():
@@ -97,8 +114,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             if not lines or lines[-1] == "":
                 lines.append("| Model | Mode | " + " | ".join(f"{target} TAR@FAR={f}" for f in fars) + " |")
                 lines.append("|---" * (len(fars) + 2) + "|")
-            lines.append(f"| {model} | {mode} | " + " | ".join(f"{100 * r['tar_at_far'][f]:.2f}" for f in fars)
-                         + " |")
+            lines.append(f"| {model} | {mode} | " + " | ".join(f"{100 * r['tar_at_far'][f]:.2f}" for f in fars) + " |")
         one_n = ijb.get("one_to_n")
         if one_n:
             lines.append("")
@@ -106,8 +122,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             lines.append("|---|---|---|---|---|---|")
             for g, r in one_n.items():
                 c, t = r["cmc"], r["tpir_at_fpir"]
-                lines.append(f"| {model} | {g} | {100 * c['1']:.2f} | {100 * c['5']:.2f} | "
-                             f"{100 * t['1e-2']:.2f} | {100 * t['1e-1']:.2f} |")
+                lines.append(
+                    f"| {model} | {g} | {100 * c['1']:.2f} | {100 * c['5']:.2f} | "
+                    f"{100 * t['1e-2']:.2f} | {100 * t['1e-1']:.2f} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@
 ``drop_intermediate=True`` point for point (same float64 arithmetic), so that the closest-FPR rule below selects
 the same ROC point as insightface's ``eval_ijbc.py``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple
@@ -15,8 +16,9 @@ from facezoo.eval._arrays import ArrayLike, to_numpy
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def roc_curve(labels: ArrayLike, scores: ArrayLike, drop_intermediate: bool = True
-              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike, drop_intermediate: bool = True
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)`` of a binary score, identical to sklearn's ``roc_curve``.
 
     One ROC point per distinct score, in descending score order; with ``drop_intermediate`` a point is
@@ -74,8 +76,9 @@ def closest_fpr_index(fpr: np.ndarray, far: float) -> int:
     return len(fpr) - 1 - int(np.argmin(flipped))
 
 
-def tar_at_far(labels: ArrayLike, scores: ArrayLike, fars: Iterable[float] = DEFAULT_FARS
-               ) -> Tuple[Dict[float, float], Dict[str, np.ndarray]]:
+def tar_at_far(
+    labels: ArrayLike, scores: ArrayLike, fars: Iterable[float] = DEFAULT_FARS
+) -> Tuple[Dict[float, float], Dict[str, np.ndarray]]:
     """TAR at each FAR by the closest-FPR rule, and the ROC ``{'fpr', 'tpr', 'thresholds'}`` it was read from.
 
     TAR values are fractions in [0, 1]; the ROC arrays are float64.

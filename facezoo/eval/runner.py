@@ -3,6 +3,7 @@
 :func:`run_verification_sets` is what the training loop calls in-process; :func:`evaluate_model` is what
 ``facezoo eval`` runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,13 @@ def find_verification_sets(path: Union[str, Path]) -> Dict[str, Path]:
     for p in sorted(root.iterdir()):
         if p.suffix in (".bin", ".parquet") and p.is_file():
             found.setdefault(p.stem, p)
-        elif p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()
-                             or (p / "dataset_dict.json").exists() or any(p.glob("*.parquet"))
-                             or any(p.glob("data/*.parquet"))):
+        elif p.is_dir() and (
+            (p / "dataset_info.json").exists()
+            or (p / "state.json").exists()
+            or (p / "dataset_dict.json").exists()
+            or any(p.glob("*.parquet"))
+            or any(p.glob("data/*.parquet"))
+        ):
             found.setdefault(p.name, p)
     return found
 
@@ -48,20 +53,25 @@ def find_verification_set(path: Union[str, Path], name: str) -> Path:
         if c.exists():
             return c
     available = sorted(find_verification_sets(root))
-    raise MissingPathError(f"{root}: no verification set {name!r} ({name}.bin, {name}/ or {name}.parquet); found "
-                           f"{', '.join(available) if available else 'none'}{did_you_mean(name, available)}")
+    raise MissingPathError(
+        f"{root}: no verification set {name!r} ({name}.bin, {name}/ or {name}.parquet); found "
+        f"{', '.join(available) if available else 'none'}{did_you_mean(name, available)}"
+    )
 
 
-def resolve_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None,
-                              log: bool = True) -> Dict[str, Path]:
+def resolve_verification_sets(
+    path: Union[str, Path], targets: Optional[Iterable[str]] = None, log: bool = True
+) -> Dict[str, Path]:
     """``{name: path}`` of each target in the folder ``path`` (``targets`` None: every set found there, listed in
     the log unless ``log=False``; an empty folder is an error). Reads no images: a wrong name or folder fails at
     once."""
     if targets is None:
         paths = find_verification_sets(path)
         if not paths:
-            raise MissingPathError(f"{path}: no verification sets in this folder (expected NAME.bin files such as "
-                                   "lfw.bin, or Hugging Face pair datasets NAME/ / NAME.parquet)")
+            raise MissingPathError(
+                f"{path}: no verification sets in this folder (expected NAME.bin files such as "
+                "lfw.bin, or Hugging Face pair datasets NAME/ / NAME.parquet)"
+            )
         if log:
             _log_found(path, paths)
         return paths
@@ -80,8 +90,9 @@ def load_verification_set(path: Union[str, Path], progress: bool = True) -> Veri
     return load_bin(p, progress=progress) if p.suffix == ".bin" else load_pairs_dataset(p, progress=progress)
 
 
-def load_verification_sets(path: Union[str, Path], targets: Optional[Iterable[str]] = None, progress: bool = True
-                           ) -> Dict[str, VerificationSet]:
+def load_verification_sets(
+    path: Union[str, Path], targets: Optional[Iterable[str]] = None, progress: bool = True
+) -> Dict[str, VerificationSet]:
     """``{name: (uint8 images (2P, 3, H, W), issame (P,))}`` for each target in the folder ``path``; ``targets``
     None loads every set found there (an empty folder is an error)."""
     return _load_sets(resolve_verification_sets(path, targets), progress)
@@ -105,14 +116,23 @@ def check_finite(name: str, features: torch.Tensor, flip_features: Optional[torc
     bad = int(bad_rows.sum())
     if bad:
         first = int(bad_rows.nonzero()[0, 0])
-        raise DataError(f"{name}: the embeddings of {bad} of {features.shape[0]} images are not finite (NaN or Inf; "
-                        f"the first is image {first}); the model's output is broken (an untrained or diverged model, "
-                        "or a checkpoint that does not belong to it)")
+        raise DataError(
+            f"{name}: the embeddings of {bad} of {features.shape[0]} images are not finite (NaN or Inf; "
+            f"the first is image {first}); the model's output is broken (an untrained or diverged model, "
+            "or a checkpoint that does not belong to it)"
+        )
 
 
-def run_verification_sets(model: torch.nn.Module, sets: Mapping[str, VerificationSet], batch_size: int = 128,
-                          device: Union[str, torch.device, None] = None, flip: bool = True, nfolds: int = 10,
-                          accelerator: Any = None, progress: bool = True) -> Dict[str, Dict[str, Any]]:
+def run_verification_sets(
+    model: torch.nn.Module,
+    sets: Mapping[str, VerificationSet],
+    batch_size: int = 128,
+    device: Union[str, torch.device, None] = None,
+    flip: bool = True,
+    nfolds: int = 10,
+    accelerator: Any = None,
+    progress: bool = True,
+) -> Dict[str, Dict[str, Any]]:
     """Evaluate ``model`` on each ``(images, issame)`` set; per set the :func:`verification.evaluate` dict + ``xnorm``.
 
     ``xnorm`` is the mean L2 norm of the raw embeddings (images and flips), as insightface logs it. Safe to call
@@ -123,16 +143,23 @@ def run_verification_sets(model: torch.nn.Module, sets: Mapping[str, Verificatio
         if images.shape[0] != 2 * len(issame):
             raise DataError(f"{name}: {images.shape[0]} images for {len(issame)} pairs; expected {2 * len(issame)}")
         t0 = time.perf_counter()
-        feats, flips = extract_features(model, images, batch_size, device, flip=flip, accelerator=accelerator,
-                                        progress=progress, desc=name)
+        feats, flips = extract_features(
+            model, images, batch_size, device, flip=flip, accelerator=accelerator, progress=progress, desc=name
+        )
         check_finite(name, feats, flips)
         emb = fuse_embeddings(feats, flips)
         res = verification.evaluate(emb, issame, nfolds=nfolds)
         raw = feats if flips is None else torch.cat([feats, flips])
         res["xnorm"] = float(raw.double().norm(dim=1).mean())
         res["seconds"] = time.perf_counter() - t0
-        _logger.info("[%s] accuracy-flip %.5f+-%.5f  TAR@FAR=1e-3 %.5f  XNorm %.4f", name, res["accuracy"],
-                  res["accuracy_std"], res["tar_at_far"], res["xnorm"])
+        _logger.info(
+            "[%s] accuracy-flip %.5f+-%.5f  TAR@FAR=1e-3 %.5f  XNorm %.4f",
+            name,
+            res["accuracy"],
+            res["accuracy_std"],
+            res["tar_at_far"],
+            res["xnorm"],
+        )
         results[name] = res
     return results
 
@@ -141,10 +168,20 @@ def run_verification_sets(model: torch.nn.Module, sets: Mapping[str, Verificatio
 IJB_MODES = ("default", "no_faceness", "image_l2")
 
 
-def run_ijb(model: torch.nn.Module, path: Union[str, Path], target: str = "IJBC", batch_size: int = 128,
-            device: Union[str, torch.device, None] = None, flip: bool = True, fars: Sequence[float] = DEFAULT_FARS,
-            modes: Sequence[str] = ("default",), one_to_n: bool = False, accelerator: Any = None,
-            num_workers: int = 0, progress: bool = True) -> Dict[str, Any]:
+def run_ijb(
+    model: torch.nn.Module,
+    path: Union[str, Path],
+    target: str = "IJBC",
+    batch_size: int = 128,
+    device: Union[str, torch.device, None] = None,
+    flip: bool = True,
+    fars: Sequence[float] = DEFAULT_FARS,
+    modes: Sequence[str] = ("default",),
+    one_to_n: bool = False,
+    accelerator: Any = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Dict[str, Any]:
     """IJB-B/C 1:1 (and optionally 1:N) evaluation of ``model`` on the release folder ``path``.
 
     ``flip``: flip TTA (``f(img) + f(flip)``, insightface's default), as in :func:`run_verification_sets`.
@@ -156,24 +193,50 @@ def run_ijb(model: torch.nn.Module, path: Union[str, Path], target: str = "IJBC"
 
     unknown = [m for m in modes if m not in IJB_MODES]
     if unknown:
-        raise ConfigError(f"unknown IJB mode {unknown[0]!r}; choose from {', '.join(IJB_MODES)}"
-                          f"{did_you_mean(unknown[0], IJB_MODES)}")
+        raise ConfigError(
+            f"unknown IJB mode {unknown[0]!r}; choose from {', '.join(IJB_MODES)}{did_you_mean(unknown[0], IJB_MODES)}"
+        )
     root = Path(path)
     meta = read_ijb(root, target)
-    feats, flips = extract_features(model, IJBAlignedImages(meta), batch_size, device, flip=flip,
-                                    accelerator=accelerator, num_workers=num_workers, progress=progress,
-                                    desc=meta.target)
+    feats, flips = extract_features(
+        model,
+        IJBAlignedImages(meta),
+        batch_size,
+        device,
+        flip=flip,
+        accelerator=accelerator,
+        num_workers=num_workers,
+        progress=progress,
+        desc=meta.target,
+    )
     check_finite(meta.target, feats, flips)
-    out: Dict[str, Any] = {"target": meta.target, "num_images": len(meta), "num_pairs": int(len(meta.t1)),
-                           "flip": bool(flip), "modes": {}}
+    out: Dict[str, Any] = {
+        "target": meta.target,
+        "num_images": len(meta),
+        "num_pairs": int(len(meta.t1)),
+        "flip": bool(flip),
+        "modes": {},
+    }
     for mode in modes:
         res = ijb_protocol.evaluate(
-            feats, meta.templates, meta.medias, meta.t1, meta.t2, meta.labels,
-            faceness=None if mode == "no_faceness" else meta.faceness, fars=fars, flip_features=flips,
-            normalize_images=mode == "image_l2")
+            feats,
+            meta.templates,
+            meta.medias,
+            meta.t1,
+            meta.t2,
+            meta.labels,
+            faceness=None if mode == "no_faceness" else meta.faceness,
+            fars=fars,
+            flip_features=flips,
+            normalize_images=mode == "image_l2",
+        )
         out["modes"][mode] = res
-        _logger.info("[%s %s] TAR@FAR %s", meta.target, mode,
-                  "  ".join(f"{f:g}: {100 * t:.2f}" for f, t in res["tar_at_far"].items()))
+        _logger.info(
+            "[%s %s] TAR@FAR %s",
+            meta.target,
+            mode,
+            "  ".join(f"{f:g}: {100 * t:.2f}" for f, t in res["tar_at_far"].items()),
+        )
     files = identification.ijb_1n_files(root, meta.target)
     if one_to_n:
         missing = [str(p) for p in files.values() if not p.is_file()]
@@ -209,12 +272,24 @@ def resolve_device(spec: Union[str, torch.device, None] = "auto") -> torch.devic
         raise ConfigError(f"device {spec!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)") from None
 
 
-def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, None] = None,
-                   targets: Optional[Sequence[str]] = None, ijb: Union[str, Path, None] = None,
-                   ijb_target: str = "IJBC", ijb_modes: Sequence[str] = ("default",), ijb_1n: bool = False,
-                   checkpoint: Union[str, Path, None] = None, pretrained: bool = False, batch_size: int = 128,
-                   device: Union[str, torch.device, None] = "auto", flip: bool = True, nfolds: int = 10,
-                   num_workers: int = 0, accelerator: Any = None, progress: bool = True) -> Dict[str, Any]:
+def evaluate_model(
+    model: Union[str, torch.nn.Module],
+    bins: Union[str, Path, None] = None,
+    targets: Optional[Sequence[str]] = None,
+    ijb: Union[str, Path, None] = None,
+    ijb_target: str = "IJBC",
+    ijb_modes: Sequence[str] = ("default",),
+    ijb_1n: bool = False,
+    checkpoint: Union[str, Path, None] = None,
+    pretrained: bool = False,
+    batch_size: int = 128,
+    device: Union[str, torch.device, None] = "auto",
+    flip: bool = True,
+    nfolds: int = 10,
+    num_workers: int = 0,
+    accelerator: Any = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Evaluate a model on the verification sets in the folder ``bins`` and / or the IJB release ``ijb``; returns
     the ``results.json`` document (:func:`facezoo.eval.report.build_results`). What ``facezoo eval`` runs.
 
@@ -229,14 +304,16 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
     from facezoo.models.factory import check_hub_reachable, check_model_name
 
     if bins is None and ijb is None:
-        raise ConfigError("nothing to evaluate: give a folder of verification sets (bins) and / or an IJB release "
-                          "(ijb)")
+        raise ConfigError(
+            "nothing to evaluate: give a folder of verification sets (bins) and / or an IJB release (ijb)"
+        )
     if targets is not None and bins is None:
         raise ConfigError("targets names sets in a folder of verification sets; give bins too")
     unknown = [m for m in ijb_modes if m not in IJB_MODES]
     if unknown:
-        raise ConfigError(f"unknown IJB mode {unknown[0]!r}; choose from {', '.join(IJB_MODES)}"
-                          f"{did_you_mean(unknown[0], IJB_MODES)}")
+        raise ConfigError(
+            f"unknown IJB mode {unknown[0]!r}; choose from {', '.join(IJB_MODES)}{did_you_mean(unknown[0], IJB_MODES)}"
+        )
     if batch_size < 1 or nfolds < 1:
         raise ConfigError(f"batch_size and nfolds must be >= 1, got {batch_size} and {nfolds}")
     device = accelerator.device if accelerator is not None else resolve_device(device)
@@ -245,7 +322,7 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
         if checkpoint is not None:
             check_checkpoint_file(checkpoint)
         if model.startswith("hf-hub:"):
-            check_hub_reachable(model[len("hf-hub:"):])  # before the sets load: no network fails in seconds
+            check_hub_reachable(model[len("hf-hub:") :])  # before the sets load: no network fails in seconds
         elif not model.startswith("local-dir:"):
             check_model_name(model)
     if ijb is not None:
@@ -262,10 +339,29 @@ def evaluate_model(model: Union[str, torch.nn.Module], bins: Union[str, Path, No
     if set_paths is not None:
         if targets is None:
             _log_found(bins, set_paths)  # now that the model is there: an error before it stays one line
-        ver = run_verification_sets(model, _load_sets(set_paths, progress), batch_size, device, flip=flip,
-                                    nfolds=nfolds, accelerator=accelerator, progress=progress)
+        ver = run_verification_sets(
+            model,
+            _load_sets(set_paths, progress),
+            batch_size,
+            device,
+            flip=flip,
+            nfolds=nfolds,
+            accelerator=accelerator,
+            progress=progress,
+        )
     if ijb is not None:
-        ijb_results = run_ijb(model, ijb, ijb_target, batch_size, device, flip=flip, modes=ijb_modes,
-                              one_to_n=ijb_1n, accelerator=accelerator, num_workers=num_workers, progress=progress)
+        ijb_results = run_ijb(
+            model,
+            ijb,
+            ijb_target,
+            batch_size,
+            device,
+            flip=flip,
+            modes=ijb_modes,
+            one_to_n=ijb_1n,
+            accelerator=accelerator,
+            num_workers=num_workers,
+            progress=progress,
+        )
     extra = {"checkpoint": None if checkpoint is None else str(checkpoint), "flip": bool(flip), "nfolds": nfolds}
     return report.build_results(name, ver, ijb_results, extra=extra)

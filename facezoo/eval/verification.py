@@ -17,6 +17,7 @@ Reproduces insightface's ``eval/verification.py`` number for number, without skl
 Counting is done with sorted distances and ``searchsorted`` (exact integer counts), so every number equals the
 reference's per-threshold loop bit for bit.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
@@ -46,8 +47,10 @@ def kfold_slices(n: int, nfolds: int = 10) -> List[Tuple[np.ndarray, np.ndarray]
     sizes = np.full(nfolds, n // nfolds, dtype=np.int64)
     sizes[: n % nfolds] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [(np.concatenate([idx[: bounds[k]], idx[bounds[k + 1]:]]), idx[bounds[k]: bounds[k + 1]])
-            for k in range(nfolds)]
+    return [
+        (np.concatenate([idx[: bounds[k]], idx[bounds[k + 1] :]]), idx[bounds[k] : bounds[k + 1]])
+        for k in range(nfolds)
+    ]
 
 
 def pair_distances(embeddings: ArrayLike) -> np.ndarray:
@@ -68,8 +71,9 @@ def _counts_below(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) 
     return (np.searchsorted(same, thresholds, side="left"), np.searchsorted(diff, thresholds, side="left"))
 
 
-def _fold_counts(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray,
-                 folds: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, np.ndarray]:
+def _fold_counts(
+    dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray, folds: Sequence[Tuple[np.ndarray, np.ndarray]]
+) -> Dict[str, np.ndarray]:
     """Confusion counts at every threshold, per fold, shape (F, T); class sizes shape (F,).
 
     Keys ``tp``, ``fp``, ``n_same``, ``n_diff`` for the test folds and the same with a ``train_`` prefix. Train
@@ -87,8 +91,9 @@ def _fold_counts(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray,
     return out
 
 
-def _rates(tp: np.ndarray, fp: np.ndarray, n_same: np.ndarray, n_diff: np.ndarray
-           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rates(
+    tp: np.ndarray, fp: np.ndarray, n_same: np.ndarray, n_diff: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TPR, FPR, accuracy from counts; rates are 0 where a class is empty (as the reference)."""
     n_same = n_same[:, None].astype(np.float64)
     n_diff = n_diff[:, None].astype(np.float64)
@@ -118,8 +123,7 @@ def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, far_target: float)
     return float(np.interp(far_target, far, np.asarray(thresholds, dtype=np.float64)))
 
 
-def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_target: float = 1e-3
-             ) -> Dict[str, Any]:
+def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_target: float = 1e-3) -> Dict[str, Any]:
     """Verification metrics of paired embeddings (insightface protocol, see module docstring).
 
     Args:
@@ -137,8 +141,10 @@ def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_tar
     dist = pair_distances(embeddings)
     bad = int((~np.isfinite(dist)).sum())
     if bad:
-        raise DataError(f"verification: {bad} of {dist.shape[0]} pairs have non-finite embeddings (NaN or Inf); "
-                        "refusing to score them (they would count as 'different' and give a meaningless accuracy)")
+        raise DataError(
+            f"verification: {bad} of {dist.shape[0]} pairs have non-finite embeddings (NaN or Inf); "
+            "refusing to score them (they would count as 'different' and give a meaningless accuracy)"
+        )
     same = to_numpy(issame).astype(bool).reshape(-1)
     if same.shape[0] != dist.shape[0]:
         raise ValueError(f"{dist.shape[0]} pairs of embeddings but {same.shape[0]} issame labels")
@@ -174,8 +180,11 @@ def evaluate(embeddings: ArrayLike, issame: ArrayLike, nfolds: int = 10, far_tar
         "tar_at_far_std": float(np.std(vals)),
         "far": float(np.mean(fars)),
         "far_target": float(far_target),
-        "roc": {"fpr": np.mean(fpr, 0).tolist(), "tpr": np.mean(tpr, 0).tolist(),
-                "thresholds": ACC_THRESHOLDS.tolist()},
+        "roc": {
+            "fpr": np.mean(fpr, 0).tolist(),
+            "tpr": np.mean(tpr, 0).tolist(),
+            "thresholds": ACC_THRESHOLDS.tolist(),
+        },
         "num_pairs": int(dist.shape[0]),
         "nfolds": int(nfolds),
     }

@@ -10,6 +10,7 @@ written as one self-contained file (``external_data=False``: every facezoo model
 After writing, the file is checked with ``onnx.checker`` and, where onnxruntime is installed, run on a random batch
 and compared with torch (the max abs difference is returned and printed by ``facezoo export onnx``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,9 @@ def require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise MissingDependencyError(f"ONNX export needs onnx and onnxscript ({exc}); install them with "
-                                     "pip install 'facezoo[onnx]'") from None
+        raise MissingDependencyError(
+            f"ONNX export needs onnx and onnxscript ({exc}); install them with pip install 'facezoo[onnx]'"
+        ) from None
 
 
 def check_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> tuple:
@@ -65,18 +67,20 @@ def check_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = Non
         raise ConfigError(f"input_size must be (height, width) of at least 16 pixels each, got {input_size!r}")
     if hw != default and fixed:
         name = cfg.get("architecture", type(model).__name__)
-        raise ConfigError(f"input_size {hw[0]}x{hw[1]}: {name} needs {default[0]}x{default[1]} input (its "
-                          f"{getattr(model, 'pool_type', '')} head is built for that map size); use a _gap or _gwp "
-                          "model for other sizes")
+        raise ConfigError(
+            f"input_size {hw[0]}x{hw[1]}: {name} needs {default[0]}x{default[1]} input (its "
+            f"{getattr(model, 'pool_type', '')} head is built for that map size); use a _gap or _gwp "
+            "model for other sizes"
+        )
     return hw
 
 
 def export_onnx(
-        model: nn.Module,
-        path: Union[str, os.PathLike],
-        opset: Optional[int] = None,
-        input_size: Optional[Sequence[int]] = None,
-        check: bool = True,
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    opset: Optional[int] = None,
+    input_size: Optional[Sequence[int]] = None,
+    check: bool = True,
 ) -> Dict[str, Any]:
     """Write ``model`` (an embedding model, e.g. a facezoo IResNet) to the ONNX file ``path``.
 
@@ -107,11 +111,25 @@ def export_onnx(
         batch = torch.export.Dim("batch")
         with torch.no_grad(), _quiet_exporter_logs():
             program = torch.onnx.export(
-                model, (example,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
-                verbose=False)
-        info: Dict[str, Any] = {"path": str(out), "input_size": (height, width), "batch": None,
-                                "max_abs_diff": None, "max_abs_output": None, "onnxruntime": None}
+                model,
+                (example,),
+                str(out),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                verbose=False,
+            )
+        info: Dict[str, Any] = {
+            "path": str(out),
+            "input_size": (height, width),
+            "batch": None,
+            "max_abs_diff": None,
+            "max_abs_output": None,
+            "onnxruntime": None,
+        }
         info["opset"] = _opset(out) if program is None else _opset_of(program.model_proto)
         if check:
             info.update(_check(model, out, in_chans, height, width, device))
@@ -144,8 +162,9 @@ def _opset(path: Path) -> Optional[int]:
     return _opset_of(onnx.load(str(path), load_external_data=False))
 
 
-def _check(model: nn.Module, path: Path, in_chans: int, height: int, width: int,
-           device: torch.device) -> Dict[str, Any]:
+def _check(
+    model: nn.Module, path: Path, in_chans: int, height: int, width: int, device: torch.device
+) -> Dict[str, Any]:
     """onnx's checker on the file, then torch vs onnxruntime on a random batch of ``CHECK_BATCH`` faces."""
     import onnx
 
@@ -162,5 +181,9 @@ def _check(model: nn.Module, path: Path, in_chans: int, height: int, width: int,
         want = model(x.to(device)).float().cpu().numpy()
     if got.shape != want.shape:
         raise RuntimeError(f"{path}: onnxruntime output {got.shape} differs from torch's {want.shape}")
-    return {"batch": CHECK_BATCH, "max_abs_diff": float(abs(got - want).max()),
-            "max_abs_output": float(abs(want).max()), "onnxruntime": ort.__version__}
+    return {
+        "batch": CHECK_BATCH,
+        "max_abs_diff": float(abs(got - want).max()),
+        "max_abs_output": float(abs(want).max()),
+        "onnxruntime": ort.__version__,
+    }

@@ -6,6 +6,7 @@
 * :func:`push` -- one export folder, a training run's ``export/`` or a folder of runs to Hub repos (and a
   collection), or a dry run that writes what would be uploaded and contacts nothing.
 """
+
 from facezoo.hub.card import render_model_card
 from facezoo.hub.export import check_export_folder, save_pretrained
 from facezoo.hub.push import push

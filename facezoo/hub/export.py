@@ -6,6 +6,7 @@ and facezoo's metadata in a ``facezoo`` block at the root of ``config.json`` (ti
 ``pretrained_cfg``). The folder is built in a temporary sibling and renamed into place, so a crash never leaves a
 half-written export.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,15 @@ from facezoo.errors import CheckpointError, ConfigError, MissingPathError, Unkno
 from facezoo.hub.card import card_from_facts, describe_model, unwrap_model
 from facezoo.hub.results import ResultsLike, load_results
 
-__all__ = ["save_pretrained", "check_export_folder", "check_output_folder", "EXPORT_FILES", "WEIGHTS_NAME",
-           "CONFIG_NAME", "CARD_NAME"]
+__all__ = [
+    "save_pretrained",
+    "check_export_folder",
+    "check_output_folder",
+    "EXPORT_FILES",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "CARD_NAME",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,16 +45,16 @@ EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
 def save_pretrained(
-        model: nn.Module,
-        out_dir: Union[str, os.PathLike],
-        results: Optional[ResultsLike] = None,
-        training: Optional[Mapping[str, Any]] = None,
-        base_model: Optional[str] = None,
-        *,
-        datasets: Optional[Sequence[str]] = None,
-        license: Optional[str] = None,
-        overwrite: bool = False,
-        repo_id: Optional[str] = None,
+    model: nn.Module,
+    out_dir: Union[str, os.PathLike],
+    results: Optional[ResultsLike] = None,
+    training: Optional[Mapping[str, Any]] = None,
+    base_model: Optional[str] = None,
+    *,
+    datasets: Optional[Sequence[str]] = None,
+    license: Optional[str] = None,
+    overwrite: bool = False,
+    repo_id: Optional[str] = None,
 ) -> Path:
     """Write ``model`` as a publishable folder: ``model.safetensors``, ``config.json``, ``README.md`` (model card).
 
@@ -69,8 +77,14 @@ def save_pretrained(
         _warn_if_other_model(doc["model"], facts["architecture"])
     out = check_output_folder(out_dir, overwrite)
     card = card_from_facts(facts, doc, training, base_model, datasets=datasets, license=license, repo_id=repo_id)
-    block: Dict[str, Any] = {"version": _version(), "head": facts["head"], "stem_kernel": facts["stem_kernel"],
-                             "layout": facts["layout"], "embed_dim": facts["embed_dim"], "evaluated": doc is not None}
+    block: Dict[str, Any] = {
+        "version": _version(),
+        "head": facts["head"],
+        "stem_kernel": facts["stem_kernel"],
+        "layout": facts["layout"],
+        "embed_dim": facts["embed_dim"],
+        "evaluated": doc is not None,
+    }
     if base_model:
         block["base_model"] = base_model
     if repo_id:
@@ -82,8 +96,13 @@ def save_pretrained(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         with _contiguous_tensors(model):  # safetensors refuses channels-last (strided) weights
-            save_for_hf(model, str(tmp), model_config={"facezoo": block}, safe_serialization=True,
-                        model_args={"layout": facts["layout"], "embed_dim": facts["embed_dim"]})
+            save_for_hf(
+                model,
+                str(tmp),
+                model_config={"facezoo": block},
+                safe_serialization=True,
+                model_args={"layout": facts["layout"], "embed_dim": facts["embed_dim"]},
+            )
         card.save(tmp / CARD_NAME)
         os.chmod(tmp, 0o755)  # mkdtemp and safetensors make them private
         for name in EXPORT_FILES:
@@ -128,8 +147,11 @@ def _warn_if_other_model(evaluated: str, architecture: str) -> None:
 
     base = evaluated.split(".", 1)[0]
     if timm.is_model(base) and base != architecture:
-        _logger.warning("the results evaluated %r, but the exported model is %r: check that --results belongs to "
-                        "these weights", evaluated, architecture)
+        _logger.warning(
+            "the results evaluated %r, but the exported model is %r: check that --results belongs to these weights",
+            evaluated,
+            architecture,
+        )
 
 
 def _version() -> str:
@@ -168,8 +190,10 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     folder = require_path(path, "export folder", kind="dir")
     config = folder / CONFIG_NAME
     if not config.is_file():
-        raise MissingPathError(f"{config}: no config.json in this folder (expected an export folder: config.json, "
-                               f"{WEIGHTS_NAME}, {CARD_NAME}, as 'facezoo export hub' writes)")
+        raise MissingPathError(
+            f"{config}: no config.json in this folder (expected an export folder: config.json, "
+            f"{WEIGHTS_NAME}, {CARD_NAME}, as 'facezoo export hub' writes)"
+        )
     try:
         cfg = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -180,8 +204,10 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if arch not in model_names():
         from facezoo.errors import did_you_mean
 
-        raise UnknownNameError(f"{config}: field 'architecture' is {arch!r}, not a facezoo model"
-                               f"{did_you_mean(arch, model_names())}; 'facezoo models' lists them")
+        raise UnknownNameError(
+            f"{config}: field 'architecture' is {arch!r}, not a facezoo model"
+            f"{did_you_mean(arch, model_names())}; 'facezoo models' lists them"
+        )
     pcfg = cfg.get("pretrained_cfg")
     if not isinstance(pcfg, dict):
         raise ConfigError(f"{config}: field 'pretrained_cfg' must be an object (timm's pretrained config)")
@@ -190,8 +216,10 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     except TypeError:
         known = set(PretrainedCfg.__dataclass_fields__)
         unknown = sorted(set(pcfg) - known)
-        raise ConfigError(f"{config}: field 'pretrained_cfg' has keys timm rejects: {', '.join(unknown)}; extra "
-                          "metadata belongs at the root of config.json") from None
+        raise ConfigError(
+            f"{config}: field 'pretrained_cfg' has keys timm rejects: {', '.join(unknown)}; extra "
+            "metadata belongs at the root of config.json"
+        ) from None
     model_args = cfg.get("model_args") or {}
     if not isinstance(model_args, dict):
         raise ConfigError(f"{config}: field 'model_args' must be an object of {arch} keyword arguments")

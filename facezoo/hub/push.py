@@ -7,6 +7,7 @@ with its Hub id filled in. ``dry_run=OUT`` writes those staged folders to ``OUT/
 ``push_plan.json`` (repo ids, files, sizes, sha256) and contacts nothing. The token comes from huggingface_hub
 (``HF_TOKEN`` or the login cache); facezoo only hands it to ``HfApi`` and never writes or logs it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +38,14 @@ def check_repo_id(repo_id: str, what: str = "--repo-id") -> str:
 
     parts = str(repo_id).split("/")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"{what} {repo_id!r}: expected ORG/NAME (a user or organization, a slash, the repo name), "
-                          "e.g. my-org/iresnet50_gwp_k7.arcface_webface4m")
+        raise ConfigError(
+            f"{what} {repo_id!r}: expected ORG/NAME (a user or organization, a slash, the repo name), "
+            "e.g. my-org/iresnet50_gwp_k7.arcface_webface4m"
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise ConfigError(f"{what} {repo_id!r}: not a valid Hub repo id ({' '.join(str(exc).split())[:200]})") \
-            from None
+        raise ConfigError(f"{what} {repo_id!r}: not a valid Hub repo id ({' '.join(str(exc).split())[:200]})") from None
     return repo_id
 
 
@@ -51,8 +53,9 @@ def _is_export(folder: Path) -> bool:
     return (folder / CONFIG_NAME).is_file()
 
 
-def find_exports(path: PathLike, repo_id: Optional[str] = None,
-                 repo_id_prefix: Optional[str] = None) -> List[Tuple[Path, str]]:
+def find_exports(
+    path: PathLike, repo_id: Optional[str] = None, repo_id_prefix: Optional[str] = None
+) -> List[Tuple[Path, str]]:
     """(export folder, repo id) pairs for PATH: an export folder, a training run (its ``export/``) or a folder of
     runs (every ``export/`` below it, one repo each, named ``repo_id_prefix`` + the run folder's name)."""
     root = require_path(path, "export folder, training run or folder of runs", kind="dir")
@@ -70,11 +73,14 @@ def find_exports(path: PathLike, repo_id: Optional[str] = None,
         return [(folder, check_repo_id(repo_id_prefix + name, "--repo-id-prefix + run name"))]
     runs = sorted(p.parent for p in root.rglob(f"export/{CONFIG_NAME}"))
     if not runs:
-        raise MissingPathError(f"{root}: no export folder here ({CONFIG_NAME} + {WEIGHTS_NAME}), no export/ in it "
-                               "and no run folders with an export/ below it; export with 'facezoo export hub'")
+        raise MissingPathError(
+            f"{root}: no export folder here ({CONFIG_NAME} + {WEIGHTS_NAME}), no export/ in it "
+            "and no run folders with an export/ below it; export with 'facezoo export hub'"
+        )
     if repo_id:
-        raise ConfigError(f"{root}: a folder of {len(runs)} runs needs --repo-id-prefix ORG/ (one repo per run), "
-                          "not --repo-id")
+        raise ConfigError(
+            f"{root}: a folder of {len(runs)} runs needs --repo-id-prefix ORG/ (one repo per run), not --repo-id"
+        )
     out, seen = [], {}
     for folder in runs:
         rid = check_repo_id(repo_id_prefix + folder.parent.name, "--repo-id-prefix + run name")
@@ -116,8 +122,9 @@ def _stage(folder: Path, config: Dict[str, Any], repo_id: str, dest: Path) -> Li
         os.link(folder / WEIGHTS_NAME, dest / WEIGHTS_NAME)
     except OSError:
         shutil.copyfile(folder / WEIGHTS_NAME, dest / WEIGHTS_NAME)
-    return [{"path": name, "size": (dest / name).stat().st_size, "sha256": _sha256(dest / name)}
-            for name in EXPORT_FILES]
+    return [
+        {"path": name, "size": (dest / name).stat().st_size, "sha256": _sha256(dest / name)} for name in EXPORT_FILES
+    ]
 
 
 def _prepare_dry_run_dir(out: Path) -> None:
@@ -126,25 +133,27 @@ def _prepare_dry_run_dir(out: Path) -> None:
         raise ConfigError(f"--dry-run {out}: exists and is a file; give a folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / PLAN_NAME).is_file():
-            raise ConfigError(f"--dry-run {out}: folder exists, is not empty and is not an earlier dry run (no "
-                              f"{PLAN_NAME}); give a new folder")
+            raise ConfigError(
+                f"--dry-run {out}: folder exists, is not empty and is not an earlier dry run (no "
+                f"{PLAN_NAME}); give a new folder"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
 def push(
-        path: PathLike,
-        repo_id: Optional[str] = None,
-        *,
-        repo_id_prefix: Optional[str] = None,
-        collection: Optional[str] = None,
-        private: bool = False,
-        revision: Optional[str] = None,
-        commit_message: Optional[str] = None,
-        create_pr: bool = False,
-        dry_run: Optional[PathLike] = None,
-        overwrite_card: bool = False,
-        token: Optional[str] = None,
+    path: PathLike,
+    repo_id: Optional[str] = None,
+    *,
+    repo_id_prefix: Optional[str] = None,
+    collection: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    create_pr: bool = False,
+    dry_run: Optional[PathLike] = None,
+    overwrite_card: bool = False,
+    token: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Upload export folders to Hub model repos (``create_repo(exist_ok=True)`` + ``upload_folder``).
 
@@ -168,13 +177,18 @@ def push(
         _check_card(folder)
     namespaces = sorted({rid.split("/")[0] for _, rid in targets})
     if collection is not None and (not collection.strip() or len(namespaces) > 1):
-        raise ConfigError(f"--collection {collection!r}: needs a title and repos in one namespace (got "
-                          f"{', '.join(namespaces)})")
+        raise ConfigError(
+            f"--collection {collection!r}: needs a title and repos in one namespace (got {', '.join(namespaces)})"
+        )
     message = commit_message or "Upload facezoo model"
     from facezoo import __version__
 
-    plan: Dict[str, Any] = {"facezoo_version": __version__, "dry_run": dry_run is not None, "repos": [],
-                            "collection": {"title": collection, "namespace": namespaces[0]} if collection else None}
+    plan: Dict[str, Any] = {
+        "facezoo_version": __version__,
+        "dry_run": dry_run is not None,
+        "repos": [],
+        "collection": {"title": collection, "namespace": namespaces[0]} if collection else None,
+    }
     settings = {"private": private, "revision": revision, "commit_message": message, "create_pr": create_pr}
     if dry_run is not None:
         out = Path(dry_run).expanduser()
@@ -183,8 +197,9 @@ def push(
             files = _stage(folder, cfg, rid, out / rid)
             plan["repos"].append({"repo_id": rid, "source": str(folder), "folder": rid, **settings, "files": files})
         (out / PLAN_NAME).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
-        _logger.debug("dry run: wrote %d repo folder(s) and %s to %s; nothing was uploaded", len(targets), PLAN_NAME,
-                     out)
+        _logger.debug(
+            "dry run: wrote %d repo folder(s) and %s to %s; nothing was uploaded", len(targets), PLAN_NAME, out
+        )
         return plan
     return _upload(targets, configs, plan, settings, token=token, overwrite_card=overwrite_card)
 
@@ -193,16 +208,24 @@ def _hub_error(action: str, exc: Exception) -> HubError:
     return HubError(f"{action}: {type(exc).__name__}: {' '.join(str(exc).split())[:240]}")
 
 
-def _upload(targets: List[Tuple[Path, str]], configs: List[Dict[str, Any]], plan: Dict[str, Any],
-            settings: Dict[str, Any], token: Optional[str], overwrite_card: bool) -> Dict[str, Any]:
+def _upload(
+    targets: List[Tuple[Path, str]],
+    configs: List[Dict[str, Any]],
+    plan: Dict[str, Any],
+    settings: Dict[str, Any],
+    token: Optional[str],
+    overwrite_card: bool,
+) -> Dict[str, Any]:
     from huggingface_hub import HfApi, get_token
 
     from facezoo import __version__
 
     token = token or get_token()
     if not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run OUT to see what "
-                       "would be uploaded)")
+        raise HubError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run OUT to see what "
+            "would be uploaded)"
+        )
     api = HfApi(token=token, library_name="facezoo", library_version=__version__)
     revision = settings["revision"]
     for _, rid in targets:  # every remote card is checked before anything is uploaded
@@ -215,17 +238,21 @@ def _upload(targets: List[Tuple[Path, str]], configs: List[Dict[str, Any]], plan
                 url = api.create_repo(rid, private=True if settings["private"] else None, exist_ok=True)
                 if revision and not settings["create_pr"]:
                     api.create_branch(rid, branch=revision, exist_ok=True)
-                info = api.upload_folder(repo_id=rid, folder_path=str(staged),
-                                         commit_message=settings["commit_message"], revision=revision,
-                                         create_pr=settings["create_pr"], allow_patterns=list(EXPORT_FILES))
+                info = api.upload_folder(
+                    repo_id=rid,
+                    folder_path=str(staged),
+                    commit_message=settings["commit_message"],
+                    revision=revision,
+                    create_pr=settings["create_pr"],
+                    allow_patterns=list(EXPORT_FILES),
+                )
             except Exception as exc:
                 if not _is_hub_exception(exc):
                     raise
                 raise _hub_error(f"pushing {folder} to {rid}", exc) from None
             commit = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or str(info)
             _logger.debug("pushed %s to %s (%s)", folder, getattr(url, "url", rid), commit)
-            plan["repos"].append({"repo_id": rid, "source": str(folder), **settings, "files": files,
-                                  "commit": commit})
+            plan["repos"].append({"repo_id": rid, "source": str(folder), **settings, "files": files, "commit": commit})
     if plan["collection"]:
         _add_to_collection(api, plan["collection"], [rid for _, rid in targets])
     return plan
@@ -249,8 +276,10 @@ def _check_remote_card(api: Any, repo_id: str, revision: Optional[str], overwrit
     if is_facezoo_card(Path(local).read_text(encoding="utf-8")):
         return
     if not overwrite_card:
-        raise HubError(f"{repo_id}: the Hub repo's {CARD_NAME} was not written by facezoo (a hand-written card); "
-                       "pass --overwrite-card to replace it")
+        raise HubError(
+            f"{repo_id}: the Hub repo's {CARD_NAME} was not written by facezoo (a hand-written card); "
+            "pass --overwrite-card to replace it"
+        )
     _logger.warning("%s: replacing the hand-written %s (--overwrite-card)", repo_id, CARD_NAME)
 
 

@@ -5,6 +5,7 @@ a hand-edited file with a wrong field) is refused with the file and the field na
 The model-index uses the field's dataset names (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW, IJB-B, IJB-C) and values in
 percent, as the papers report them.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,33 +40,41 @@ def load_results(path: ResultsLike) -> Dict[str, Any]:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ConfigError(f"{source}: not JSON ({exc}); expected the results.json that 'facezoo eval' "
-                              "writes") from None
+            raise ConfigError(
+                f"{source}: not JSON ({exc}); expected the results.json that 'facezoo eval' writes"
+            ) from None
     _check_results(doc, source)
     return doc
 
 
 def _fail(source: str, field: str, expected: str, got: Any = ...) -> ConfigError:
     tail = "" if got is ... else f", got {got!r}"[:120]
-    return ConfigError(f"{source}: field '{field}' must be {expected}{tail}; expected the results.json that "
-                       "'facezoo eval' writes")
+    return ConfigError(
+        f"{source}: field '{field}' must be {expected}{tail}; expected the results.json that 'facezoo eval' writes"
+    )
 
 
 def _is_rate(value: Any, allow_none: bool = False) -> bool:
     if value is None:
         return allow_none
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and 0.0 <= value <= 1.0
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value <= 1.0
+    )
 
 
 def _check_results(doc: Any, source: str) -> None:
     if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: not a 'facezoo eval' results.json (a JSON {type(doc).__name__}, expected an "
-                          "object with 'model' and 'verification' and/or 'ijb')")
+        raise ConfigError(
+            f"{source}: not a 'facezoo eval' results.json (a JSON {type(doc).__name__}, expected an "
+            "object with 'model' and 'verification' and/or 'ijb')"
+        )
     for key in ("model", "facezoo_version"):
         if not isinstance(doc.get(key), str):
-            raise _fail(source, key, "a string", doc.get(key)) if key in doc else ConfigError(
-                f"{source}: not a 'facezoo eval' results.json (no '{key}' field)")
+            raise (
+                _fail(source, key, "a string", doc.get(key))
+                if key in doc
+                else ConfigError(f"{source}: not a 'facezoo eval' results.json (no '{key}' field)")
+            )
     if "verification" not in doc and "ijb" not in doc:
         raise ConfigError(f"{source}: no 'verification' or 'ijb' field: the file holds no evaluation results")
     ver = doc.get("verification")
@@ -95,8 +104,9 @@ def _check_results(doc: Any, source: str) -> None:
                 try:
                     float(far)
                 except ValueError:
-                    raise _fail(source, f"ijb.modes.{mode}.tar_at_far", "keyed by FAR values like '1e-4'",
-                                far) from None
+                    raise _fail(
+                        source, f"ijb.modes.{mode}.tar_at_far", "keyed by FAR values like '1e-4'", far
+                    ) from None
                 if not _is_rate(tar, allow_none=True):
                     raise _fail(source, f"ijb.modes.{mode}.tar_at_far.{far}", "a number in [0, 1] or null", tar)
 
@@ -120,18 +130,34 @@ def create_eval_results(results: Mapping[str, Any]) -> List[EvalResult]:
     """
     out: List[EvalResult] = []
     for name, r in (results.get("verification") or {}).items():
-        out.append(EvalResult(
-            task_type=TASK_TYPE, task_name="Face Verification", dataset_type=name, dataset_name=display_name(name),
-            dataset_split="test", metric_type="accuracy", metric_name="Accuracy (%)",
-            metric_value=_percent(r["accuracy"])))
+        out.append(
+            EvalResult(
+                task_type=TASK_TYPE,
+                task_name="Face Verification",
+                dataset_type=name,
+                dataset_name=display_name(name),
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_name="Accuracy (%)",
+                metric_value=_percent(r["accuracy"]),
+            )
+        )
     mode = ijb_card_mode(results)
     if mode is not None:
         ijb = results["ijb"]
         for far, tar in ijb["modes"][mode]["tar_at_far"].items():
             if tar is None:
                 continue
-            out.append(EvalResult(
-                task_type=TASK_TYPE, task_name="Face Verification (IJB 1:1, templates)",
-                dataset_type=ijb["target"].lower(), dataset_name=display_name(ijb["target"]), dataset_split="test",
-                metric_type=f"TAR@FAR={far}", metric_name=f"TAR@FAR={far} (%)", metric_value=_percent(tar)))
+            out.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name="Face Verification (IJB 1:1, templates)",
+                    dataset_type=ijb["target"].lower(),
+                    dataset_name=display_name(ijb["target"]),
+                    dataset_split="test",
+                    metric_type=f"TAR@FAR={far}",
+                    metric_name=f"TAR@FAR={far} (%)",
+                    metric_value=_percent(tar),
+                )
+            )
     return out

@@ -5,6 +5,7 @@ Heads map (cosine logits [N, C], labels [N]; -1 = class on another shard) to sca
 ``MagFace``. ``PartialFC`` shards the class centers over ranks and returns the loss; ``gather_shards``,
 ``reshard`` and ``reshard_files`` move its checkpoints between world sizes.
 """
+
 from facezoo.losses.adaface import AdaFace
 from facezoo.losses.base import MarginHead
 from facezoo.losses.curricularface import CurricularFace

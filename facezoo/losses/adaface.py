@@ -5,6 +5,7 @@ code (github.com/mk-minchul/AdaFace, ``head.py``). With z = clip(h * (||f|| - me
 target becomes ``s * (cos(clip(theta - m*z, eps, pi - eps)) - (m + m*z))``: low-norm (hard, low quality)
 samples get an ArcFace-like margin, high-norm ones a CosFace-like one.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ softmax cross-entropy applied outside. A label of -1 means "this row's class is 
 (Partial FC shards the classes over ranks): such a row only gets the scale (plus any change a head applies
 to every non-target cosine). Half-precision inputs are computed and returned in float32.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ as in the authors' code (github.com/HuangYG123/CurricularFace, ``head/metrics.py
 ``cos(theta_y + m)`` is a hard example and becomes ``cos * (t + cos)``, where t is an EMA of the mean target
 cosine, so hard negatives weigh little early in training and more as t grows.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,10 @@ class CurricularFace(MarginHead):
         self.register_buffer("t", torch.zeros(1))
 
     def extra_repr(self) -> str:
-        return (f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}, "
-                f"overflow={self.overflow!r}")
+        return (
+            f"s={self.s}, m={self.m}, t_alpha={self.t_alpha}, straight_through={self.straight_through}, "
+            f"overflow={self.overflow!r}"
+        )
 
     @torch.no_grad()
     def update_t(self, target_cosine: torch.Tensor, global_batch: bool = False) -> None:

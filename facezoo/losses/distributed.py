@@ -4,6 +4,7 @@ Every helper works without a process group (one process: they return their input
 ``torch.distributed`` with gloo (CPU tensors) or NCCL (CUDA tensors). Local batch sizes may differ
 between ranks: tensors are padded to the largest one for the collective and trimmed afterwards.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -1,4 +1,5 @@
 """Build a margin head from a name and keyword arguments (what training recipes store in YAML)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -6,6 +6,7 @@ a = clamp(||f||, l_a, u_a), the target gets an ArcFace margin m(a) growing linea
 u_margin at u_a, and the loss adds lambda_g * mean(g(a)) with g(a) = a / u_a^2 + 1 / a, which pushes easy
 (high-quality) samples to large norms.
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ applies the angular margin in place under ``torch.no_grad()``, so d logits / d c
 Unlike insightface, every (m1, m2, m3) combination is computed as written (insightface ignores m1 and m2
 when m3 > 0 and fails with a bare ``raise`` when m1 != 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -130,8 +131,9 @@ class ArcFace(CombinedMarginLoss):
         straight_through, overflow: see ``CombinedMarginLoss``.
     """
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, *, straight_through: bool = True,
-                 overflow: str = "wrap") -> None:
+    def __init__(
+        self, s: float = 64.0, m: float = 0.5, *, straight_through: bool = True, overflow: str = "wrap"
+    ) -> None:
         super().__init__(s, 1.0, m, 0.0, straight_through=straight_through, overflow=overflow)
         self.m = float(m)
 

@@ -12,6 +12,7 @@ Checkpoints: the buffer ``shard_spec`` = [num_classes, world_size, rank, class_s
 state_dict, so ``gather_shards`` / ``reshard`` can rebuild the full matrix or cut it for another world size;
 insightface shards (``weight`` only) are accepted too, in rank order.
 """
+
 from __future__ import annotations
 
 import os
@@ -185,9 +186,7 @@ class PartialFC(nn.Module):
             labels: [N_local] (or [N_local, 1]) global class ids in [0, num_classes).
         """
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
-            raise ValueError(
-                f"PartialFC: embeddings must be [N, {self.embed_dim}], got {tuple(embeddings.shape)}"
-            )
+            raise ValueError(f"PartialFC: embeddings must be [N, {self.embed_dim}], got {tuple(embeddings.shape)}")
         if labels.dim() == 2 and labels.shape[1] == 1:
             labels = labels.view(-1)
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0] or labels.is_floating_point():
@@ -269,8 +268,9 @@ class PartialFC(nn.Module):
             )
         self.weight.copy_(weight[self.class_start : self.class_start + self.num_local])
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + SPEC_KEY
         if key in state_dict:
             saved = [int(v) for v in state_dict[key].tolist()]
@@ -293,8 +293,9 @@ class PartialFC(nn.Module):
         elif prefix + "weight" in state_dict:
             # an insightface shard (weight only): accept it when the shape fits
             state_dict[key] = getattr(self, SPEC_KEY).clone()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 StateDict = Mapping[str, torch.Tensor]
@@ -355,8 +356,9 @@ def gather_shards(state_dicts: Sequence[StateDict], prefix: str = "") -> torch.T
     num_classes = {s["num_classes"] for s in specs}
     dims = {int(sd[wkey].shape[1]) for sd in state_dicts}
     if len(num_classes) != 1 or len(dims) != 1:
-        raise ValueError(f"gather_shards: shards disagree on num_classes {sorted(num_classes)} or embedding size "
-                         f"{sorted(dims)}")
+        raise ValueError(
+            f"gather_shards: shards disagree on num_classes {sorted(num_classes)} or embedding size {sorted(dims)}"
+        )
     order = sorted(range(len(specs)), key=lambda i: specs[i]["class_start"])
     expected = 0
     for i in order:
@@ -470,6 +472,8 @@ def read_shard_range(
                     raise KeyError(f"{path}: no {k!r} in this shard (keys: {sorted(f.keys())[:8]})")
                 parts[k].append((lo, f.get_slice(k)[a:b]))
     if covered != num_local:
-        raise ValueError(f"Partial FC shards {[str(p) for p in paths]} cover {covered} of the {num_local} classes "
-                         f"[{class_start}, {stop}); pass every rank's shard once")
+        raise ValueError(
+            f"Partial FC shards {[str(p) for p in paths]} cover {covered} of the {num_local} classes "
+            f"[{class_start}, {stop}); pass every rank's shard once"
+        )
     return {k: torch.cat([t for _, t in sorted(v, key=lambda item: item[0])]) for k, v in parts.items()}

@@ -1,7 +1,18 @@
 """Face backbones registered with timm on import, and the helpers to create and load them."""
+
 from facezoo.models.checkpoints import convert_checkpoint, describe_state_dict, load_weights_only
 from facezoo.models.factory import create_model
 from facezoo.models.iresnet import DEPTHS, HEADS, LAYOUTS, IResNet, checkpoint_filter_fn, model_names
 
-__all__ = ["IResNet", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn", "describe_state_dict",
-           "create_model", "convert_checkpoint", "load_weights_only"]
+__all__ = [
+    "IResNet",
+    "DEPTHS",
+    "HEADS",
+    "LAYOUTS",
+    "model_names",
+    "checkpoint_filter_fn",
+    "describe_state_dict",
+    "create_model",
+    "convert_checkpoint",
+    "load_weights_only",
+]

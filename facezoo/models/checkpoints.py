@@ -10,6 +10,7 @@
 * :func:`load_weights_only` / :func:`convert_checkpoint` -- ``torch.load(weights_only=True)`` with refused objects
   left out (never unpickled), and the tensors of a training checkpoint written to a safetensors file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,18 @@ from timm.models import clean_state_dict
 
 from facezoo.errors import CheckpointError, require_path
 
-__all__ = ["check_checkpoint_file", "checkpoint_load_error", "unwrap_state_dict", "adaface_prefix", "map_adaface_keys",
-           "describe_state_dict", "refused_checkpoint_message", "load_weights_only", "convert_checkpoint", "short_list"]
+__all__ = [
+    "check_checkpoint_file",
+    "checkpoint_load_error",
+    "unwrap_state_dict",
+    "adaface_prefix",
+    "map_adaface_keys",
+    "describe_state_dict",
+    "refused_checkpoint_message",
+    "load_weights_only",
+    "convert_checkpoint",
+    "short_list",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +55,7 @@ def _depths() -> Mapping[int, Tuple[int, ...]]:
 
 
 # --- the file -------------------------------------------------------------------------------------------------------
+
 
 def check_checkpoint_file(path: PathLike) -> Path:
     """``Path(path)`` if it is a file that timm can read as weights: a ``.safetensors`` file, or what ``torch.save``
@@ -69,13 +81,17 @@ def check_checkpoint_file(path: PathLike) -> Path:
                 raise CheckpointError(f"{p}: a zip archive, but not a torch checkpoint (no data.pkl inside)")
         return p
     if head.startswith(b"PK\x03\x04"):
-        raise CheckpointError(f"{p}: not a readable torch checkpoint: a damaged or truncated zip archive (torch.save "
-                              "writes a zip archive; copy or download the file again)")
+        raise CheckpointError(
+            f"{p}: not a readable torch checkpoint: a damaged or truncated zip archive (torch.save "
+            "writes a zip archive; copy or download the file again)"
+        )
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
         if _legacy_torch_magic(head):  # torch.save's legacy (pre-1.6) format
             return p
-        raise CheckpointError(f"{p}: a Python pickle, but not a torch checkpoint (torch.save writes a zip archive; its "
-                              "legacy format starts with torch's magic number); facezoo does not unpickle other files")
+        raise CheckpointError(
+            f"{p}: a Python pickle, but not a torch checkpoint (torch.save writes a zip archive; its "
+            "legacy format starts with torch's magic number); facezoo does not unpickle other files"
+        )
     if head.lstrip().startswith((b"{", b"[")):
         what = "a JSON or text file"
     elif head.startswith(b"\x89HDF"):
@@ -84,8 +100,9 @@ def check_checkpoint_file(path: PathLike) -> Path:
         what = "a text file"
     else:
         what = f"a file that starts with {head[:8]!r}"
-    raise CheckpointError(f"{p}: not a torch checkpoint (torch.save writes a zip archive) nor a safetensors file; "
-                          f"it is {what}")
+    raise CheckpointError(
+        f"{p}: not a torch checkpoint (torch.save writes a zip archive) nor a safetensors file; it is {what}"
+    )
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -117,8 +134,9 @@ def checkpoint_load_error(path: Optional[PathLike], exc: BaseException) -> Optio
         refused = _unsafe_globals(path)
         if refused:
             return CheckpointError(refused_checkpoint_message(str(path) if path else None, refused))
-        return CheckpointError(f"{src}: not a readable torch checkpoint (torch.load(weights_only=True): "
-                               f"{_first_words(cause)})")
+        return CheckpointError(
+            f"{src}: not a readable torch checkpoint (torch.load(weights_only=True): {_first_words(cause)})"
+        )
     text = str(exc)
     if isinstance(exc, (EOFError, UnicodeDecodeError)) or any(t in text for t in _UNREADABLE):
         return CheckpointError(f"{src}: not a readable torch checkpoint ({_first_words(exc)})")
@@ -126,8 +144,15 @@ def checkpoint_load_error(path: Optional[PathLike], exc: BaseException) -> Optio
 
 
 #: what torch.load says about files it cannot parse
-_UNREADABLE = ("PytorchStreamReader", "Invalid magic number", "Expected input to be a checkpoint", "central directory",
-               "invalid load key", "pickle data was truncated", "unpickling stack underflow")
+_UNREADABLE = (
+    "PytorchStreamReader",
+    "Invalid magic number",
+    "Expected input to be a checkpoint",
+    "central directory",
+    "invalid load key",
+    "pickle data was truncated",
+    "unpickling stack underflow",
+)
 
 
 def _first_words(exc: BaseException, n: int = 25) -> str:
@@ -158,7 +183,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
     for k, v in clean_state_dict(dict(state_dict)).items():
         for p in _PREFIXES:
             if k.startswith(p):
-                k = k[len(p):]
+                k = k[len(p) :]
         out[k] = v
     return out
 
@@ -169,8 +194,14 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
 _ADAFACE_STEM_KEY = "input_layer.0.weight"
 _ADAFACE_MODULES = ("input_layer.", "body.", "output_layer.")
 #: their stem and output modules -> facezoo's (output_layer = BN2d, Dropout, Flatten, Linear, BN1d(affine=False))
-_ADAFACE_TOP = {"input_layer.0": "conv1", "input_layer.1": "bn1", "input_layer.2": "prelu",
-                "output_layer.0": "bn2", "output_layer.3": "fc", "output_layer.4": "features"}
+_ADAFACE_TOP = {
+    "input_layer.0": "conv1",
+    "input_layer.1": "bn1",
+    "input_layer.2": "prelu",
+    "output_layer.0": "bn2",
+    "output_layer.3": "fc",
+    "output_layer.4": "features",
+}
 #: ``BasicBlockIR.res_layer`` (BN, conv3x3, BN, PReLU, conv3x3 stride, BN) -> IBasicBlock; shortcut_layer -> downsample
 _ADAFACE_RES = ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3")
 _ADAFACE_UNIT = re.compile(r"body\.(\d+)\.(res_layer|shortcut_layer)\.([^.]+)\.(.+)$")
@@ -179,7 +210,7 @@ _ADAFACE_CALL = "timm.create_model({name!r}, layout='adaface', pretrained=True, 
 
 def adaface_prefix(state_dict: Dict[str, Any]) -> Optional[str]:
     """The prefix of an AdaFace-style backbone's keys ('', or 'model.' in Lightning ``.ckpt`` files), else None."""
-    prefixes = [k[:-len(_ADAFACE_STEM_KEY)] for k in state_dict if k.endswith(_ADAFACE_STEM_KEY)]
+    prefixes = [k[: -len(_ADAFACE_STEM_KEY)] for k in state_dict if k.endswith(_ADAFACE_STEM_KEY)]
     prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
     return min(prefixes, key=len) if prefixes else None
 
@@ -197,12 +228,16 @@ def _adaface_stages(keys: Sequence[str]) -> Tuple[int, ...]:
 
 def _adaface_unsupported(keys: Sequence[str]) -> Optional[str]:
     """Why an AdaFace-style backbone is no IResNet (IR-SE, or the bottleneck IR-152 / IR-200), else None."""
-    odd = sorted({m.group(3) for k in keys if (m := _ADAFACE_UNIT.match(k)) and m.group(2) == "res_layer"}
-                 - {str(i) for i in range(len(_ADAFACE_RES))})
+    odd = sorted(
+        {m.group(3) for k in keys if (m := _ADAFACE_UNIT.match(k)) and m.group(2) == "res_layer"}
+        - {str(i) for i in range(len(_ADAFACE_RES))}
+    )
     if not odd:
         return None
-    return (f"its units have res_layer modules {odd} besides BasicBlockIR's 0-5: an IR-SE ('se_block') or bottleneck "
-            "(AdaFace/TFace IR-152 / IR-200, widths 256-2048) backbone, which facezoo's IResNet does not implement")
+    return (
+        f"its units have res_layer modules {odd} besides BasicBlockIR's 0-5: an IR-SE ('se_block') or bottleneck "
+        "(AdaFace/TFace IR-152 / IR-200, widths 256-2048) backbone, which facezoo's IResNet does not implement"
+    )
 
 
 def _adaface_model_name(keys: Sequence[str]) -> Optional[str]:
@@ -225,7 +260,7 @@ def _describe_adaface(keys: Sequence[str]) -> str:
 def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) -> Dict[str, torch.Tensor]:
     """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and turn
     the BGR first conv into an RGB one (reverse its input channels) so the model takes RGB like every facezoo model."""
-    names = {key: key[len(prefix):] for key in state_dict if key.startswith(prefix)}
+    names = {key: key[len(prefix) :] for key in state_dict if key.startswith(prefix)}
     backbone = [k for k in names.values() if k.startswith(_ADAFACE_MODULES)]
     reason = _adaface_unsupported(backbone)
     if reason:
@@ -236,7 +271,8 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
         raise CheckpointError(
             "The model was built without layout='adaface', but this is an AdaFace/TFace/CVLface 'IR' checkpoint "
             f"(input_layer/body/output_layer keys), whose network differs from insightface's IResNet (parameter-free "
-            f"first shortcut, BatchNorm1d without affine). Pass layout='adaface': {_ADAFACE_CALL.format(name=name)}")
+            f"first shortcut, BatchNorm1d without affine). Pass layout='adaface': {_ADAFACE_CALL.format(name=name)}"
+        )
     position = [(s, b) for s, n in enumerate(_adaface_stages(backbone), start=1) for b in range(n)]
     out: Dict[str, torch.Tensor] = {}
     dropped = []
@@ -253,8 +289,9 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
             module, _, param = k.rpartition(".")
             out[f"{_ADAFACE_TOP[module]}.{param}" if module in _ADAFACE_TOP else k] = v  # unknown keys fail strictly
     if dropped:
-        _logger.info("AdaFace-style checkpoint: dropped %d keys outside the backbone: %s", len(dropped),
-                     short_list(dropped))
+        _logger.info(
+            "AdaFace-style checkpoint: dropped %d keys outside the backbone: %s", len(dropped), short_list(dropped)
+        )
     if "conv1.weight" in out:
         out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
     return out
@@ -262,11 +299,12 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
 
 # --- diagnostics ----------------------------------------------------------------------------------------------------
 
+
 def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
     prefix = adaface_prefix(state_dict)
     if prefix is not None:
-        return _describe_adaface([k[len(prefix):] for k in state_dict if k.startswith(prefix)])
+        return _describe_adaface([k[len(prefix) :] for k in state_dict if k.startswith(prefix)])
     keys = list(state_dict)
     if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
         return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
@@ -300,21 +338,22 @@ def short_list(items: List[str], limit: int = 8) -> str:
     return f"[{shown}{more}]"
 
 
-
-
 def refused_checkpoint_message(path: Optional[str], refused: Optional[Sequence[str]] = None) -> str:
     """timm loads checkpoints with ``torch.load(weights_only=True)``: say what it refused and how to get the weights."""
     refused = _unsafe_globals(path) if refused is None else list(refused)
     names = f" ({', '.join(refused)})" if refused else ""
     src = path or "IN.ckpt"
-    return (f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{names}, "
-            "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
-            f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
-            "loads with weights_only=True, leaving those objects out) and pass "
-            "pretrained_cfg_overlay=dict(file='weights.safetensors').")
+    return (
+        f"torch.load(weights_only=True) refused {src}: besides its weights it pickles Python objects{names}, "
+        "e.g. a Lightning checkpoint's hyper-parameters or callback state, and facezoo never unpickles those. "
+        f"Extract the weights once with `facezoo models convert-checkpoint {src} weights.safetensors` (it also "
+        "loads with weights_only=True, leaving those objects out) and pass "
+        "pretrained_cfg_overlay=dict(file='weights.safetensors')."
+    )
 
 
 # --- weights_only loading and conversion ----------------------------------------------------------------------------
+
 
 class _Dropped(list):
     """Stands in for a pickled object that ``weights_only=True`` refuses (hyper-parameters, callback state).
@@ -358,7 +397,8 @@ def load_weights_only(path: PathLike) -> Tuple[Any, List[str]]:
             f"{path}: torch.load(weights_only=True) cannot read this checkpoint even with its Python objects "
             f"({', '.join(refused)}) left out, and facezoo unpickles nothing else ({_first_words(exc, 20)}). Save "
             "the weights alone from the code that wrote it, e.g. torch.save(module.state_dict(), 'weights.pth'), and "
-            "load or convert that file.") from None
+            "load or convert that file."
+        ) from None
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike) -> Dict[str, Any]:
@@ -383,5 +423,9 @@ def convert_checkpoint(src: PathLike, dst: PathLike) -> Dict[str, Any]:
     partial = dst.with_name(dst.name + ".partial")
     save_file(tensors, str(partial))
     os.replace(partial, dst)
-    return {"tensors": len(tensors), "bytes": dst.stat().st_size, "left_out": len(state_dict) - len(tensors),
-            "refused": list(refused)}
+    return {
+        "tensors": len(tensors),
+        "bytes": dst.stat().st_size,
+        "left_out": len(state_dict) - len(tensors),
+        "refused": list(refused),
+    }

@@ -1,4 +1,5 @@
 """``facezoo models``: the registered face backbones with their size and compute; ``convert-checkpoint``."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,12 +14,16 @@ def register(subparsers: Any) -> None:
         "models",
         help="list the face backbones with parameters, linear-layer share and GFLOPs",
         description="List facezoo's timm models with total parameters (insightface counting), linear-layer "
-                    "parameters and their share, and GFLOPs (2 x MACs) for one 112x112 image.",
+        "parameters and their share, and GFLOPs (2 x MACs) for one 112x112 image.",
         epilog="'facezoo models convert-checkpoint IN OUT.safetensors' writes the tensors of a training checkpoint "
-               "(e.g. a Lightning .ckpt) to a safetensors file, loading it with torch.load(weights_only=True) only.",
+        "(e.g. a Lightning .ckpt) to a safetensors file, loading it with torch.load(weights_only=True) only.",
     )
-    p.add_argument("patterns", nargs="*", metavar="PATTERN",
-                   help="only models matching these shell patterns, e.g. 'iresnet50*' (default: all)")
+    p.add_argument(
+        "patterns",
+        nargs="*",
+        metavar="PATTERN",
+        help="only models matching these shell patterns, e.g. 'iresnet50*' (default: all)",
+    )
     p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output format")
     p.set_defaults(func=run, parser=p)
 
@@ -30,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
         return convert(args.patterns[1:])
     names = list_face_models(args.patterns)
     if not names:
-        raise UnknownNameError(f"no facezoo model matches {' '.join(args.patterns)!r}; 'facezoo models' lists them "
-                               "all (patterns are shell patterns, e.g. 'iresnet50*')")
+        raise UnknownNameError(
+            f"no facezoo model matches {' '.join(args.patterns)!r}; 'facezoo models' lists them "
+            "all (patterns are shell patterns, e.g. 'iresnet50*')"
+        )
     rows = [model_stats(n) for n in names]
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -48,16 +55,17 @@ def convert(argv: list) -> int:
     p = FacezooArgumentParser(
         prog="facezoo models convert-checkpoint",
         description="Write the tensors of a checkpoint's state_dict (a Lightning .ckpt's 'state_dict', keys kept as "
-                    "they are) to a safetensors file that timm and facezoo load without pickle. The input is read "
-                    "with torch.load(weights_only=True); Python objects that refuses are replaced by empty "
-                    "placeholders, never unpickled.")
+        "they are) to a safetensors file that timm and facezoo load without pickle. The input is read "
+        "with torch.load(weights_only=True); Python objects that refuses are replaced by empty "
+        "placeholders, never unpickled.",
+    )
     p.add_argument("src", metavar="IN", help="checkpoint (.ckpt / .pth / .pt)")
     p.add_argument("dst", metavar="OUT", help="output file, must end in .safetensors")
     args = p.parse_args(list(argv))
     if not args.dst.endswith(".safetensors"):
         p.error(f"OUT must end in .safetensors, got {args.dst!r}")
     info = convert_checkpoint(args.src, args.dst)
-    print(f"wrote {info['tensors']} tensors ({info['bytes'] / 2 ** 20:.1f} MiB) to {args.dst}")
+    print(f"wrote {info['tensors']} tensors ({info['bytes'] / 2**20:.1f} MiB) to {args.dst}")
     if info["left_out"]:
         print(f"left out {info['left_out']} state_dict entries that are not tensors")
     if info["refused"]:

@@ -6,6 +6,7 @@ that every mistake is one clear :class:`facezoo.errors.FacezooError`: an unknown
 registered ones, a missing folder or checkpoint is named at once (never looked up on the Hub), a file that is not a
 checkpoint says so, and an unreachable Hub fails within seconds with a message saying it is the network.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,10 @@ def check_model_name(name: str) -> None:
     base = name.split(".", 1)[0]  # a pretrained tag (name.tag) is timm's to resolve
     if timm.is_model(base):
         return
-    raise UnknownNameError(f"unknown model {name!r}{did_you_mean(base, timm.list_models())} ('facezoo models' lists "
-                           "the face models; any timm model name works too)")
+    raise UnknownNameError(
+        f"unknown model {name!r}{did_you_mean(base, timm.list_models())} ('facezoo models' lists "
+        "the face models; any timm model name works too)"
+    )
 
 
 def check_hub_reachable(repo_id: str, repo_type: str = "model", timeout: Optional[float] = None) -> None:
@@ -52,13 +55,17 @@ def check_hub_reachable(repo_id: str, repo_type: str = "model", timeout: Optiona
     try:
         HfApi().repo_info(repo, repo_type=repo_type, timeout=HUB_TIMEOUT if timeout is None else timeout)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise HubError(f"{repo_id}: no such {repo_type} repository on the Hugging Face Hub, or it is private or "
-                       f"gated and needs a token ({type(exc).__name__}); check the id or run `hf auth login`") from None
+        raise HubError(
+            f"{repo_id}: no such {repo_type} repository on the Hugging Face Hub, or it is private or "
+            f"gated and needs a token ({type(exc).__name__}); check the id or run `hf auth login`"
+        ) from None
     except Exception as exc:  # connection refused, DNS failure, timeout, proxy, HTTP 5xx
         if not _is_network_error(exc):
             raise
-        raise HubError(f"{repo_id}: cannot reach the Hugging Face Hub ({' '.join(str(exc).split())[:160]}); check the "
-                       "network, or set HF_HUB_OFFLINE=1 to load from the local cache, or pass a local path") from None
+        raise HubError(
+            f"{repo_id}: cannot reach the Hugging Face Hub ({' '.join(str(exc).split())[:160]}); check the "
+            "network, or set HF_HUB_OFFLINE=1 to load from the local cache, or pass a local path"
+        ) from None
 
 
 def hub_offline() -> bool:
@@ -68,22 +75,36 @@ def hub_offline() -> bool:
 
 def offline_cache_miss(repo_id: str, repo_type: str = "model") -> HubError:
     """The error for a Hub id that is not in the local cache while ``HF_HUB_OFFLINE=1``."""
-    return HubError(f"{repo_id}: HF_HUB_OFFLINE=1 and this {repo_type} is not in the local Hugging Face cache, so the "
-                    "Hub is not asked; unset HF_HUB_OFFLINE to download it, or pass a local path")
+    return HubError(
+        f"{repo_id}: HF_HUB_OFFLINE=1 and this {repo_type} is not in the local Hugging Face cache, so the "
+        "Hub is not asked; unset HF_HUB_OFFLINE to download it, or pass a local path"
+    )
 
 
 def _is_network_error(exc: BaseException) -> bool:
     names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"ConnectionError", "TimeoutError", "ConnectError", "TimeoutException", "NetworkError",
-                         "TransportError", "ProxyError", "HfHubHTTPError", "OSError"})
+    return bool(
+        names
+        & {
+            "ConnectionError",
+            "TimeoutError",
+            "ConnectError",
+            "TimeoutException",
+            "NetworkError",
+            "TransportError",
+            "ProxyError",
+            "HfHubHTTPError",
+            "OSError",
+        }
+    )
 
 
 def create_model(
-        name: str,
-        checkpoint: Optional[Union[str, os.PathLike]] = None,
-        pretrained: bool = False,
-        device: Optional[Union[str, torch.device]] = None,
-        **kwargs: Any,
+    name: str,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    pretrained: bool = False,
+    device: Optional[Union[str, torch.device]] = None,
+    **kwargs: Any,
 ) -> torch.nn.Module:
     """``timm.create_model(name, ...)`` with facezoo's checks first; returns the model on ``device`` (train mode).
 
@@ -100,17 +121,21 @@ def create_model(
     import facezoo  # noqa: F401
 
     if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:"):]).expanduser()
+        folder = Path(name[len("local-dir:") :]).expanduser()
         if not folder.is_dir():
-            raise MissingPathError(f"{folder}: no such model folder (local-dir: needs a folder with config.json and "
-                                   "model.safetensors, as 'facezoo export hub' writes)")
+            raise MissingPathError(
+                f"{folder}: no such model folder (local-dir: needs a folder with config.json and "
+                "model.safetensors, as 'facezoo export hub' writes)"
+            )
         if not (folder / "config.json").is_file():
-            raise MissingPathError(f"{folder}: no config.json in this model folder (expected timm's config.json "
-                                   "beside model.safetensors, as 'facezoo export hub' writes)")
+            raise MissingPathError(
+                f"{folder}: no config.json in this model folder (expected timm's config.json "
+                "beside model.safetensors, as 'facezoo export hub' writes)"
+            )
         _check_config_architecture(folder / "config.json")
         pretrained = True
     elif name.startswith("hf-hub:"):
-        check_hub_reachable(name[len("hf-hub:"):])
+        check_hub_reachable(name[len("hf-hub:") :])
         pretrained = True
     else:
         check_model_name(name)
@@ -135,9 +160,12 @@ def _creation_error(name: str, checkpoint: Optional[Union[str, os.PathLike]], ex
         return UnknownNameError(f"{name}: {text}; is it a facezoo model saved by a newer facezoo?")
     if isinstance(exc, RuntimeError) and "No suitable checkpoints found" in text:
         return MissingPathError(f"{name}: no weights file (model.safetensors) in the model folder")
-    if name.startswith("hf-hub:") and hub_offline() and type(exc).__name__ in ("LocalEntryNotFoundError",
-                                                                                 "OfflineModeIsEnabled"):
-        return offline_cache_miss(name[len("hf-hub:"):])
+    if (
+        name.startswith("hf-hub:")
+        and hub_offline()
+        and type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+    ):
+        return offline_cache_miss(name[len("hf-hub:") :])
     error = checkpoint_load_error(checkpoint, exc) if checkpoint is not None else None
     return error if error is not None else exc
 

@@ -89,13 +89,13 @@ class IBasicBlock(nn.Module):
     """insightface's pre-activation residual unit: BN-conv3x3-BN-PReLU-conv3x3(stride)-BN (+ shortcut)."""
 
     def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            stride: int = 1,
-            downsample: Optional[nn.Module] = None,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -161,20 +161,20 @@ class IResNet(nn.Module):
     """
 
     def __init__(
-            self,
-            layers: Sequence[int] = DEPTHS[50],
-            head: str = "flatten",
-            global_pool: Optional[str] = None,
-            stem_kernel: int = 3,
-            embed_dim: int = EMBED_DIM,
-            num_classes: int = 0,
-            in_chans: int = 3,
-            drop_rate: float = 0.0,
-            img_size: Union[int, Tuple[int, int]] = 112,
-            layout: str = "insightface",
-            widths: Sequence[int] = WIDTHS,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+        self,
+        layers: Sequence[int] = DEPTHS[50],
+        head: str = "flatten",
+        global_pool: Optional[str] = None,
+        stem_kernel: int = 3,
+        embed_dim: int = EMBED_DIM,
+        num_classes: int = 0,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        img_size: Union[int, Tuple[int, int]] = 112,
+        layout: str = "insightface",
+        widths: Sequence[int] = WIDTHS,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         """
         Args:
@@ -308,8 +308,9 @@ class IResNet(nn.Module):
             return
         raise ValueError(
             f"cannot switch a {self.pool_type!r} head to global_pool={global_pool!r}: the fc layer is built for "
-            f"{self.pool_type!r}; allowed: '', {self.pool_type!r}" + (", 'avg', 'gwp'" if self.pool_type in
-                                                                      interchangeable else ""))
+            f"{self.pool_type!r}; allowed: '', {self.pool_type!r}"
+            + (", 'avg', 'gwp'" if self.pool_type in interchangeable else "")
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prelu(self.bn1(self.conv1(x)))
@@ -334,13 +335,13 @@ class IResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Forward that also returns the stem and stage outputs (indices 0..4, as ``feature_info``).
 
@@ -370,10 +371,10 @@ class IResNet(nn.Module):
         return x, intermediates
 
     def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last wanted intermediate (and the head) to save compute."""
         take_indices, max_index = feature_take_indices(5, indices)
@@ -387,6 +388,7 @@ class IResNet(nn.Module):
 
 
 # --- checkpoint filter ----------------------------------------------------------------------------------------------
+
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str, torch.Tensor]:
     """Make insightface / GWP-author / AdaFace-style checkpoints loadable and explain mismatches.
@@ -405,17 +407,19 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str
     else:
         out = dict(state_dict)
         if getattr(model, "layout", "insightface") == "adaface" and (
-                "layer1.0.downsample.0.weight" in out or "features.weight" in out):
+            "layer1.0.downsample.0.weight" in out or "features.weight" in out
+        ):
             raise CheckpointError(
                 f"This is an insightface-layout checkpoint (it looks like {describe_state_dict(out)}), but the model "
                 "was built with layout='adaface', which loads AdaFace/TFace/CVLface 'IR' checkpoints (and facezoo "
-                "checkpoints of layout='adaface' models). Leave out layout='adaface' to load it.")
+                "checkpoints of layout='adaface' models). Leave out layout='adaface' to load it."
+            )
     expected = model.state_dict()
     if "pool.kernel" not in expected:
         out.pop("pool.kernel", None)  # a GWP kernel some exports store: facezoo recomputes it (other pool.* keys,
         # e.g. a GDC head's learned conv, must fit the model like any weight)
     for k in expected:  # only for BatchNorms the checkpoint has, so that describe_state_dict still sees its depth
-        bn = k[:-len("num_batches_tracked")]
+        bn = k[: -len("num_batches_tracked")]
         if k.endswith(".num_batches_tracked") and k not in out and f"{bn}running_mean" in out:
             out[k] = torch.zeros((), dtype=torch.long)
     if model.num_classes > 0 and "classifier.weight" not in out:
@@ -426,17 +430,23 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}.")
-    mismatched = [f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in out and tuple(out[k].shape) != tuple(v.shape)]
+            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}."
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in out and tuple(out[k].shape) != tuple(v.shape)
+    ]
     if mismatched:
         raise CheckpointError(
             f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
-            f"The checkpoint looks like {describe_state_dict(out)}.")
+            f"The checkpoint looks like {describe_state_dict(out)}."
+        )
     return out
 
 
 # --- configs and entrypoints ----------------------------------------------------------------------------------------
+
 
 def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
@@ -484,14 +494,18 @@ _PAPERS = {
     "gdc": ("arXiv:1804.07573", "MobileFaceNets (GDC head) on IResNet"),
 }
 
-default_cfgs = generate_default_cfgs({
-    name: _cfg(
-        fixed_input_size=HEADS[head] in ("flatten", "gdc"),
-        paper_ids=_PAPERS[HEADS[head]][0],
-        paper_name=_PAPERS[HEADS[head]][1],
-    )
-    for depth in DEPTHS for head in HEADS for name in (f"iresnet{depth}{head}", f"iresnet{depth}{head}_k7")
-})
+default_cfgs = generate_default_cfgs(
+    {
+        name: _cfg(
+            fixed_input_size=HEADS[head] in ("flatten", "gdc"),
+            paper_ids=_PAPERS[HEADS[head]][0],
+            paper_name=_PAPERS[HEADS[head]][1],
+        )
+        for depth in DEPTHS
+        for head in HEADS
+        for name in (f"iresnet{depth}{head}", f"iresnet{depth}{head}_k7")
+    }
+)
 
 
 @register_model

@@ -4,6 +4,7 @@ Parameters are counted as insightface counts them: the fixed BatchNorm1d gamma (
 Parameter there and a buffer here, is included. Everything is measured on the ``meta`` device, so profiling even
 iresnet200 allocates no weights.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -91,5 +92,6 @@ def stats_table_markdown(rows: List[ModelStats]) -> str:
     for r in rows:
         lines.append(
             f"| {r.name} | {r.head} | {r.stem_kernel}x{r.stem_kernel} | {r.params / 1e6:.2f} | "
-            f"{r.linear_params / 1e6:.2f} | {100 * r.linear_share:.2f}% | {r.gflops:.2f} |")
+            f"{r.linear_params / 1e6:.2f} | {100 * r.linear_share:.2f}% | {r.gflops:.2f} |"
+        )
     return "\n".join(lines)

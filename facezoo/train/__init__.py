@@ -5,8 +5,19 @@
 
 The command line is ``facezoo train RECIPE [--output-dir DIR] [--resume latest|PATH] [key=value ...]``.
 """
+
 from facezoo.train.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, recipe_keys, save_recipe
 from facezoo.train.engine import Trainer, TrainingError, TrainingInterrupted, train
 
-__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "apply_overrides", "recipe_keys", "save_recipe", "Trainer",
-           "TrainingError", "TrainingInterrupted", "train"]
+__all__ = [
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "apply_overrides",
+    "recipe_keys",
+    "save_recipe",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "train",
+]

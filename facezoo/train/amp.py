@@ -6,6 +6,7 @@ gradients are rank-local, so ranks can disagree: one skips, the others step, and
 gradients, all-reduces that flag with the rest of its per-step agreement, then calls :meth:`LossScaler.update`
 with the common answer. The same check guards bf16 and fp32 steps, without scaling.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,14 @@ __all__ = ["LossScaler", "autocast", "unscale_and_check"]
 class LossScaler:
     """A dynamic loss scale (insightface's fp16 settings: start 2**16, x2 every 100 good steps, /2 on overflow)."""
 
-    def __init__(self, enabled: bool, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 100) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 100,
+    ) -> None:
         self.enabled = enabled
         self.scale = float(init_scale) if enabled else 1.0
         self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
@@ -57,8 +64,9 @@ def autocast(device: torch.device, mixed_precision: str) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def unscale_and_check(params: Iterable[torch.nn.Parameter], scale: float, device: torch.device,
-                      loss: Optional[torch.Tensor] = None) -> torch.Tensor:
+def unscale_and_check(
+    params: Iterable[torch.nn.Parameter], scale: float, device: torch.device, loss: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Divide every gradient by ``scale`` in place and return a 0/1 float tensor: 1 when any gradient (or the loss)
     is not finite. One fused pass per device and dtype (``torch._amp_foreach_non_finite_check_and_unscale_``)."""
     found = torch.zeros(1, device=device)

@@ -8,6 +8,7 @@ Every random draw is a hash of ``(seed, epoch, dataset index, slot)`` (splitmix6
 sample gets the same augmentation whichever worker, rank or process count reads it, and a resumed run needs no
 augmentation state at all.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,22 @@ def uniforms(seed: int, epoch: int, ids: torch.Tensor, slots: int) -> torch.Tens
 
 
 # slots of the per-sample draws
-_FLIP, _CROP, _CROP_AREA, _CROP_RATIO, _CROP_Y, _CROP_X, _LOWRES, _LOWRES_SIDE, _LOWRES_DOWN, _LOWRES_UP, \
-    _PHOTO, _BRIGHT, _CONTRAST, _SATURATION = range(14)
+(
+    _FLIP,
+    _CROP,
+    _CROP_AREA,
+    _CROP_RATIO,
+    _CROP_Y,
+    _CROP_X,
+    _LOWRES,
+    _LOWRES_SIDE,
+    _LOWRES_DOWN,
+    _LOWRES_UP,
+    _PHOTO,
+    _BRIGHT,
+    _CONTRAST,
+    _SATURATION,
+) = range(14)
 _SLOTS = 14
 _LOWRES_MODES = (("nearest", False), ("bilinear", False), ("bilinear", True), ("bicubic", False), ("bicubic", True))
 
@@ -59,8 +74,16 @@ _LOWRES_MODES = (("nearest", False), ("bilinear", False), ("bilinear", True), ("
 class DeviceAugment:
     """uint8 (B, 3, H, W) batch + its dataset indices -> normalized float model input (see the module docstring)."""
 
-    def __init__(self, cfg: AugmentConfig, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
-                 seed: int, channels_last: bool = True, training: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        input_size: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        channels_last: bool = True,
+        training: bool = True,
+    ) -> None:
         self.cfg, self.size, self.seed = cfg, (int(input_size[-2]), int(input_size[-1])), int(seed)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self.inv_std = 1 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
@@ -99,8 +122,12 @@ class DeviceAugment:
         left = (u[:, _CROP_X] * (w - cw + 1)).floor()
         ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
         xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
-        inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + ch).view(-1, 1, 1))
-                  & (xs >= left.view(-1, 1, 1)) & (xs < (left + cw).view(-1, 1, 1)))
+        inside = (
+            (ys >= top.view(-1, 1, 1))
+            & (ys < (top + ch).view(-1, 1, 1))
+            & (xs >= left.view(-1, 1, 1))
+            & (xs < (left + cw).view(-1, 1, 1))
+        )
         keep = inside | ~on.view(-1, 1, 1)
         return x * keep.unsqueeze(1).to(x.dtype)
 
@@ -116,8 +143,8 @@ class DeviceAugment:
             side = max(1, int(float(0.2 + 0.8 * u[i, _LOWRES_SIDE]) * h))
             down = _LOWRES_MODES[min(int(float(u[i, _LOWRES_DOWN]) * len(_LOWRES_MODES)), len(_LOWRES_MODES) - 1)]
             up = _LOWRES_MODES[min(int(float(u[i, _LOWRES_UP]) * len(_LOWRES_MODES)), len(_LOWRES_MODES) - 1)]
-            small = _resize(x[i:i + 1], (side, side), *down)
-            x[i:i + 1] = _resize(small, (h, w), *up).clamp(0, 255)
+            small = _resize(x[i : i + 1], (side, side), *down)
+            x[i : i + 1] = _resize(small, (h, w), *up).clamp(0, 255)
         return x
 
     @staticmethod
@@ -128,9 +155,9 @@ class DeviceAugment:
         c = (0.5 + u[:, _CONTRAST]).view(-1, 1, 1, 1)
         s = (0.5 + u[:, _SATURATION]).view(-1, 1, 1, 1)
         y = (x * b).clamp(0, 255)
-        gray = (0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
+        gray = 0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
         y = ((y - gray.mean(dim=(2, 3), keepdim=True)) * c + gray.mean(dim=(2, 3), keepdim=True)).clamp(0, 255)
-        gray = (0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
+        gray = 0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
         y = ((y - gray) * s + gray).clamp(0, 255)
         return torch.where(on, y, x)
 

@@ -19,6 +19,7 @@ barrier, rank 0 renames the folder to ``step_<N>`` and flushes its parent, so a 
 always complete. Old checkpoints beyond ``keep_last`` are renamed away before they are deleted, and only after
 the new one is in place. The output folder must be shared by all nodes (as for any multi-node checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,21 @@ from safetensors.torch import load_file, save_file
 
 from facezoo.errors import CheckpointError, MissingPathError
 
-__all__ = ["CHECKPOINT_DIR", "step_dir_name", "list_checkpoints", "latest_checkpoint", "resolve_resume",
-           "write_checkpoint", "prune_checkpoints", "read_trainer_state", "check_identity", "save_rng_state",
-           "load_rng_state", "fsync_file", "fsync_dir"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "step_dir_name",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "resolve_resume",
+    "write_checkpoint",
+    "prune_checkpoints",
+    "read_trainer_state",
+    "check_identity",
+    "save_rng_state",
+    "load_rng_state",
+    "fsync_file",
+    "fsync_dir",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +99,7 @@ def save_json(doc: Mapping[str, Any], path: Path) -> None:
 
 # --- finding checkpoints -------------------------------------------------------------------------------------------
 
+
 def list_checkpoints(output_dir: Path) -> List[Path]:
     """Complete checkpoints of a run, oldest first (staging and trash folders are never listed)."""
     root = Path(output_dir) / CHECKPOINT_DIR
@@ -109,14 +123,16 @@ def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
         return latest_checkpoint(output_dir)
     p = Path(resume).expanduser()
     if not p.exists():
-        raise MissingPathError(f"{resume}: no such checkpoint (expected <output-dir>/checkpoints/step_<N>, a run "
-                               "folder, or 'latest')")
+        raise MissingPathError(
+            f"{resume}: no such checkpoint (expected <output-dir>/checkpoints/step_<N>, a run folder, or 'latest')"
+        )
     if (p / STATE_FILE).is_file():
         return p
     latest = latest_checkpoint(p)
     if latest is None:
-        raise CheckpointError(f"{resume}: not a facezoo training checkpoint (no {STATE_FILE}) and no checkpoints/ "
-                              "folder with one")
+        raise CheckpointError(
+            f"{resume}: not a facezoo training checkpoint (no {STATE_FILE}) and no checkpoints/ folder with one"
+        )
     return latest
 
 
@@ -134,18 +150,25 @@ def check_identity(saved: Mapping[str, Any], current: Mapping[str, Any], path: P
         fields = "; ".join(f"{k}: checkpoint {saved[k]!r}, recipe {current[k]!r}" for k in differ)
         raise CheckpointError(
             f"{path} belongs to another run ({fields}). --resume continues the same run; to start from its weights "
-            f"with new classes, set model.pretrained={Path(path) / 'backbone.safetensors'} (fine-tuning)")
+            f"with new classes, set model.pretrained={Path(path) / 'backbone.safetensors'} (fine-tuning)"
+        )
 
 
 # --- RNG ------------------------------------------------------------------------------------------------------------
+
 
 def save_rng_state(path: Path) -> None:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].copy()),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": random.getstate(),
     }
     torch.save(state, path)
@@ -165,8 +188,16 @@ def load_rng_state(path: Path) -> None:
 
 # --- writing --------------------------------------------------------------------------------------------------------
 
-def write_checkpoint(output_dir: Path, step: int, rank: int, world_size: int, barrier: Callable[[], None],
-                     write_rank_files: Callable[[Path], None], write_main_files: Callable[[Path], None]) -> Path:
+
+def write_checkpoint(
+    output_dir: Path,
+    step: int,
+    rank: int,
+    world_size: int,
+    barrier: Callable[[], None],
+    write_rank_files: Callable[[Path], None],
+    write_main_files: Callable[[Path], None],
+) -> Path:
     """Write ``checkpoints/step_<step>`` atomically (see the module docstring); every rank calls this.
 
     ``write_rank_files(folder)`` writes this rank's files (its Partial FC shard, its RNG state);

@@ -7,6 +7,7 @@ valid key; a wrong type names the key and the expected type.
 
     recipe = load_recipe("recipes/quickstart.yaml", ["optim.lr=0.05", "train.max_steps=100"])
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from facezoo.errors import ConfigError, did_you_mean
 
-__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "apply_overrides", "recipe_keys", "save_recipe",
-           "MARGINS", "check_loss_args"]
+__all__ = [
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "apply_overrides",
+    "recipe_keys",
+    "save_recipe",
+    "MARGINS",
+    "check_loss_args",
+]
 
 #: margin heads a recipe can name (``loss.name``), see ``facezoo.losses.create_margin_loss``
 MARGINS = ("arcface", "cosface", "combined", "adaface", "curricularface", "magface")
@@ -31,8 +40,10 @@ def _check_arg_names(where: str, args: Dict[str, Any]) -> Dict[str, Any]:
     """Keyword-argument mappings must have names as keys: YAML's ``{a:1}`` (no space) is the key 'a:1'."""
     for key in args:
         if not str(key).isidentifier():
-            raise ValueError(f"{where}: {key!r} is not an argument name; in YAML write 'name: value' with a space "
-                             "after the colon, e.g. {widths: [16, 32, 64, 128], img_size: 64}")
+            raise ValueError(
+                f"{where}: {key!r} is not an argument name; in YAML write 'name: value' with a space "
+                "after the colon, e.g. {widths: [16, 32, 64, 128], img_size: 64}"
+            )
     return args
 
 
@@ -43,18 +54,27 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name: Optional[str] = Field(None, description="timm model name, e.g. iresnet50_gwp_k7; optional when "
-                                                  "model.pretrained is hf-hub:/local-dir: (their config names it)")
-    pretrained: Optional[str] = Field(None, description="start from these weights: hf-hub:ORG/NAME, local-dir:PATH "
-                                                        "or a checkpoint file (.safetensors/.pth/.ckpt) for model.name")
+    name: Optional[str] = Field(
+        None,
+        description="timm model name, e.g. iresnet50_gwp_k7; optional when "
+        "model.pretrained is hf-hub:/local-dir: (their config names it)",
+    )
+    pretrained: Optional[str] = Field(
+        None,
+        description="start from these weights: hf-hub:ORG/NAME, local-dir:PATH "
+        "or a checkpoint file (.safetensors/.pth/.ckpt) for model.name",
+    )
     embed_dim: int = Field(512, ge=1, description="embedding size")
-    args: Dict[str, Any] = Field(default_factory=dict, description="other timm.create_model kwargs (drop_rate, "
-                                                                   "layout, widths, layers, img_size, ...)")
+    args: Dict[str, Any] = Field(
+        default_factory=dict,
+        description="other timm.create_model kwargs (drop_rate, layout, widths, layers, img_size, ...)",
+    )
     channels_last: bool = True
     compile: bool = False
     grad_checkpointing: bool = False
-    freeze: List[str] = Field(default_factory=list, description="module-name prefixes kept frozen, e.g. "
-                                                                "[conv1, bn1, prelu, layer1]")
+    freeze: List[str] = Field(
+        default_factory=list, description="module-name prefixes kept frozen, e.g. [conv1, bn1, prelu, layer1]"
+    )
 
     @field_validator("args")
     @classmethod
@@ -67,8 +87,10 @@ class SyntheticConfig(Section):
     images_per_identity: int = Field(20, ge=1)
     difficulty: float = Field(1.0, ge=0)
     seed: int = 0
-    cache: bool = Field(True, description="render once into memory at the model's input size (else render every "
-                                          "epoch in the data workers)")
+    cache: bool = Field(
+        True,
+        description="render once into memory at the model's input size (else render every epoch in the data workers)",
+    )
 
 
 class AugmentConfig(Section):
@@ -79,10 +101,17 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field("synthetic", description="synthetic, a .rec file or folder, identity folders, a Hugging "
-                                                "Face dataset folder/.parquet or Hub id ORG/NAME")
-    batch_size: int = Field(128, ge=1, description="GLOBAL batch per optimizer step, split evenly over processes "
-                                                   "(and over train.grad_accum micro-batches)")
+    train: str = Field(
+        "synthetic",
+        description="synthetic, a .rec file or folder, identity folders, a Hugging "
+        "Face dataset folder/.parquet or Hub id ORG/NAME",
+    )
+    batch_size: int = Field(
+        128,
+        ge=1,
+        description="GLOBAL batch per optimizer step, split evenly over processes "
+        "(and over train.grad_accum micro-batches)",
+    )
     num_workers: int = Field(2, ge=0)
     on_error: Literal["raise", "skip"] = "raise"
     num_classes: Optional[int] = Field(None, ge=1, description="override the class count the source reports")
@@ -94,11 +123,15 @@ class LossConfig(Section):
     name: Literal[MARGINS] = "arcface"  # type: ignore[valid-type]
     s: float = Field(64.0, gt=0, description="scale")
     m: Optional[float] = Field(None, description="margin (the head's default when null; combined uses args m1/m2/m3)")
-    args: Dict[str, Any] = Field(default_factory=dict, description="other head arguments: m1, m2, m3 (combined), h, "
-                                                                   "t_alpha (adaface), straight_through, overflow, ...")
+    args: Dict[str, Any] = Field(
+        default_factory=dict,
+        description="other head arguments: m1, m2, m3 (combined), h, "
+        "t_alpha (adaface), straight_through, overflow, ...",
+    )
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: share of the class centres used per step")
-    center_init: Literal["normal", "unit"] = Field("normal", description="class centres: N(0, 0.01) (insightface) "
-                                                                         "or unit-norm rows (AdaFace)")
+    center_init: Literal["normal", "unit"] = Field(
+        "normal", description="class centres: N(0, 0.01) (insightface) or unit-norm rows (AdaFace)"
+    )
 
     @field_validator("args")
     @classmethod
@@ -133,8 +166,9 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
-    max_steps: Optional[int] = Field(None, ge=1, description="train this many optimizer steps; schedules are laid "
-                                                            "out over them")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="train this many optimizer steps; schedules are laid out over them"
+    )
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: epoch ends and the end only)")
@@ -151,8 +185,10 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    targets: List[str] = Field(default_factory=list, description="verification sets: .bin files, HF pair datasets, "
-                                                                 "folders of them, or 'synthetic' (held-out pairs)")
+    targets: List[str] = Field(
+        default_factory=list,
+        description="verification sets: .bin files, HF pair datasets, folders of them, or 'synthetic' (held-out pairs)",
+    )
     every: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
     batch_size: int = Field(256, ge=1)
     flip: bool = True
@@ -184,12 +220,15 @@ class Recipe(Section):
     def _check_model(self) -> Recipe:
         pre = self.model.pretrained or ""
         if self.model.name is None and not pre.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError("model.name is required (a timm model name such as iresnet50_gwp_k7) unless "
-                             "model.pretrained is an hf-hub: or local-dir: id, whose config names the architecture")
+            raise ValueError(
+                "model.name is required (a timm model name such as iresnet50_gwp_k7) unless "
+                "model.pretrained is an hf-hub: or local-dir: id, whose config names the architecture"
+            )
         return self
 
 
 # --- keys and errors -------------------------------------------------------------------------------------------------
+
 
 def recipe_keys(section: Type[BaseModel] = Recipe, prefix: str = "") -> List[str]:
     """Every valid dotted key, e.g. ``['model.name', ..., 'data.synthetic.identities', ...]``."""
@@ -219,10 +258,20 @@ def _describe_expected(err: Mapping[str, Any]) -> str:
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
     if kind == "literal_error":
         return f"one of {ctx.get('expected', '')}"
-    simple = {"int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
-              "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-              "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
-              "dict_type": "a mapping (key: value)", "tuple_type": "a list of 2 numbers", "model_type": "a section"}
+    simple = {
+        "int_parsing": "an integer",
+        "int_from_float": "an integer",
+        "int_type": "an integer",
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "dict_type": "a mapping (key: value)",
+        "tuple_type": "a list of 2 numbers",
+        "model_type": "a section",
+    }
     if kind in simple:
         return simple[kind]
     for bound, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -272,11 +321,14 @@ def check_loss_args(name: str, s: float, m: Optional[float], args: Mapping[str, 
         if key in ("s",):
             raise ValueError("loss.args.s: give the scale as loss.s")
         if key not in params:
-            raise ValueError(f"loss.args.{key} is not an argument of {name}{did_you_mean(key, params)} "
-                             f"(it takes {', '.join(params)})")
+            raise ValueError(
+                f"loss.args.{key} is not an argument of {name}{did_you_mean(key, params)} "
+                f"(it takes {', '.join(params)})"
+            )
 
 
 # --- loading -------------------------------------------------------------------------------------------------------
+
 
 def _parse_value(text: str) -> Any:
     """An override's value as YAML (``0.1``, ``true``, ``null``, ``[12, 20]``); plain text stays a string."""
@@ -301,7 +353,7 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = child
         node[parts[-1]] = _parse_value(value)
     return out

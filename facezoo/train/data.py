@@ -1,4 +1,5 @@
 """What a recipe's ``data`` and ``eval`` sections name, opened and checked before training starts."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from facezoo.errors import DataError, MissingPathError
 from facezoo.train.config import Recipe
 
-__all__ = ["InMemoryFaces", "build_train_source", "build_eval_sets", "check_inputs", "max_label",
-           "render_synthetic"]
+__all__ = ["InMemoryFaces", "build_train_source", "build_eval_sets", "check_inputs", "max_label", "render_synthetic"]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def render_synthetic(ds: Dataset, size: Tuple[int, int], workers: int, progress:
     out = torch.empty((len(ds), 3, *size), dtype=torch.uint8)
     at = 0
     for images, _ in tqdm(loader, desc="render synthetic faces", unit="batch", disable=not progress):
-        out[at:at + len(images)] = _resize_uint8(images, size)
+        out[at : at + len(images)] = _resize_uint8(images, size)
         at += len(images)
     return out
 
@@ -60,15 +60,22 @@ def build_train_source(recipe: Recipe, input_size: Sequence[int], progress: bool
     d = recipe.data
     if d.train == "synthetic":
         s = d.synthetic
-        ds = SyntheticFaces(s.identities, s.images_per_identity, seed=s.seed, difficulty=s.difficulty,
-                            num_classes=d.num_classes)
+        ds = SyntheticFaces(
+            s.identities, s.images_per_identity, seed=s.seed, difficulty=s.difficulty, num_classes=d.num_classes
+        )
         if not s.cache:
             return ds
         size = (int(input_size[-2]), int(input_size[-1]))
         images = render_synthetic(ds, size, d.num_workers, progress)
         labels = torch.arange(len(ds)) // s.images_per_identity
-        _logger.info("rendered %d synthetic faces (%d identities) at %dx%d into memory (%.0f MB)", len(ds),
-                     s.identities, size[0], size[1], images.numel() / 2 ** 20)
+        _logger.info(
+            "rendered %d synthetic faces (%d identities) at %dx%d into memory (%.0f MB)",
+            len(ds),
+            s.identities,
+            size[0],
+            size[1],
+            images.numel() / 2**20,
+        )
         return InMemoryFaces(images, labels, ds.num_classes)
     try:
         return create_face_source(d.train, on_error=d.on_error, num_classes=d.num_classes)
@@ -112,13 +119,17 @@ def check_inputs(recipe: Recipe, world_size: int) -> None:
 
     train = recipe.data.train
     if train != "synthetic" and looks_like_local_path(train) and not Path(train).expanduser().exists():
-        raise MissingPathError(f"data.train: {train}: no such file or folder (expected 'synthetic', a .rec file or "
-                               "a folder with train.rec, identity folders, a Hugging Face dataset folder or .parquet "
-                               "file, or a Hub id ORG/NAME)")
+        raise MissingPathError(
+            f"data.train: {train}: no such file or folder (expected 'synthetic', a .rec file or "
+            "a folder with train.rec, identity folders, a Hugging Face dataset folder or .parquet "
+            "file, or a Hub id ORG/NAME)"
+        )
     for target in recipe.eval.targets:
         if target != "synthetic" and not Path(target).expanduser().exists():
-            raise MissingPathError(f"eval.targets: {target}: no such verification set (a .bin file, a Hugging Face "
-                                   "pair dataset folder or .parquet file, a folder of them, or 'synthetic')")
+            raise MissingPathError(
+                f"eval.targets: {target}: no such verification set (a .bin file, a Hugging Face "
+                "pair dataset folder or .parquet file, a folder of them, or 'synthetic')"
+            )
 
 
 def build_eval_sets(recipe: Recipe, progress: bool = True) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -135,18 +146,26 @@ def build_eval_sets(recipe: Recipe, progress: bool = True) -> Dict[str, Tuple[to
             continue
         p = Path(target).expanduser()
         if not p.exists():
-            raise MissingPathError(f"eval.targets: {target}: no such verification set (a .bin file, a Hugging Face "
-                                   "pair dataset folder or .parquet file, a folder of them, or 'synthetic')")
+            raise MissingPathError(
+                f"eval.targets: {target}: no such verification set (a .bin file, a Hugging Face "
+                "pair dataset folder or .parquet file, a folder of them, or 'synthetic')"
+            )
         if p.is_file() and p.suffix == ".bin":
             sets[p.stem] = load_bin(p, progress=progress)
-        elif p.is_dir() and not any((p / n).exists() for n in ("dataset_info.json", "state.json",
-                                                              "dataset_dict.json")) and not any(p.glob("*.parquet")):
+        elif (
+            p.is_dir()
+            and not any((p / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
+            and not any(p.glob("*.parquet"))
+        ):
             found = find_verification_sets(p)
             if not found:
                 raise MissingPathError(f"eval.targets: {target}: no verification sets in this folder")
             for name, path in found.items():
-                sets[name] = load_bin(path, progress=progress) if path.suffix == ".bin" else \
-                    load_pairs_dataset(path, progress=progress)
+                sets[name] = (
+                    load_bin(path, progress=progress)
+                    if path.suffix == ".bin"
+                    else load_pairs_dataset(path, progress=progress)
+                )
         else:
             sets[p.stem if p.is_file() else p.name] = load_pairs_dataset(p, progress=progress)
     for name, (images, issame) in sets.items():

@@ -12,6 +12,7 @@ all-reduce makes every rank agree on "some gradient or loss is not finite" and "
 step is skipped on every rank (counted, logged; ``train.max_bad_steps`` in a row stop the run); SIGTERM / SIGINT
 write a checkpoint at the current step and stop with a non-zero exit code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,7 +82,7 @@ def _init_partial_fc(pfc: nn.Module, seed: int, kind: str = "normal", std: float
             w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
         else:
             w = torch.randn(n, pfc.embed_dim, generator=g) * std
-        rows.append(w[max(start - lo, 0):min(stop - lo, n)])
+        rows.append(w[max(start - lo, 0) : min(stop - lo, n)])
     with torch.no_grad():
         pfc.weight.copy_(torch.cat(rows).to(pfc.weight))
 
@@ -89,8 +90,9 @@ def _init_partial_fc(pfc: nn.Module, seed: int, kind: str = "normal", std: float
 class Trainer:
     """Builds everything a recipe names, then :meth:`fit` trains, evaluates, checkpoints and exports."""
 
-    def __init__(self, recipe: Recipe, output_dir: os.PathLike, resume: Optional[str] = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, recipe: Recipe, output_dir: os.PathLike, resume: Optional[str] = None, progress: bool = True
+    ) -> None:
         self.recipe, self.output_dir, self.progress = recipe, Path(output_dir), progress
         self.resume_arg = resume
         self._stop_signal = 0
@@ -114,8 +116,13 @@ class Trainer:
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, bucket_cap_mb=16)
         # mixed precision is the recipe's (train.mixed_precision), run by facezoo's autocast + loss scaler
         # without an accelerator, cpu=True lets torchrun / accelerate launch processes form a gloo group
-        self.accelerator = acc = Accelerator(mixed_precision="no", log_with=log_with, project_dir=str(self.output_dir),
-                                             kwargs_handlers=[ddp], cpu=not _has_accelerator())
+        self.accelerator = acc = Accelerator(
+            mixed_precision="no",
+            log_with=log_with,
+            project_dir=str(self.output_dir),
+            kwargs_handlers=[ddp],
+            cpu=not _has_accelerator(),
+        )
         self.device, self.rank, self.world = acc.device, acc.process_index, acc.num_processes
         self.is_main = acc.is_main_process
         if self.is_main:
@@ -126,8 +133,9 @@ class Trainer:
         if self.resume_arg == "latest" and self.resume_path is None:
             _logger.info("--resume latest: no checkpoint in %s yet, starting from step 0", self.output_dir)
         if cfg.train.mixed_precision == "fp16" and self.device.type == "cpu":
-            _logger.warning("train.mixed_precision fp16 on the CPU is slow and rarely useful; bf16 or no is the "
-                            "usual choice there")
+            _logger.warning(
+                "train.mixed_precision fp16 on the CPU is slow and rarely useful; bf16 or no is the usual choice there"
+            )
 
         check_inputs(cfg, self.world)  # a typo fails before anything is built or rendered
         set_seed(cfg.train.seed)
@@ -140,16 +148,21 @@ class Trainer:
         self.input_size = self._input_size()
         self.source = build_train_source(cfg, self.input_size, progress=self.progress and self.is_main)
         if isinstance(self.source, IterableDataset):
-            raise ConfigError(f"data.train {cfg.data.train!r} is a streamed (iterable) dataset, which cannot be "
-                              "sampled or resumed exactly; use a local copy (facezoo data convert) or a map-style "
-                              "Hugging Face dataset")
+            raise ConfigError(
+                f"data.train {cfg.data.train!r} is a streamed (iterable) dataset, which cannot be "
+                "sampled or resumed exactly; use a local copy (facezoo data convert) or a map-style "
+                "Hugging Face dataset"
+            )
         self.num_classes = int(cfg.data.num_classes or self.source.num_classes)
         top = max_label(self.source)
         if top is not None and top >= self.num_classes:
-            raise DataError(f"data.train {cfg.data.train}: labels go up to {top}, but num_classes is "
-                            f"{self.num_classes} (labels must be 0..num_classes-1; set data.num_classes)")
-        self.plan = BatchPlan(len(self.source), cfg.data.batch_size, cfg.train.grad_accum, self.world, self.rank,
-                              cfg.train.seed)
+            raise DataError(
+                f"data.train {cfg.data.train}: labels go up to {top}, but num_classes is "
+                f"{self.num_classes} (labels must be 0..num_classes-1; set data.num_classes)"
+            )
+        self.plan = BatchPlan(
+            len(self.source), cfg.data.batch_size, cfg.train.grad_accum, self.world, self.rank, cfg.train.seed
+        )
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.plan.steps_per_epoch
         self.eval_sets = build_eval_sets(cfg, progress=self.progress and self.is_main)
 
@@ -171,12 +184,19 @@ class Trainer:
             warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
             self.model = acc.prepare(model)
         self.optimizer = self._build_optimizer()
-        self.scheduler = create_scheduler(self.optimizer, self.total_steps, cfg.train.epochs, cfg.schedule,
-                                          cfg.optim.lr)
+        self.scheduler = create_scheduler(
+            self.optimizer, self.total_steps, cfg.train.epochs, cfg.schedule, cfg.optim.lr
+        )
         self.scaler = LossScaler(cfg.train.mixed_precision == "fp16")
         cfg_pre = self.backbone.pretrained_cfg if hasattr(self.backbone, "pretrained_cfg") else {}
-        self.augment = DeviceAugment(cfg.data.augment, self.input_size, cfg_pre.get("mean", (0.5,) * 3),
-                                     cfg_pre.get("std", (0.5,) * 3), cfg.train.seed, cfg.model.channels_last)
+        self.augment = DeviceAugment(
+            cfg.data.augment,
+            self.input_size,
+            cfg_pre.get("mean", (0.5,) * 3),
+            cfg_pre.get("std", (0.5,) * 3),
+            cfg.train.seed,
+            cfg.model.channels_last,
+        )
 
         # where the run stands
         self.step, self.epoch, self.offset = 0, 0, 0
@@ -190,10 +210,20 @@ class Trainer:
         self._init_trackers()
         _logger.info(
             "training %s on %s: %d images, %d classes, %d process(es) on %s, global batch %d (%d per process and "
-            "micro-batch), %d steps (%d per epoch), %s%s", self.arch, cfg.data.train, len(self.source),
-            self.num_classes, self.world, self.device, cfg.data.batch_size, self.plan.local_batch, self.total_steps,
-            self.plan.steps_per_epoch, f"mixed precision {cfg.train.mixed_precision}",
-            f", resumed from {self.resume_path} at step {self.step}" if self.resume_path else "")
+            "micro-batch), %d steps (%d per epoch), %s%s",
+            self.arch,
+            cfg.data.train,
+            len(self.source),
+            self.num_classes,
+            self.world,
+            self.device,
+            cfg.data.batch_size,
+            self.plan.local_batch,
+            self.total_steps,
+            self.plan.steps_per_epoch,
+            f"mixed precision {cfg.train.mixed_precision}",
+            f", resumed from {self.resume_path} at step {self.step}" if self.resume_path else "",
+        )
 
     def _setup_logging(self) -> None:
         root = logging.getLogger("facezoo")
@@ -215,14 +245,19 @@ class Trainer:
         m = self.recipe.model
         kwargs: Dict[str, Any] = dict(m.args)
         if "embed_dim" in kwargs or "num_classes" in kwargs:
-            raise ConfigError("model.args: give the embedding size as model.embed_dim (num_classes is the training "
-                              "set's)")
+            raise ConfigError(
+                "model.args: give the embedding size as model.embed_dim (num_classes is the training set's)"
+            )
         name = m.name
         hub = (m.pretrained or "").startswith(("hf-hub:", "local-dir:"))
         if hub:
             name = m.pretrained
-        takes_embed_dim = not hub and name is not None and timm.is_model(name) and \
-            timm.models.model_entrypoint(name).__module__.startswith("facezoo")
+        takes_embed_dim = (
+            not hub
+            and name is not None
+            and timm.is_model(name)
+            and timm.models.model_entrypoint(name).__module__.startswith("facezoo")
+        )
         if takes_embed_dim or "embed_dim" in m.model_fields_set:
             kwargs["embed_dim"] = m.embed_dim
         if "img_size" in kwargs:
@@ -259,14 +294,19 @@ class Trainer:
                 top = [n for n, _ in self.backbone.named_children()]
                 from facezoo.errors import did_you_mean
 
-                raise ConfigError(f"model.freeze: no module {p!r} in {self.arch}{did_you_mean(p, list(names))} "
-                                  f"(top-level modules: {', '.join(top)})")
+                raise ConfigError(
+                    f"model.freeze: no module {p!r} in {self.arch}{did_you_mean(p, list(names))} "
+                    f"(top-level modules: {', '.join(top)})"
+                )
         self.frozen = [names[p] for p in prefixes]
         for mod in self.frozen:
             for param in mod.parameters():
                 param.requires_grad_(False)
-        _logger.info("frozen: %s (%d parameters)", ", ".join(prefixes),
-                     sum(p.numel() for mod in self.frozen for p in mod.parameters()))
+        _logger.info(
+            "frozen: %s (%d parameters)",
+            ", ".join(prefixes),
+            sum(p.numel() for mod in self.frozen for p in mod.parameters()),
+        )
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.recipe.optim
@@ -288,9 +328,13 @@ class Trainer:
 
     def identity(self) -> Dict[str, Any]:
         """What a checkpoint must share with this recipe to be resumed (num_classes is None until the data is open)."""
-        return {"architecture": self.arch, "num_classes": getattr(self, "num_classes", None),
-                "embed_dim": self.embed_dim, "loss": self.recipe.loss.name,
-                "model_args": json.loads(json.dumps(self.recipe.model.args))}
+        return {
+            "architecture": self.arch,
+            "num_classes": getattr(self, "num_classes", None),
+            "embed_dim": self.embed_dim,
+            "loss": self.recipe.loss.name,
+            "model_args": json.loads(json.dumps(self.recipe.model.args)),
+        }
 
     def _init_trackers(self) -> None:
         if self.accelerator.log_with is None or not self.accelerator.log_with:
@@ -326,17 +370,36 @@ class Trainer:
         def main_files(folder: Path) -> None:
             ckpt.save_tensors(self.backbone.state_dict(), folder / "backbone.safetensors")
             ckpt.save_tensors(self._backbone_optim_state(), folder / "backbone_optim.safetensors")
-            ckpt.save_json({
-                "step": self.step, "epoch": self.epoch, "offset": self.offset, "world_size": self.world,
-                "global_batch": cfg.data.batch_size, "grad_accum": cfg.train.grad_accum,
-                "num_samples": len(self.source), "total_steps": self.total_steps,
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "bad_streak": self.bad_streak, "skipped": self.skipped, "identity": self.identity(),
-                "optimizer": cfg.optim.name, "time": time.time(),
-            }, folder / ckpt.STATE_FILE)
+            ckpt.save_json(
+                {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "offset": self.offset,
+                    "world_size": self.world,
+                    "global_batch": cfg.data.batch_size,
+                    "grad_accum": cfg.train.grad_accum,
+                    "num_samples": len(self.source),
+                    "total_steps": self.total_steps,
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "bad_streak": self.bad_streak,
+                    "skipped": self.skipped,
+                    "identity": self.identity(),
+                    "optimizer": cfg.optim.name,
+                    "time": time.time(),
+                },
+                folder / ckpt.STATE_FILE,
+            )
 
-        path = ckpt.write_checkpoint(self.output_dir, self.step, self.rank, self.world,
-                                     self.accelerator.wait_for_everyone, rank_files, main_files)
+        path = ckpt.write_checkpoint(
+            self.output_dir,
+            self.step,
+            self.rank,
+            self.world,
+            self.accelerator.wait_for_everyone,
+            rank_files,
+            main_files,
+        )
         if self.is_main:
             for removed in ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_last):
                 _logger.info("removed old checkpoint %s (train.keep_last=%d)", removed.name, cfg.train.keep_last)
@@ -352,13 +415,18 @@ class Trainer:
         state = ckpt.read_trainer_state(path)
         ckpt.check_identity(state.get("identity", {}), self.identity(), path)
         if state.get("optimizer", self.recipe.optim.name) != self.recipe.optim.name:
-            raise ConfigError(f"{path} was trained with optim.name={state['optimizer']}; resuming with "
-                              f"{self.recipe.optim.name} would drop its optimizer state")
+            raise ConfigError(
+                f"{path} was trained with optim.name={state['optimizer']}; resuming with "
+                f"{self.recipe.optim.name} would drop its optimizer state"
+            )
         self.backbone.load_state_dict(load_tensors(path / "backbone.safetensors"), strict=True)
         optim = load_tensors(path / "backbone_optim.safetensors")
         for name, p in self.backbone.named_parameters():
-            entries = {k[len(name) + 1:]: v for k, v in optim.items() if k.startswith(name + ".")
-                       and "." not in k[len(name) + 1:]}
+            entries = {
+                k[len(name) + 1 :]: v
+                for k, v in optim.items()
+                if k.startswith(name + ".") and "." not in k[len(name) + 1 :]
+            }
             if entries:
                 self.optimizer.state[p] = {k: v.to(p.device) for k, v in entries.items()}
         shards = sorted((path / "partial_fc").glob("rank*_of_*.safetensors"))
@@ -369,10 +437,11 @@ class Trainer:
         row_keys = [k for k in optim_keys if first[k].shape == first["weight"].shape]  # momentum, exp_avg, ...
         rows = read_shard_range(shards, self.pfc.class_start, self.pfc.num_local, ["weight"] + row_keys)
         head = {k: v for k, v in first.items() if k.startswith("margin_loss.")}  # the same on every rank
-        self.pfc.load_state_dict({"weight": rows.pop("weight"), SPEC_KEY: getattr(self.pfc, SPEC_KEY),
-                                  **head}, strict=True)
-        pfc_optim = {k[len("optim."):]: v.to(self.device) for k, v in rows.items()}
-        pfc_optim.update({k[len("optim."):]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
+        self.pfc.load_state_dict(
+            {"weight": rows.pop("weight"), SPEC_KEY: getattr(self.pfc, SPEC_KEY), **head}, strict=True
+        )
+        pfc_optim = {k[len("optim.") :]: v.to(self.device) for k, v in rows.items()}
+        pfc_optim.update({k[len("optim.") :]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
         if pfc_optim:
             self.optimizer.state[self.pfc.weight] = pfc_optim
         saved_base = list(state["scheduler"].get("base_lrs", []))
@@ -380,8 +449,13 @@ class Trainer:
         # the recipe's learning rates win over the checkpoint's (a resumed run may lower optim.lr on purpose)
         self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
         if saved_base and saved_base != self.scheduler.base_lrs:
-            _logger.warning("optim.lr / optim.backbone_lr_scale changed since the checkpoint: base learning rates %s "
-                            "-> %s from step %d", saved_base, self.scheduler.base_lrs, int(state["step"]))
+            _logger.warning(
+                "optim.lr / optim.backbone_lr_scale changed since the checkpoint: base learning rates %s "
+                "-> %s from step %d",
+                saved_base,
+                self.scheduler.base_lrs,
+                int(state["step"]),
+            )
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor  # load_state_dict restores the schedule's position, not the groups' lr
@@ -389,18 +463,27 @@ class Trainer:
         self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
         self.bad_streak, self.skipped = int(state.get("bad_streak", 0)), int(state.get("skipped", 0))
         if state["global_batch"] != self.recipe.data.batch_size:
-            _logger.warning("data.batch_size changed from %d to %d: the epoch continues at sample %d",
-                            state["global_batch"], self.recipe.data.batch_size, self.offset)
+            _logger.warning(
+                "data.batch_size changed from %d to %d: the epoch continues at sample %d",
+                state["global_batch"],
+                self.recipe.data.batch_size,
+                self.offset,
+            )
         if state.get("num_samples") not in (None, len(self.source)):
-            raise ConfigError(f"{path} was trained on {state['num_samples']} images, data.train now has "
-                              f"{len(self.source)}: --resume continues the same data")
+            raise ConfigError(
+                f"{path} was trained on {state['num_samples']} images, data.train now has "
+                f"{len(self.source)}: --resume continues the same data"
+            )
         rng = path / "rng" / f"rank{self.rank}.pt"
         if state["world_size"] == self.world and rng.is_file():
             ckpt.load_rng_state(rng)
         else:
             torch.manual_seed(self.recipe.train.seed * 1000 + self.rank + 7 * self.step)
-            _logger.info("resumed on %d process(es) (checkpoint: %d): Partial FC re-sharded, RNG re-seeded",
-                         self.world, state["world_size"])
+            _logger.info(
+                "resumed on %d process(es) (checkpoint: %d): Partial FC re-sharded, RNG re-seeded",
+                self.world,
+                state["world_size"],
+            )
 
     # ------------------------------------------------------------------------------------------------ loop
     def _loader(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -408,9 +491,16 @@ class Trainer:
 
         sampler = RankBatchSampler(self.plan, self.step, end, self.epoch, self.offset)
         workers = self.recipe.data.num_workers
-        loader = DataLoader(self.source, batch_sampler=sampler, num_workers=workers, collate_fn=collate_faces,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            generator=torch.Generator(), prefetch_factor=4 if workers else None)
+        loader = DataLoader(
+            self.source,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_faces,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator(),
+            prefetch_factor=4 if workers else None,
+        )
         return iter(loader)
 
     def _agree(self, bad: torch.Tensor) -> Tuple[bool, bool]:
@@ -424,16 +514,19 @@ class Trainer:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= self.num_classes:
             bad = int(((labels < 0) | (labels >= self.num_classes)).nonzero()[0])
-            raise DataError(f"data.train {self.recipe.data.train}: sample {indices[bad]} has label {int(labels[bad])}, "
-                            f"outside 0..{self.num_classes - 1} (set data.num_classes)")
+            raise DataError(
+                f"data.train {self.recipe.data.train}: sample {indices[bad]} has label {int(labels[bad])}, "
+                f"outside 0..{self.num_classes - 1} (set data.num_classes)"
+            )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal:  # a second Ctrl-C: stop now
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
         self._stop_signal = signum
-        _logger.warning("%s: finishing step %d, writing a checkpoint, then stopping", signal.Signals(signum).name,
-                        self.step + 1)
+        _logger.warning(
+            "%s: finishing step %d, writing a checkpoint, then stopping", signal.Signals(signum).name, self.step + 1
+        )
 
     def fit(self, stop_at: Optional[int] = None) -> Path:
         """Train to ``total_steps`` (evaluating, checkpointing, logging), then evaluate and export; returns the
@@ -447,8 +540,9 @@ class Trainer:
             if end < self.total_steps:
                 if self._saved_step != self.step:
                     self.save_checkpoint()
-                _logger.info("stopped at step %d of %d as asked; continue with --resume latest", self.step,
-                             self.total_steps)
+                _logger.info(
+                    "stopped at step %d of %d as asked; continue with --resume latest", self.step, self.total_steps
+                )
                 return self.output_dir
             return self._finish()
         finally:
@@ -472,8 +566,15 @@ class Trainer:
         self.backbone.train()
         for mod in self.frozen:
             mod.eval()
-        bar = tqdm(total=self.total_steps * batch, initial=self.step * batch, unit="img", unit_scale=True,
-                   disable=not (self.progress and self.is_main), desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps * batch,
+            initial=self.step * batch,
+            unit="img",
+            unit_scale=True,
+            disable=not (self.progress and self.is_main),
+            desc="train",
+            dynamic_ncols=True,
+        )
         window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.plan.iterate(self.step, end, self.epoch, self.offset)
@@ -499,9 +600,14 @@ class Trainer:
                     self.skipped += 1
                     self.bad_streak += 1
                     self.scaler.update(True)
-                    _logger.warning("step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
-                                    "(%d in a row, %d in total%s)", self.step + 1, self.bad_streak, self.skipped,
-                                    f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "")
+                    _logger.warning(
+                        "step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
+                        "(%d in a row, %d in total%s)",
+                        self.step + 1,
+                        self.bad_streak,
+                        self.skipped,
+                        f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "",
+                    )
                 else:
                     norm = torch.nn.utils.get_total_norm([p.grad for p in backbone_params if p.grad is not None])
                     if cfg.optim.clip_grad_norm:
@@ -528,18 +634,34 @@ class Trainer:
                         f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
                         f"{cfg.train.max_bad_steps}); stopped at step {self.step}. The last good checkpoint is "
                         f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
-                        "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16")
+                        "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16"
+                    )
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps or epoch_end:
                     elapsed = time.perf_counter() - window_t
                     speed = window_n * batch / elapsed if elapsed > 0 else 0.0
                     mean_loss = window_loss / window_n if window_n else float("nan")
                     bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
-                    _logger.info("step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s", self.step,
-                                 self.total_steps, mb.epoch, mean_loss, lr, grad_norm, speed,
-                                 f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "")
-                    self._log({"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": speed,
-                               "train/grad_norm": grad_norm, "train/grad_scale": self.scaler.scale,
-                               "train/skipped_steps": self.skipped})
+                    _logger.info(
+                        "step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s",
+                        self.step,
+                        self.total_steps,
+                        mb.epoch,
+                        mean_loss,
+                        lr,
+                        grad_norm,
+                        speed,
+                        f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "",
+                    )
+                    self._log(
+                        {
+                            "train/loss": mean_loss,
+                            "train/lr": lr,
+                            "train/samples_per_s": speed,
+                            "train/grad_norm": grad_norm,
+                            "train/grad_scale": self.scaler.scale,
+                            "train/skipped_steps": self.skipped,
+                        }
+                    )
                     self._last_loss = mean_loss
                     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
@@ -556,7 +678,9 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"stopped by {name} at step {self.step}/{self.total_steps}: checkpoint "
                         f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
-                        "--resume latest", self._stop_signal or int(signal.SIGTERM))
+                        "--resume latest",
+                        self._stop_signal or int(signal.SIGTERM),
+                    )
         bar.close()
 
     def _log(self, values: Dict[str, float]) -> None:
@@ -571,11 +695,18 @@ class Trainer:
         if not self.eval_sets:
             return {}
         e = self.recipe.eval
-        results = run_verification_sets(self.backbone, self.eval_sets, e.batch_size, self.device, flip=e.flip,
-                                        accelerator=self.accelerator if self.world > 1 else None,
-                                        progress=False)
-        line = "  ".join(f"{name} {100 * r['accuracy']:.2f}±{100 * r['accuracy_std']:.2f}" for name, r in
-                         results.items())
+        results = run_verification_sets(
+            self.backbone,
+            self.eval_sets,
+            e.batch_size,
+            self.device,
+            flip=e.flip,
+            accelerator=self.accelerator if self.world > 1 else None,
+            progress=False,
+        )
+        line = "  ".join(
+            f"{name} {100 * r['accuracy']:.2f}±{100 * r['accuracy_std']:.2f}" for name, r in results.items()
+        )
         _logger.info("eval at step %d: %s", self.step, line)
         self._log({f"eval/{name}/accuracy": r["accuracy"] for name, r in results.items()})
         if self.is_main:
@@ -584,9 +715,12 @@ class Trainer:
 
     def _summary_row(self, results: Dict[str, Dict[str, Any]]) -> None:
         path = self.output_dir / "summary.csv"
-        row: Dict[str, Any] = {"step": self.step, "epoch": self.epoch if self.offset else self.epoch,
-                               "train_loss": round(getattr(self, "_last_loss", float("nan")), 6),
-                               "lr": self.optimizer.param_groups[-1]["lr"]}
+        row: Dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.epoch if self.offset else self.epoch,
+            "train_loss": round(getattr(self, "_last_loss", float("nan")), 6),
+            "lr": self.optimizer.param_groups[-1]["lr"],
+        }
         for name, r in results.items():
             row[f"{name}_accuracy"] = round(r["accuracy"], 6)
             row[f"{name}_accuracy_std"] = round(r["accuracy_std"], 6)
@@ -614,9 +748,16 @@ class Trainer:
         doc = None
         if results and self.is_main:
             doc = report.build_results(
-                self.arch, results, None,
-                extra={"checkpoint": str(self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)),
-                       "flip": self.recipe.eval.flip, "nfolds": 10, "step": self.step})
+                self.arch,
+                results,
+                None,
+                extra={
+                    "checkpoint": str(self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)),
+                    "flip": self.recipe.eval.flip,
+                    "nfolds": 10,
+                    "step": self.step,
+                },
+            )
             tmp = self.output_dir / "eval.json.tmp"
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
             os.replace(tmp, self.output_dir / "eval.json")
@@ -630,14 +771,26 @@ class Trainer:
         from facezoo.hub import save_pretrained
 
         e = self.recipe.export
-        folder = save_pretrained(self.backbone.eval(), self.output_dir / "export", results=results,
-                                 training=self.recipe.model_dump(mode="json"), base_model=self.recipe.model.pretrained,
-                                 datasets=e.datasets or None, license=e.license, overwrite=True)
+        folder = save_pretrained(
+            self.backbone.eval(),
+            self.output_dir / "export",
+            results=results,
+            training=self.recipe.model_dump(mode="json"),
+            base_model=self.recipe.model.pretrained,
+            datasets=e.datasets or None,
+            license=e.license,
+            overwrite=True,
+        )
         _logger.info("exported %s (load with timm.create_model('local-dir:%s', pretrained=True))", folder, folder)
 
 
-def train(recipe: Recipe, output_dir: os.PathLike, resume: Optional[str] = None, progress: bool = True,
-          stop_at: Optional[int] = None) -> Path:
+def train(
+    recipe: Recipe,
+    output_dir: os.PathLike,
+    resume: Optional[str] = None,
+    progress: bool = True,
+    stop_at: Optional[int] = None,
+) -> Path:
     """Train ``recipe`` into ``output_dir`` (``resume``: ``'latest'`` or a checkpoint path; ``stop_at``: see
     :meth:`Trainer.fit`); the Python API of ``facezoo train``."""
     return Trainer(recipe, output_dir, resume=resume, progress=progress).fit(stop_at=stop_at)

@@ -11,6 +11,7 @@ continues the interrupted epoch at the same sample, and every sample of the epoc
 owns this sampler instead of Accelerate's ``skip_first_batches`` (see the Accelerate resume issues about duplicated
 indices under DDP).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 class MicroBatch:
     """One micro-batch of this rank: where it is in the run and which dataset items it holds."""
 
-    step: int          # 0-based optimizer step of the run
+    step: int  # 0-based optimizer step of the run
     epoch: int
-    offset: int        # samples of the epoch consumed before this step
-    micro: int         # micro-batch index within the step
+    offset: int  # samples of the epoch consumed before this step
+    micro: int  # micro-batch index within the step
     indices: List[int]  # this rank's dataset indices
 
 
@@ -50,17 +51,22 @@ class BatchPlan:
     def check_split(global_batch: int, grad_accum: int, world_size: int) -> None:
         parts = grad_accum * world_size
         if global_batch % parts:
-            raise ConfigError(f"data.batch_size {global_batch} cannot be split evenly over {world_size} process(es) x "
-                              f"{grad_accum} micro-batch(es) (train.grad_accum); use a multiple of {parts}")
+            raise ConfigError(
+                f"data.batch_size {global_batch} cannot be split evenly over {world_size} process(es) x "
+                f"{grad_accum} micro-batch(es) (train.grad_accum); use a multiple of {parts}"
+            )
 
     @staticmethod
     def check_fill(num_samples: int, global_batch: int) -> None:
         if num_samples < global_batch:
-            raise ConfigError(f"data.batch_size {global_batch} is larger than the training set ({num_samples} images): "
-                              "one step could not be filled")
+            raise ConfigError(
+                f"data.batch_size {global_batch} is larger than the training set ({num_samples} images): "
+                "one step could not be filled"
+            )
 
-    def __init__(self, num_samples: int, global_batch: int, grad_accum: int, world_size: int, rank: int,
-                 seed: int) -> None:
+    def __init__(
+        self, num_samples: int, global_batch: int, grad_accum: int, world_size: int, rank: int, seed: int
+    ) -> None:
         self.check_split(global_batch, grad_accum, world_size)
         self.check_fill(num_samples, global_batch)
         self.num_samples, self.global_batch, self.grad_accum = int(num_samples), int(global_batch), int(grad_accum)
@@ -80,7 +86,7 @@ class BatchPlan:
         """Dataset indices of ``rank`` (default: this one) for micro-batch ``micro`` of the step at ``offset``."""
         r = self.rank if rank is None else rank
         start = offset + micro * self.micro_global + r * self.local_batch
-        return self.permutation(epoch)[start:start + self.local_batch].tolist()
+        return self.permutation(epoch)[start : start + self.local_batch].tolist()
 
     def iterate(self, start_step: int, total_steps: int, epoch: int, offset: int) -> Iterator[MicroBatch]:
         """Micro-batches from the position ``(epoch, offset)`` (which is step ``start_step``) to ``total_steps``."""

@@ -13,6 +13,7 @@ rate (the backbone's may be scaled, ``optim.backbone_lr_scale``); :func:`create_
 ``torch.optim.lr_scheduler.LambdaLR``, stepped once per optimizer step (it is not given to Accelerate, whose
 prepared schedulers step once per process).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,8 @@ def make_lr_factor(total_steps: int, epochs: int, cfg: ScheduleConfig, base_lr: 
     return factor
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, epochs: int, cfg: ScheduleConfig,
-                     base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, epochs: int, cfg: ScheduleConfig, base_lr: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule as a ``LambdaLR`` over every parameter group of ``optimizer`` (step it once per optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_factor(total_steps, epochs, cfg, base_lr))

@@ -12,6 +12,7 @@ Everything in the block comes from three places, so it stays true:
   ``facezoo models --format json`` reports as ``params``; measured on the meta device, no weights allocated);
 * ``TARGETS`` below: the paper's numbers, transcribed by hand from its Tables 1-5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,10 @@ def run_names() -> List[str]:
 
 
 def command(loss: str, name: str, data_train: str) -> str:
-    return (f"accelerate launch --multi_gpu --num_processes {NUM_GPUS} -m facezoo train recipes/paper/{loss}.yaml "
-            f"model.name={name} data.train={data_train} --output-dir runs/paper/{loss}/{name}")
+    return (
+        f"accelerate launch --multi_gpu --num_processes {NUM_GPUS} -m facezoo train recipes/paper/{loss}.yaml "
+        f"model.name={name} data.train={data_train} --output-dir runs/paper/{loss}/{name}"
+    )
 
 
 def _num(x: float) -> str:
@@ -110,6 +113,7 @@ def _num(x: float) -> str:
 
 def setup_rows(recipes: Dict[str, Any]) -> List[str]:
     """The two setups side by side, read from the loaded recipes."""
+
     def margin(r) -> str:
         lo = r.loss
         args = ", ".join(f"{k} {_num(v) if isinstance(v, (int, float)) else v}" for k, v in lo.args.items())
@@ -145,8 +149,10 @@ def setup_rows(recipes: Dict[str, Any]) -> List[str]:
         ("margin head (`loss`)", lambda r, k: margin(r)),
         ("Partial FC `loss.sample_rate`", lambda r, k: _num(r.loss.sample_rate)),
         ("optimizer (`optim`)", lambda r, k: optim(r)),
-        ("gradient clipping (backbone)", lambda r, k: _num(r.optim.clip_grad_norm) if r.optim.clip_grad_norm
-         else "none"),
+        (
+            "gradient clipping (backbone)",
+            lambda r, k: _num(r.optim.clip_grad_norm) if r.optim.clip_grad_norm else "none",
+        ),
         ("schedule", lambda r, k: schedule(r)),
         ("epochs", lambda r, k: str(r.train.epochs)),
         ("batch (`data.batch_size`)", lambda r, k: batch(r)),
@@ -155,8 +161,13 @@ def setup_rows(recipes: Dict[str, Any]) -> List[str]:
         ("backbone `model.args`", lambda r, k: ", ".join(f"{a} {v}" for a, v in r.model.args.items()) or "none"),
         ("embedding", lambda r, k: f"{r.model.embed_dim}-d"),
         ("seed", lambda r, k: str(r.train.seed)),
-        ("evaluation during training", lambda r, k: f"{len(r.eval.targets)} verification sets, "
-         + (f"every {r.eval.every} steps and at the end" if r.eval.every else "at the end")),
+        (
+            "evaluation during training",
+            lambda r, k: (
+                f"{len(r.eval.targets)} verification sets, "
+                + (f"every {r.eval.every} steps and at the end" if r.eval.every else "at the end")
+            ),
+        ),
     ]
     keys = list(LOSSES)
     out = ["| | " + " | ".join(LOSSES[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
@@ -186,14 +197,18 @@ def generate() -> str:
 
     lines = [BEGIN, "", "### The two setups (read from the recipes)", ""]
     lines += setup_rows(recipes)
-    lines += ["", f"### The {len(LOSSES) * len(run_names())} runs", "",
-              "Params: facezoo's count (M, as `facezoo models --format json`), then the paper's in parentheses "
-              "where it gives one. B. Avg: mean 1:1 verification accuracy (%) over LFW, CFP-FP, AgeDB-30, CALFW and "
-              "CPLFW; IJB-B / IJB-C: TAR (%) at FAR = 1e-4. \"±\": the std over the paper's five evaluations of the "
-              "baseline.", "",
-              "| # | loss | depth | head | stem | model | params (M) | B. Avg | IJB-B | IJB-C | paper source "
-              "| command |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"### The {len(LOSSES) * len(run_names())} runs",
+        "",
+        "Params: facezoo's count (M, as `facezoo models --format json`), then the paper's in parentheses "
+        "where it gives one. B. Avg: mean 1:1 verification accuracy (%) over LFW, CFP-FP, AgeDB-30, CALFW and "
+        'CPLFW; IJB-B / IJB-C: TAR (%) at FAR = 1e-4. "±": the std over the paper\'s five evaluations of the '
+        "baseline.",
+        "",
+        "| # | loss | depth | head | stem | model | params (M) | B. Avg | IJB-B | IJB-C | paper source | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     i = 0
     for loss in LOSSES:
         data_train = recipes[loss].data.train
@@ -205,16 +220,25 @@ def generate() -> str:
                     t = TARGETS.get((loss, name))
                     p = f"{params[name] / 1e6:.2f}" + (f" ({t.params})" if t and t.params else "")
                     nums = [t.avg, t.ijbb, t.ijbc, t.source] if t else [NOT_REPORTED] * 3 + ["-"]
-                    lines.append(f"| {i} | {LOSSES[loss]} | r{d} | {head} | {stem} | `{name}` | {p} | "
-                                 + " | ".join(nums) + f" | `{command(loss, name, data_train)}` |")
+                    lines.append(
+                        f"| {i} | {LOSSES[loss]} | r{d} | {head} | {stem} | `{name}` | {p} | "
+                        + " | ".join(nums)
+                        + f" | `{command(loss, name, data_train)}` |"
+                    )
     reported = len(TARGETS)
-    lines += ["", f"{reported} of the {i} runs have numbers in the paper.", "",
-              "### Not a training run: GWP weights evaluated without the Gaussian kernel (Table 3, \"w/o GWP†\")", "",
-              "| loss | weights of | evaluated as | B. Avg | IJB-B | IJB-C | paper source |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"{reported} of the {i} runs have numbers in the paper.",
+        "",
+        '### Not a training run: GWP weights evaluated without the Gaussian kernel (Table 3, "w/o GWP†")',
+        "",
+        "| loss | weights of | evaluated as | B. Avg | IJB-B | IJB-C | paper source |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for loss, t in WITHOUT_KERNEL.items():
-        lines.append(f"| {LOSSES[loss]} | `iresnet50_gwp_k7` | `iresnet50_gap_k7` | {t.avg} | {t.ijbb} | {t.ijbc} | "
-                     f"{t.source} |")
+        lines.append(
+            f"| {LOSSES[loss]} | `iresnet50_gwp_k7` | `iresnet50_gap_k7` | {t.avg} | {t.ijbb} | {t.ijbc} | {t.source} |"
+        )
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
@@ -224,7 +248,7 @@ def current_block(text: str) -> Optional[str]:
     start, stop = text.find(BEGIN), text.find(END)
     if start < 0 or stop < start:
         return None
-    return text[start:stop + len(END)] + "\n"
+    return text[start : stop + len(END)] + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
