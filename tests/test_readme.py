@@ -130,7 +130,10 @@ def _exported(dest: Path, name: str, **kwargs: Any) -> None:
 
 
 def _hub_model(dest: Path, fixture: Fixture) -> None:
-    """``my-org/...`` in the runner's offline Hugging Face cache (``<work>/.hf_cache``; ``dest`` is ``<work>/ORG/NAME``)."""
+    """``my-org/...`` in the runner's offline Hugging Face cache.
+
+    The cache is ``<work>/.hf_cache``; ``dest`` is ``<work>/ORG/NAME``.
+    """
     work, repo_id = dest.parents[1], f"{dest.parent.name}/{dest.name}"
     snapshot = work / ".hf_cache" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
     _exported(snapshot, "iresnet50_gwp_k7")
