@@ -14,6 +14,10 @@ median is the result (target on CPU: >= 1.0).
     python benchmarks/bench_train.py --device cuda --model iresnet50_gwp --batch 512 --precision bf16 \\
         --classes 2000000 --sample-rate 0.2 --rec /data/webface4m     # GPU: data from a .rec, the real loader
 
+``--quickstart`` instead times the README's main command (``facezoo train recipes/quickstart.yaml``) as a user runs
+it, in a fresh process, and splits its wall time by the timestamps of its ``train.log``: start-up and rendering,
+set-up, training, final checkpoint and evaluation, export (target: at most 300 s in all on a 2-core CPU).
+
 With ``--rec`` facezoo reads the batches from that RecordIO through ``RecordIOFaces`` + ``collate_faces`` with
 ``--workers`` processes (the reference then reads the same files through a torch DataLoader with the same workers
 and host-side transforms, as insightface's ``MXFaceDataset``).
@@ -23,8 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -148,6 +157,58 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+#: the phases of a quickstart run: (name, the train.log message that ends it)
+PHASES = (
+    ("start-up + render training faces", "facezoo.train.data: rendered "),
+    ("set-up (model, held-out pairs)", "facezoo.train.engine: training "),
+    ("training", "facezoo.train.engine: step "),  # the last step line
+    ("final checkpoint + evaluation", "facezoo.train.engine: eval at step "),
+    ("export", "facezoo.train.engine: done: "),
+)
+
+
+def _log_time(line: str) -> float:
+    """The epoch time of a ``train.log`` line (``2026-12-02 04:38:01,671 INFO ...``)."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def quickstart_split(overrides: List[str]) -> Dict[str, Any]:
+    """Run the quickstart recipe as the README does, in a fresh process; seconds per phase and in all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "facezoo", "train", str(QUICKSTART), "--output-dir", tmp, "--quiet", *overrides]
+        start = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        total = time.time() - start
+        if done.returncode:
+            raise SystemExit(f"the quickstart failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        lines = (Path(tmp) / "train.log").read_text().splitlines()
+    split: Dict[str, Any] = {}
+    last = start
+    for name, marker in PHASES:
+        hits = [line for line in lines if marker in line]
+        if not hits:
+            raise SystemExit(f"train.log has no line with {marker!r}: did the recipe change?")
+        t = _log_time(hits[-1])
+        split[name], last = t - last, t
+    split["process exit"] = start + total - last
+    split["total"] = total
+    split["result"] = [line for line in lines if "eval at step" in line][-1].split("engine: ")[-1]
+    return split
+
+
+def main_quickstart(overrides: List[str], as_json: str = "") -> None:
+    split = quickstart_split(overrides)
+    if as_json:
+        Path(as_json).write_text(json.dumps({"quickstart": split, "overrides": overrides}, indent=1))
+    target, result = 300.0, split.pop("result")
+    print(f"quickstart: facezoo train {QUICKSTART.relative_to(QUICKSTART.parents[1])} {' '.join(overrides)}")
+    for name, seconds in split.items():
+        print(f"  {name:<34} {seconds:7.1f} s")
+    print(f"  {result}")
+    print(f"target <= {target:.0f} s: ratio total / target {split['total'] / target:.3f} ({os.cpu_count()} CPUs)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="iresnet50_gwp")
@@ -163,7 +224,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--rec", help="train from this .rec (folder) through the real loader instead of memory")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--quickstart",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="time the quickstart recipe's phases instead (optionally with recipe overrides)",
+    )
     args = p.parse_args()
+    if args.quickstart is not None:
+        return main_quickstart(args.quickstart, args.json or "")
     if args.threads:
         torch.set_num_threads(args.threads)
     total = (args.rounds + 1) * args.steps

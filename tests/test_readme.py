@@ -142,7 +142,11 @@ def _hub_model(dest: Path, fixture: Fixture) -> None:
 
 
 def _quickstart_export(dest: Path, fixture: Fixture) -> None:
-    _exported(dest, "iresnet18_gwp", embed_dim=128, widths=(16, 32, 64, 128), img_size=32)
+    """The quickstart's ``export/``, untrained: the model its recipe names, with the recipe's model args."""
+    from facezoo.train import load_recipe
+
+    model = load_recipe(REPO / "recipes" / "quickstart.yaml").model
+    _exported(dest, model.name, embed_dim=model.embed_dim, **model.args)
 
 
 def _recipe(dest: Path, fixture: Fixture) -> None:

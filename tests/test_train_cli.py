@@ -108,6 +108,24 @@ def test_labels_above_num_classes_name_the_data(recipe, tmp_path, capsys):
     )
 
 
+def test_unreadable_records_follow_data_on_error(recipe, tmp_path, capsys):
+    import torch
+
+    from facezoo.data import encode_image
+    from facezoo.data.recordio import write_face_records
+
+    images = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8)
+    records = [(encode_image(im), i % 4) for i, im in enumerate(images)]
+    records[5] = (b"not an image", 1)  # every step reads all 16 records (batch 16)
+    write_face_records(tmp_path / "rec", records, insightface_header=False)
+    argv = ["train", str(recipe), "--quiet", *TINY, f"data.train={tmp_path / 'rec'}"]
+    _fails(capsys, [*argv, "--output-dir", str(tmp_path / "stop")], "train.rec: record key 5", "cannot decode image")
+    run = tmp_path / "skip"
+    assert main([*argv, "--output-dir", str(run), "data.on_error=skip"]) == 0
+    log = (run / "train.log").read_text()
+    assert "skipping unreadable sample 5" in log and "2 skipped so far" in log, log[-2000:]
+
+
 def test_existing_run_is_never_overwritten_and_other_checkpoints_are_refused(recipe, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--output-dir", str(run), "--quiet", *TINY]) == 0

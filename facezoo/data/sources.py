@@ -334,11 +334,7 @@ class RecordIOFaces(FaceDataset):
 
     def load(self, i: int) -> tuple[torch.Tensor, int]:
         head, data = self._read(i)
-        try:
-            image = decode_rgb(data)
-        except DataError as exc:
-            raise DataError(f"{self._where(i)}: {exc}") from None
-        return image, self._label(head)
+        return decode_rgb(data, where=self._where(i)), self._label(head)
 
     def label(self, i: int) -> int:
         """Label of image ``i``, reading only its header."""
