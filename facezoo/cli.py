@@ -13,10 +13,11 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-from facezoo.errors import FacezooError
+from facezoo.errors import FacezooError, did_you_mean
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -34,10 +35,16 @@ EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
 class FacezooArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error: ``facezoo eval: error: ... (see 'facezoo eval --help')``, exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        choice = _INVALID_CHOICE.search(message)  # 'facezoo trian' -> did you mean 'train'?
+        if choice:
+            message += did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]), n=1)
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -138,6 +138,21 @@ def test_wrong_usage_is_one_line_pointing_at_help(cli, argv):
     assert "--help" in line
 
 
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["trian", "recipes/quickstart.yaml"], "did you mean 'train'?"),
+        (["modles"], "did you mean 'models'?"),
+        (["export", "hbu", "m"], "did you mean 'hub'?"),
+        (["data", "covnert", "a", "b"], "did you mean 'convert'?"),
+    ],
+)
+def test_misspelled_commands_suggest_the_closest(cli, argv, suggestion):
+    line = one_error_line(cli(*argv), suggestion, "--help")
+    assert "invalid choice" in line
+    assert "did you mean" not in one_error_line(cli("xyz"))  # nothing close: no guess
+
+
 # --- models ----------------------------------------------------------------------------------------------------------
 
 

@@ -62,6 +62,10 @@ def test_config_errors_name_the_key(recipe, tmp_path, capsys):
     _fails(capsys, ["train", str(recipe), *out, *TINY, "modle.name=x"], "unknown key 'modle'", "did you mean 'model'")
     _fails(capsys, ["train", str(recipe), *out, *TINY, "lr"], "'lr' is not a key=value override")
     _fails(capsys, ["train", str(tmp_path / "nope.yaml"), *out], "nope.yaml: no such recipe file")
+    _fails(capsys, ["train", str(tmp_path / "r.yml"), *out], "r.yml: no such recipe file", f"did you mean '{recipe}'?")
+    _fails(capsys, ["train", "quickstart", *out], "quickstart: no such recipe file", "e.g. recipes/quickstart.yaml")
+    assert main(["train"]) == 2
+    assert "required: recipe (see" in capsys.readouterr().err  # key=value overrides are optional
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name: [unclosed\n")
     _fails(capsys, ["train", str(bad), *out], "bad.yaml:", "not valid YAML")

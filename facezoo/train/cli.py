@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. optim.lr=0.05")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides, e.g. optim.lr=0.05")
     p.add_argument("--output-dir", help="run folder (default: runs/<recipe name>)")
     p.add_argument(
         "--resume",

@@ -11,6 +11,7 @@ valid key; a wrong type names the key and the expected type.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import os
 from pathlib import Path
@@ -369,6 +370,16 @@ def recipe_from_dict(raw: Mapping[str, Any], where: str = "recipe") -> Recipe:
         raise _config_error(exc, where) from None
 
 
+def _recipe_hint(p: Path) -> str:
+    """A suggestion for a missing recipe: the closest YAML file beside it (``quickstart.yml`` -> ``.yaml``)."""
+    if p.parent.is_dir():
+        names = sorted(f.name for f in p.parent.iterdir() if f.suffix in (".yaml", ".yml"))
+        close = difflib.get_close_matches(p.name, names, n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {str(p.with_name(close[0]))!r}?"
+    return "" if p.suffix in (".yaml", ".yml") else " (recipes are .yaml files, e.g. recipes/quickstart.yaml)"
+
+
 def load_recipe(path: Optional[Union[str, os.PathLike]], overrides: Sequence[str] = ()) -> Recipe:
     """Read a YAML recipe (``None``: all defaults), apply ``key=value`` overrides, validate."""
     raw: Any = {}
@@ -376,8 +387,7 @@ def load_recipe(path: Optional[Union[str, os.PathLike]], overrides: Sequence[str
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            hint = "" if p.suffix in (".yaml", ".yml") else " (recipes are .yaml files, e.g. recipes/quickstart.yaml)"
-            raise ConfigError(f"{path}: no such recipe file{hint}")
+            raise ConfigError(f"{path}: no such recipe file{_recipe_hint(p)}")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
