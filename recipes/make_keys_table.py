@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Type
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -281,15 +281,6 @@ def generate() -> str:
     return "\n".join(lines) + "\n"
 
 
-def current_block(text: str) -> Optional[str]:
-    """The generated block of ``text`` (markers included), or None when the markers are missing."""
-    return BLOCK.current(text)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return BLOCK.main(generate, __doc__, argv)
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # this checkout's facezoo when run as a plain script from anywhere
-    sys.exit(main())
+    sys.exit(BLOCK.main(generate, __doc__))

@@ -80,7 +80,7 @@ def test_every_recipe_key_is_documented():
     missing = [k for k in recipe_keys() if f"`{k}`" not in text]
     assert not missing, f"recipes/README.md does not document {missing}; run python recipes/make_keys_table.py"
     keys_table = _script(RECIPES / "make_keys_table.py")
-    assert keys_table.current_block(text) == keys_table.generate(), (
+    assert keys_table.BLOCK.current(text) == keys_table.generate(), (
         "recipes/README.md key reference is out of date; run python recipes/make_keys_table.py"
     )
 
@@ -177,7 +177,7 @@ def test_paper_table_is_current():
     table = _script(RECIPES / "paper" / "make_table.py")
     text = (RECIPES / "paper" / "README.md").read_text()
     block = table.generate()
-    assert table.current_block(text) == block, (
+    assert table.BLOCK.current(text) == block, (
         "recipes/paper/README.md is out of date; run python recipes/paper/make_table.py"
     )
     rows = [line for line in block.splitlines() if re.match(r"\| \d+ \|", line)]
