@@ -87,6 +87,18 @@ def _init_partial_fc(pfc: nn.Module, seed: int, kind: str = "normal", std: float
         pfc.weight.copy_(torch.cat(rows).to(pfc.weight))
 
 
+@contextlib.contextmanager
+def _closing(bar: Any) -> Iterator[Any]:
+    """Close a progress bar on the way out; after an error clear it, so the error message gets its own line."""
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+
 class Trainer:
     """Builds everything a recipe names, then :meth:`fit` trains, evaluates, checkpoints and exports."""
 
@@ -578,114 +590,109 @@ class Trainer:
         window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         micro_batches = self.plan.iterate(self.step, end, self.epoch, self.offset)
-        try:
-            with logging_redirect_tqdm(loggers=[logging.root]) if self.is_main else contextlib.nullcontext():
-                for (images, labels), mb in zip(self._loader(end), micro_batches):
-                    self._check_labels(labels, mb.indices)
-                    x = self.augment(images.to(self.device, non_blocking=True), torch.as_tensor(mb.indices), mb.epoch)
-                    y = labels.to(self.device, non_blocking=True)
-                    last = mb.micro == accum - 1
-                    sync = contextlib.nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.model)
-                    with sync:
-                        with autocast(self.device, cfg.train.mixed_precision):
-                            emb = self.model(x)
-                        loss = self.pfc(emb.float(), y)
-                        self.scaler.scale_loss(loss / accum).backward()
-                    loss_sum = loss_sum + loss.detach() / accum
-                    if not last:
-                        continue
-                    found = unscale_and_check(params, self.scaler.scale, self.device, loss_sum)
-                    bad, stop = self._agree(found)
-                    grad_norm = float("nan")
-                    if bad:
-                        self.skipped += 1
-                        self.bad_streak += 1
-                        self.scaler.update(True)
-                        _logger.warning(
-                            "step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
-                            "(%d in a row, %d in total%s)",
-                            self.step + 1,
-                            self.bad_streak,
-                            self.skipped,
-                            f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "",
-                        )
-                    else:
-                        norm = torch.nn.utils.get_total_norm([p.grad for p in backbone_params if p.grad is not None])
-                        if cfg.optim.clip_grad_norm:
-                            torch.nn.utils.clip_grads_with_norm_(backbone_params, cfg.optim.clip_grad_norm, norm)
-                        grad_norm = float(norm)
-                        self.optimizer.step()
-                        self.scaler.update(False)
-                        self.bad_streak = 0
-                    self.optimizer.zero_grad(set_to_none=True)
-                    lr = self.optimizer.param_groups[-1]["lr"]
-                    with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                        warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
-                        self.scheduler.step()
-                    step_loss = float(loss_sum)
-                    loss_sum = torch.zeros((), device=self.device)
-                    self.step += 1
-                    self.epoch, self.offset = self.plan.position_after(mb.epoch, mb.offset)
-                    epoch_end = self.epoch != mb.epoch
-                    bar.update(batch)
-                    if not bad:
-                        window_loss, window_n = window_loss + step_loss, window_n + 1
-                    if self.bad_streak >= cfg.train.max_bad_steps:
-                        raise TrainingError(
-                            f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
-                            f"{cfg.train.max_bad_steps}); stopped at step {self.step}. The last good checkpoint is "
-                            f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
-                            "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16"
-                        )
-                    if self.step % cfg.train.log_every == 0 or self.step == self.total_steps or epoch_end:
-                        elapsed = time.perf_counter() - window_t
-                        speed = window_n * batch / elapsed if elapsed > 0 else 0.0
-                        mean_loss = window_loss / window_n if window_n else float("nan")
-                        bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
-                        _logger.info(
-                            "step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s",
-                            self.step,
-                            self.total_steps,
-                            mb.epoch,
-                            mean_loss,
-                            lr,
-                            grad_norm,
-                            speed,
-                            f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "",
-                        )
-                        self._log(
-                            {
-                                "train/loss": mean_loss,
-                                "train/lr": lr,
-                                "train/samples_per_s": speed,
-                                "train/grad_norm": grad_norm,
-                                "train/grad_scale": self.scaler.scale,
-                                "train/skipped_steps": self.skipped,
-                            }
-                        )
-                        self._last_loss = mean_loss
-                        window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
-                        self.evaluate()
-                        self.backbone.train()
-                        for mod in self.frozen:
-                            mod.eval()
-                    due = (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or epoch_end
-                    if (due or stop or (self.step == end and checkpoint_at_end)) and self.step < self.total_steps:
-                        self.save_checkpoint()
-                    if stop:
-                        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-                        raise TrainingInterrupted(
-                            f"stopped by {name} at step {self.step}/{self.total_steps}: checkpoint "
-                            f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
-                            "--resume latest",
-                            self._stop_signal or int(signal.SIGTERM),
-                        )
-        except BaseException:
-            bar.leave = False  # an error message gets its own line, not the tail of a stale bar
-            raise
-        finally:
-            bar.close()
+        redirect = logging_redirect_tqdm(loggers=[logging.root]) if self.is_main else contextlib.nullcontext()
+        with _closing(bar), redirect:
+            for (images, labels), mb in zip(self._loader(end), micro_batches):
+                self._check_labels(labels, mb.indices)
+                x = self.augment(images.to(self.device, non_blocking=True), torch.as_tensor(mb.indices), mb.epoch)
+                y = labels.to(self.device, non_blocking=True)
+                last = mb.micro == accum - 1
+                sync = contextlib.nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.model)
+                with sync:
+                    with autocast(self.device, cfg.train.mixed_precision):
+                        emb = self.model(x)
+                    loss = self.pfc(emb.float(), y)
+                    self.scaler.scale_loss(loss / accum).backward()
+                loss_sum = loss_sum + loss.detach() / accum
+                if not last:
+                    continue
+                found = unscale_and_check(params, self.scaler.scale, self.device, loss_sum)
+                bad, stop = self._agree(found)
+                grad_norm = float("nan")
+                if bad:
+                    self.skipped += 1
+                    self.bad_streak += 1
+                    self.scaler.update(True)
+                    _logger.warning(
+                        "step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
+                        "(%d in a row, %d in total%s)",
+                        self.step + 1,
+                        self.bad_streak,
+                        self.skipped,
+                        f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "",
+                    )
+                else:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in backbone_params if p.grad is not None])
+                    if cfg.optim.clip_grad_norm:
+                        torch.nn.utils.clip_grads_with_norm_(backbone_params, cfg.optim.clip_grad_norm, norm)
+                    grad_norm = float(norm)
+                    self.optimizer.step()
+                    self.scaler.update(False)
+                    self.bad_streak = 0
+                self.optimizer.zero_grad(set_to_none=True)
+                lr = self.optimizer.param_groups[-1]["lr"]
+                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                    warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
+                    self.scheduler.step()
+                step_loss = float(loss_sum)
+                loss_sum = torch.zeros((), device=self.device)
+                self.step += 1
+                self.epoch, self.offset = self.plan.position_after(mb.epoch, mb.offset)
+                epoch_end = self.epoch != mb.epoch
+                bar.update(batch)
+                if not bad:
+                    window_loss, window_n = window_loss + step_loss, window_n + 1
+                if self.bad_streak >= cfg.train.max_bad_steps:
+                    raise TrainingError(
+                        f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
+                        f"{cfg.train.max_bad_steps}); stopped at step {self.step}. The last good checkpoint is "
+                        f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
+                        "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16"
+                    )
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps or epoch_end:
+                    elapsed = time.perf_counter() - window_t
+                    speed = window_n * batch / elapsed if elapsed > 0 else 0.0
+                    mean_loss = window_loss / window_n if window_n else float("nan")
+                    bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
+                    _logger.info(
+                        "step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s",
+                        self.step,
+                        self.total_steps,
+                        mb.epoch,
+                        mean_loss,
+                        lr,
+                        grad_norm,
+                        speed,
+                        f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "",
+                    )
+                    self._log(
+                        {
+                            "train/loss": mean_loss,
+                            "train/lr": lr,
+                            "train/samples_per_s": speed,
+                            "train/grad_norm": grad_norm,
+                            "train/grad_scale": self.scaler.scale,
+                            "train/skipped_steps": self.skipped,
+                        }
+                    )
+                    self._last_loss = mean_loss
+                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
+                    self.evaluate()
+                    self.backbone.train()
+                    for mod in self.frozen:
+                        mod.eval()
+                due = (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or epoch_end
+                if (due or stop or (self.step == end and checkpoint_at_end)) and self.step < self.total_steps:
+                    self.save_checkpoint()
+                if stop:
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    raise TrainingInterrupted(
+                        f"stopped by {name} at step {self.step}/{self.total_steps}: checkpoint "
+                        f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
+                        "--resume latest",
+                        self._stop_signal or int(signal.SIGTERM),
+                    )
 
     def _log(self, values: Dict[str, float]) -> None:
         if self.trackers:
