@@ -89,6 +89,7 @@ def test_checkpoints_are_complete_and_pruned(reference):
         assert {f.name for f in p.iterdir()} == {
             "backbone.safetensors",
             "backbone_optim.safetensors",
+            "manifest.json",
             "partial_fc",
             "rng",
             "trainer_state.json",

@@ -31,6 +31,7 @@ __all__ = [
     "save_recipe",
     "MARGINS",
     "check_loss_args",
+    "check_micro_batch",
 ]
 
 #: margin heads a recipe can name (``loss.name``), see ``facezoo.losses.create_margin_loss``
@@ -49,9 +50,10 @@ def _check_arg_names(where: str, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Section(BaseModel):
-    """A recipe section: unknown keys are errors, values are validated on assignment too."""
+    """A recipe section: unknown keys are errors, values are validated on assignment too, and numbers must be
+    finite (an infinite or NaN learning rate, scale or schedule value cannot train)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -265,6 +267,7 @@ def _describe_expected(err: Mapping[str, Any]) -> str:
         "int_type": "an integer",
         "float_parsing": "a number",
         "float_type": "a number",
+        "finite_number": "a finite number",
         "bool_parsing": "true or false",
         "bool_type": "true or false",
         "string_type": "a string",
@@ -326,6 +329,18 @@ def check_loss_args(name: str, s: float, m: Optional[float], args: Mapping[str, 
                 f"loss.args.{key} is not an argument of {name}{did_you_mean(key, params)} "
                 f"(it takes {', '.join(params)})"
             )
+
+
+def check_micro_batch(global_batch: int, grad_accum: int, world_size: int) -> None:
+    """Refuse a per-process micro-batch of one image for a backbone with BatchNorm in training: BatchNorm needs at
+    least two values per channel (the embedding's BatchNorm1d fails on one; a 2-d one would learn from noise)."""
+    local = global_batch // (grad_accum * world_size)
+    if local < 2:
+        raise ConfigError(
+            f"data.batch_size {global_batch} gives {local} image per process and micro-batch ({global_batch} / "
+            f"({world_size} process(es) x {grad_accum} micro-batch(es), train.grad_accum)); the backbone's "
+            f"BatchNorm needs at least 2 in training: use data.batch_size >= {2 * grad_accum * world_size}"
+        )
 
 
 # --- loading -------------------------------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from facezoo.errors import ConfigError, DataError, FacezooError
+from facezoo.errors import ConfigError, DataError, FacezooError, MissingPathError
 from facezoo.losses.partial_fc import SPEC_KEY
 from facezoo.train import checkpoint as ckpt
 from facezoo.train.amp import LossScaler, autocast, unscale_and_check
 from facezoo.train.augment import DeviceAugment
-from facezoo.train.config import Recipe, save_recipe
+from facezoo.train.config import Recipe, check_micro_batch, save_recipe
 from facezoo.train.data import build_eval_sets, build_train_source, check_inputs, max_label
 from facezoo.train.sampler import BatchPlan, RankBatchSampler
 from facezoo.train.schedule import create_scheduler
@@ -141,7 +141,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         self._setup_logging()
-        self.resume_path = ckpt.resolve_resume(self.resume_arg, self.output_dir)
+        self.resume_path = self._resolve_resume()
         if self.resume_arg == "latest" and self.resume_path is None:
             _logger.info("--resume latest: no checkpoint in %s yet, starting from step 0", self.output_dir)
         if cfg.train.mixed_precision == "fp16" and self.device.type == "cpu":
@@ -153,6 +153,8 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.backbone = self._build_model()
         self._freeze()
+        if self._trains_batchnorm():
+            check_micro_batch(cfg.data.batch_size, cfg.train.grad_accum, self.world)
         self.embed_dim = int(getattr(self.backbone, "embed_dim", None) or self.backbone.num_features)
         if self.resume_path is not None:  # what is known without the data: refuse another run's checkpoint now
             known = {k: v for k, v in self.identity().items() if v is not None}
@@ -166,12 +168,15 @@ class Trainer:
                 "Hugging Face dataset"
             )
         self.num_classes = int(cfg.data.num_classes or self.source.num_classes)
-        top = max_label(self.source)
+        labels = ckpt.source_labels(self.source)
+        top = int(labels.max()) if labels is not None and len(labels) else max_label(self.source)
         if top is not None and top >= self.num_classes:
             raise DataError(
                 f"data.train {cfg.data.train}: labels go up to {top}, but num_classes is "
                 f"{self.num_classes} (labels must be 0..num_classes-1; set data.num_classes)"
             )
+        self._check_identities(labels)
+        self.data_fingerprint = ckpt.data_fingerprint(cfg.data, len(self.source), labels)
         self.plan = BatchPlan(
             len(self.source), cfg.data.batch_size, cfg.train.grad_accum, self.world, self.rank, cfg.train.seed
         )
@@ -236,6 +241,53 @@ class Trainer:
             f"mixed precision {cfg.train.mixed_precision}",
             f", resumed from {self.resume_path} at step {self.step}" if self.resume_path else "",
         )
+
+    def _resolve_resume(self) -> Optional[Path]:
+        """``--resume`` to a verified checkpoint folder: rank 0 verifies (reading every file once) and tells the
+        others, so all ranks resume from the same folder or raise the same one-line error."""
+        if self.resume_arg is None:
+            return None
+        result: List[Any] = [None, None]
+        if self.is_main:
+            try:
+                found = ckpt.resolve_resume(self.resume_arg, self.output_dir)
+                result = [None if found is None else str(found), None]
+            except FacezooError as exc:
+                if self.world == 1:
+                    raise
+                result = [None, (isinstance(exc, MissingPathError), str(exc))]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(result, from_process=0)
+        if result[1] is not None:
+            missing, message = result[1]
+            raise (MissingPathError if missing else ckpt.CheckpointError)(message)
+        return None if result[0] is None else Path(result[0])
+
+    def _trains_batchnorm(self) -> bool:
+        """Whether the backbone has a BatchNorm layer outside the frozen modules (those run in eval mode)."""
+        frozen = {id(m) for f in self.frozen for m in f.modules()}
+        return any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in frozen for m in self.backbone.modules()
+        )
+
+    def _check_identities(self, labels: Any) -> None:
+        """Refuse a training set of fewer than two identities (a softmax over one class learns nothing)."""
+        data = self.recipe.data.train
+        if self.num_classes < 2:
+            raise DataError(
+                f"data.train {data}: {self.num_classes} identity (class); training needs at least two identities"
+            )
+        if labels is not None and len(labels):
+            import numpy as np
+
+            found = np.unique(labels)
+            if len(found) < 2:
+                raise DataError(
+                    f"data.train {data}: every image has label {int(found[0])} (1 identity); training needs at "
+                    "least two identities"
+                )
 
     def _setup_logging(self) -> None:
         root = logging.getLogger("facezoo")
@@ -375,15 +427,18 @@ class Trainer:
         """Write ``checkpoints/step_<step>`` (every rank calls this), then prune to ``train.keep_last``."""
         cfg = self.recipe
 
-        def rank_files(folder: Path) -> None:
-            ckpt.save_tensors(self._pfc_state(), folder / "partial_fc" / f"rank{self.rank}_of_{self.world}.safetensors")
-            ckpt.save_rng_state(folder / "rng" / f"rank{self.rank}.pt")
+        def rank_files(folder: Path) -> List[Path]:
+            shard, rng = folder / ckpt.pfc_shard_name(self.rank, self.world), folder / ckpt.rng_name(self.rank)
+            ckpt.save_tensors(self._pfc_state(), shard)
+            ckpt.save_rng_state(rng)
+            return [shard, rng]
 
         def main_files(folder: Path) -> None:
             ckpt.save_tensors(self.backbone.state_dict(), folder / "backbone.safetensors")
             ckpt.save_tensors(self._backbone_optim_state(), folder / "backbone_optim.safetensors")
             ckpt.save_json(
                 {
+                    "checkpoint_format": ckpt.CHECKPOINT_FORMAT,
                     "step": self.step,
                     "epoch": self.epoch,
                     "offset": self.offset,
@@ -397,6 +452,7 @@ class Trainer:
                     "bad_streak": self.bad_streak,
                     "skipped": self.skipped,
                     "identity": self.identity(),
+                    "data": self.data_fingerprint,
                     "optimizer": cfg.optim.name,
                     "time": time.time(),
                 },
@@ -411,53 +467,50 @@ class Trainer:
             self.accelerator.wait_for_everyone,
             rank_files,
             main_files,
+            gather=self._gather,
         )
         if self.is_main:
-            for removed in ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_last):
+            for removed in ckpt.prune_checkpoints(self.output_dir, cfg.train.keep_last, current=self.step):
                 _logger.info("removed old checkpoint %s (train.keep_last=%d)", removed.name, cfg.train.keep_last)
             _logger.info("checkpoint %s", path)
         self.accelerator.wait_for_everyone()
         self._saved_step = self.step
         return path
 
+    def _gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (the checkpoint's file digests)."""
+        if self.world == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
     def _load_checkpoint(self, path: Path) -> None:
-        from facezoo.losses import read_shard_range
-        from facezoo.train.checkpoint import load_tensors
 
         state = ckpt.read_trainer_state(path)
+
+        def field(key: str) -> Any:
+            return ckpt.state_field(state, key, path)
+
         ckpt.check_identity(state.get("identity", {}), self.identity(), path)
         if state.get("optimizer", self.recipe.optim.name) != self.recipe.optim.name:
             raise ConfigError(
                 f"{path} was trained with optim.name={state['optimizer']}; resuming with "
                 f"{self.recipe.optim.name} would drop its optimizer state"
             )
-        self.backbone.load_state_dict(load_tensors(path / "backbone.safetensors"), strict=True)
-        optim = load_tensors(path / "backbone_optim.safetensors")
-        for name, p in self.backbone.named_parameters():
-            entries = {
-                k[len(name) + 1 :]: v
-                for k, v in optim.items()
-                if k.startswith(name + ".") and "." not in k[len(name) + 1 :]
-            }
-            if entries:
-                self.optimizer.state[p] = {k: v.to(p.device) for k, v in entries.items()}
-        shards = sorted((path / "partial_fc").glob("rank*_of_*.safetensors"))
-        if not shards:
-            raise ckpt.CheckpointError(f"{path}: no Partial FC shards in partial_fc/")
-        first = load_tensors(shards[0])
-        optim_keys = [k for k in first if k.startswith("optim.")]
-        row_keys = [k for k in optim_keys if first[k].shape == first["weight"].shape]  # momentum, exp_avg, ...
-        rows = read_shard_range(shards, self.pfc.class_start, self.pfc.num_local, ["weight"] + row_keys)
-        head = {k: v for k, v in first.items() if k.startswith("margin_loss.")}  # the same on every rank
-        self.pfc.load_state_dict(
-            {"weight": rows.pop("weight"), SPEC_KEY: getattr(self.pfc, SPEC_KEY), **head}, strict=True
-        )
-        pfc_optim = {k[len("optim.") :]: v.to(self.device) for k, v in rows.items()}
-        pfc_optim.update({k[len("optim.") :]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
-        if pfc_optim:
-            self.optimizer.state[self.pfc.weight] = pfc_optim
-        saved_base = list(state["scheduler"].get("base_lrs", []))
-        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("num_samples") not in (None, len(self.source)):
+            raise ConfigError(
+                f"{path} was trained on {state['num_samples']} images, data.train now has "
+                f"{len(self.source)}: --resume continues the same data"
+            )
+        if "data" in state:  # checkpoints before data fingerprints have none
+            ckpt.check_data(state["data"], self.data_fingerprint, path)
+        saved_world, saved_step = int(field("world_size")), int(field("step"))
+        scheduler_state, scaler_state = field("scheduler"), field("scaler")
+        self._load_backbone(path)
+        self._load_partial_fc(path, saved_world)
+        saved_base = list(scheduler_state.get("base_lrs", []))
+        self.scheduler.load_state_dict(scheduler_state)
         # the recipe's learning rates win over the checkpoint's (a resumed run may lower optim.lr on purpose)
         self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
         if saved_base and saved_base != self.scheduler.base_lrs:
@@ -466,36 +519,93 @@ class Trainer:
                 "-> %s from step %d",
                 saved_base,
                 self.scheduler.base_lrs,
-                int(state["step"]),
+                saved_step,
             )
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor  # load_state_dict restores the schedule's position, not the groups' lr
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.offset = int(state["step"]), int(state["epoch"]), int(state["offset"])
+        self.scaler.load_state_dict(scaler_state)
+        self.step, self.epoch, self.offset = saved_step, int(field("epoch")), int(field("offset"))
         self.bad_streak, self.skipped = int(state.get("bad_streak", 0)), int(state.get("skipped", 0))
-        if state["global_batch"] != self.recipe.data.batch_size:
+        if field("global_batch") != self.recipe.data.batch_size:
             _logger.warning(
                 "data.batch_size changed from %d to %d: the epoch continues at sample %d",
                 state["global_batch"],
                 self.recipe.data.batch_size,
                 self.offset,
             )
-        if state.get("num_samples") not in (None, len(self.source)):
-            raise ConfigError(
-                f"{path} was trained on {state['num_samples']} images, data.train now has "
-                f"{len(self.source)}: --resume continues the same data"
-            )
-        rng = path / "rng" / f"rank{self.rank}.pt"
-        if state["world_size"] == self.world and rng.is_file():
-            ckpt.load_rng_state(rng)
-        else:
+        if saved_world == self.world:
+            ckpt.load_rng_state(path / ckpt.rng_name(self.rank))  # a missing file is an error, never a re-seed
+        else:  # elastic resume: the RNG streams of W processes do not map onto W' others
             torch.manual_seed(self.recipe.train.seed * 1000 + self.rank + 7 * self.step)
-            _logger.info(
-                "resumed on %d process(es) (checkpoint: %d): Partial FC re-sharded, RNG re-seeded",
+            _logger.warning(
+                "resumed on %d process(es) from a checkpoint of %d: the process count changed, so Partial FC was "
+                "re-sharded and the random states re-seeded (not bit-identical to an uninterrupted run)",
                 self.world,
-                state["world_size"],
+                saved_world,
             )
+
+    def _load_backbone(self, path: Path) -> None:
+        """The backbone's weights and its optimizer state (by parameter name) from a checkpoint folder."""
+        from facezoo.train.checkpoint import load_tensors
+
+        weights_file, optim_file = path / "backbone.safetensors", path / "backbone_optim.safetensors"
+        try:
+            self.backbone.load_state_dict(load_tensors(weights_file), strict=True)
+        except RuntimeError as exc:
+            raise ckpt.CheckpointError(
+                f"{weights_file} does not fit {self.arch} ({' '.join(str(exc).split())[:300]})"
+            ) from None
+        optim = load_tensors(optim_file)
+        used = set()
+        for name, p in self.backbone.named_parameters():
+            entries = {
+                k[len(name) + 1 :]: v
+                for k, v in optim.items()
+                if k.startswith(name + ".") and "." not in k[len(name) + 1 :]
+            }
+            if entries:
+                self.optimizer.state[p] = {k: v.to(p.device) for k, v in entries.items()}
+                used.update(f"{name}.{k}" for k in entries)
+        unknown = sorted(set(optim) - used)
+        if unknown:
+            raise ckpt.CheckpointError(
+                f"{optim_file}: optimizer state for parameters this model does not have ({', '.join(unknown[:3])})"
+            )
+
+    def _load_partial_fc(self, path: Path, saved_world: int) -> None:
+        """This rank's class centres, margin-head state and their optimizer rows, re-sharded from every saved rank's
+        shard (any saved process count)."""
+        from facezoo.losses import read_shard_range
+        from facezoo.train.checkpoint import load_tensors
+
+        shards = [path / ckpt.pfc_shard_name(r, saved_world) for r in range(saved_world)]
+        first = load_tensors(shards[0])  # a missing shard is named here or below
+        for shard in shards[1:]:
+            if not shard.is_file():
+                raise ckpt.CheckpointError(f"{shard} is missing")
+        if "weight" not in first:
+            raise ckpt.CheckpointError(f"{shards[0]}: no 'weight'; not a facezoo Partial FC shard")
+        optim_keys = [k for k in first if k.startswith("optim.")]
+        row_keys = [k for k in optim_keys if first[k].shape == first["weight"].shape]  # momentum, exp_avg, ...
+        try:
+            rows = read_shard_range(shards, self.pfc.class_start, self.pfc.num_local, ["weight"] + row_keys)
+        except (ValueError, KeyError, OSError) as exc:
+            text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise ckpt.CheckpointError(f"{path / 'partial_fc'}: {' '.join(text.split())}") from None
+        head = {k: v for k, v in first.items() if k.startswith("margin_loss.")}  # the same on every rank
+        try:
+            self.pfc.load_state_dict(
+                {"weight": rows.pop("weight"), SPEC_KEY: getattr(self.pfc, SPEC_KEY), **head}, strict=True
+            )
+        except RuntimeError as exc:
+            raise ckpt.CheckpointError(
+                f"{shards[0]} does not fit loss {self.recipe.loss.name} ({' '.join(str(exc).split())[:300]})"
+            ) from None
+        pfc_optim = {k[len("optim.") :]: v.to(self.device) for k, v in rows.items()}
+        pfc_optim.update({k[len("optim.") :]: first[k] for k in optim_keys if k not in row_keys})  # AdamW's step
+        if pfc_optim:
+            self.optimizer.state[self.pfc.weight] = pfc_optim
 
     # ------------------------------------------------------------------------------------------------ loop
     def _loader(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
