@@ -60,6 +60,15 @@ def recipe(tmp_path: Path) -> Path:
     return p
 
 
+def resumed(run: Path, *extra: str, resume: str = "latest", tiny: List[str] = TINY) -> Trainer:
+    """A Trainer resumed from ``run`` (set up only, nothing trained); its log handler is closed again."""
+    trainer = Trainer(load_recipe(None, list(tiny) + list(extra)), run, resume=resume, progress=False)
+    if trainer._log_handler is not None:
+        logging.getLogger("facezoo").removeHandler(trainer._log_handler)
+        trainer._log_handler.close()
+    return trainer
+
+
 def _fails(capsys, argv: List[str], *needles: str) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,7 +151,7 @@ def test_resume_latest_skips_a_damaged_newest_checkpoint(run, caplog, case):
 
 def test_resume_latest_end_to_end_takes_the_previous_checkpoint(run):
     (run / "checkpoints" / "step_4" / "rng" / "rank0.pt").unlink()
-    trainer = Trainer(load_recipe(None, TINY), run, resume="latest", progress=False)
+    trainer = resumed(run)
     assert trainer.step == 3 and trainer.resume_path.name == "step_3"
     log = (run / "train.log").read_text()
     assert "skipping checkpoints/step_4" in log and "rng/rank0.pt" in log
@@ -183,7 +192,7 @@ def _make_legacy(folder: Path) -> None:
 
 def test_an_old_checkpoint_without_manifest_resumes_with_a_warning(run):
     _make_legacy(run / "checkpoints" / "step_4")
-    trainer = Trainer(load_recipe(None, TINY), run, resume="latest", progress=False)
+    trainer = resumed(run)
     assert trainer.step == 4
     assert "cannot be verified" in (run / "train.log").read_text()
 
@@ -253,6 +262,29 @@ def test_every_rank_files_are_in_the_manifest(tmp_path):
     (folder / "rng" / "rank1.pt").unlink()
     with pytest.raises(CheckpointError, match=r"rng/rank1.pt is missing"):
         ckpt.verify_checkpoint(folder)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_processes_cover_both_ranks_and_an_elastic_resume_says_so(tmp_path):
+    """A real 2-process checkpoint (gloo): the manifest lists both ranks' files; resuming on 1 process re-shards
+    and logs that the process count changed; a missing rank-1 RNG file is an error, not a re-seed."""
+    from test_train_dist import TINY as DIST_TINY
+    from test_train_dist import launch
+
+    run = tmp_path / "run"
+    launch(2, run, "--stop-at-step", "2")
+    folder = run / "checkpoints" / "step_2"
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    for r in range(2):
+        assert f"partial_fc/rank{r}_of_2.safetensors" in files and f"rng/rank{r}.pt" in files
+    assert ckpt.verify_checkpoint(folder)
+    trainer = resumed(run, tiny=DIST_TINY)
+    assert trainer.step == 2 and trainer.world == 1
+    assert "the process count changed" in (run / "train.log").read_text()
+    (folder / "rng" / "rank1.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"rng/rank1.pt is missing"):
+        ckpt.resolve_resume(str(folder), run)
 
 
 # --- values that cannot train --------------------------------------------------------------------------------------
@@ -347,7 +379,7 @@ def test_resume_refuses_other_labels_of_the_same_size(tmp_path, recipe, capsys):
 
 
 def test_resume_with_the_same_data_logs_the_lr_change(run, caplog):
-    trainer = Trainer(load_recipe(None, TINY + ["optim.lr=0.01"]), run, resume="latest", progress=False)
+    trainer = resumed(run, "optim.lr=0.01")
     assert trainer.step == 4
     assert trainer.scheduler.base_lrs == [0.01, 0.01]
     assert "optim.lr / optim.backbone_lr_scale changed" in (run / "train.log").read_text()
