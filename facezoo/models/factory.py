@@ -30,8 +30,12 @@ def check_model_name(name: str) -> None:
 
     import facezoo  # noqa: F401  (registers the face models)
 
-    base = name.split(".", 1)[0]  # a pretrained tag (name.tag) is timm's to resolve
+    base = name.split(".", 1)[0]
     if timm.is_model(base):
+        if "." in name:  # a pretrained tag (architecture.tag) must be one of the architecture's
+            from facezoo.models.pretrained import check_pretrained_tag
+
+            check_pretrained_tag(name)
         return
     raise UnknownNameError(
         f"unknown model {name!r}{did_you_mean(base, timm.list_models())} ('facezoo models' lists "
