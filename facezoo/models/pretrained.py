@@ -24,6 +24,7 @@ __all__ = [
     "pretrained_json",
     "read_color_space",
     "check_pretrained_tag",
+    "is_pretrained_tag",
     "print_pretrained",
 ]
 
@@ -84,6 +85,22 @@ def list_pretrained_info(patterns: Sequence[str] = ()) -> List[PretrainedInfo]:
     the tags matching any of the shell ``patterns`` (e.g. ``'iresnet100*'``, ``'*webface4m'``)."""
     names = [k for k in _REGISTRY if not patterns or any(fnmatch.fnmatchcase(k, p) for p in patterns)]
     return [_REGISTRY[k] for k in names]
+
+
+def is_pretrained_tag(name: object) -> bool:
+    """True when ``name`` is ``architecture.tag`` with weights timm knows (e.g. ``iresnet100.adaface_webface12m``):
+    naming one where facezoo asks for a model means its weights."""
+    from timm.models import is_model_pretrained
+
+    import facezoo  # noqa: F401  (the model files register their tags)
+
+    return (
+        isinstance(name, str)
+        and "." in name
+        and not name.startswith(("hf-hub:", "local-dir:"))
+        and "/" not in name
+        and is_model_pretrained(name)
+    )
 
 
 def check_pretrained_tag(name: str) -> None:
