@@ -35,7 +35,7 @@ class CVLfaceIR(nn.Module):
     """``iresnet/model.py`` ``Backbone(mode='ir')``: input_layer, body of BasicBlockIR, output_layer (BN2d,
     Dropout 0.4, Flatten, Linear, BN1d without affine); forward returns the unnormalized embedding."""
 
-    def __init__(self, units: Sequence[int], widths=WIDTHS, embed: int = EMBED):
+    def __init__(self, units: Sequence[int], widths=WIDTHS, embed: int = EMBED, map_area: int = 49):
         super().__init__()
         self.input_layer = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                          nn.PReLU(widths[0]))  # fmt: skip
@@ -44,7 +44,8 @@ class CVLfaceIR(nn.Module):
             blocks += [BasicBlockIR(chs, width, 2)] + [BasicBlockIR(width, width, 1) for _ in range(n - 1)]
             chs = width
         self.body = nn.Sequential(*blocks)
-        self.output_layer = nn.Sequential(nn.BatchNorm2d(chs), nn.Dropout(0.4), Flatten(), nn.Linear(chs * 49, embed),
+        linear = nn.Linear(chs * map_area, embed)
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(chs), nn.Dropout(0.4), Flatten(), linear,
                                           nn.BatchNorm1d(embed, affine=False))  # fmt: skip
 
     def forward(self, x):
@@ -102,11 +103,11 @@ def _randomized(net: nn.Module, seed: int) -> nn.Module:
     return net.eval()
 
 
-def source_network(repo: str) -> nn.Module:
+def source_network(repo: str, **kwargs) -> nn.Module:
     """The network of CVLface repository ``repo`` (``minchul/cvlface_{loss}_{arch}_{data}``), randomized."""
     _, loss, arch, _ = repo.split("/")[1].split("_", 3)
     cls = CVLfaceInsightface if loss == "arcface" else CVLfaceIR
-    return _randomized(cls(UNITS[arch]), seed=len(repo))
+    return _randomized(cls(UNITS[arch], **kwargs), seed=len(repo))
 
 
 def write_cvlface_repo(folder: Path, net: nn.Module, repo: str, color_space="RGB", yaml=True) -> None:
@@ -300,3 +301,55 @@ def test_readme_table_is_the_commands_output():
     assert block == pretrained_table_markdown(list_pretrained_info()), (
         "README's pretrained table is stale: paste `facezoo models --pretrained` between the markers"
     )
+
+
+# --- tags where a model is named: training recipes, eval, export ----------------------------------------------------
+
+
+def test_fine_tuning_from_a_tag_starts_from_its_weights_and_the_card_names_it(offline_hub, tmp_path):
+    from facezoo.train import Trainer, load_recipe
+
+    info = pretrained_info("iresnet18.adaface_webface4m")
+    net = source_network(info.hub_id, map_area=4)  # 32x32 input: a 2x2 map
+    offline_hub(info.hub_id, lambda d: write_cvlface_repo(d, net, info.hub_id, "BGR"))
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=iresnet18",
+            f"model.pretrained={info.name}",
+            f"model.embed_dim={EMBED}",
+            "model.args={widths: [8, 16, 32, 64], img_size: 32}",
+            "data.synthetic.identities=8",
+            "data.synthetic.images_per_identity=2",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "train.epochs=1",
+            "train.tensorboard=false",
+            "export.enabled=true",
+        ],
+    )
+    trainer = Trainer(recipe, tmp_path, progress=False)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = trainer.backbone.eval()(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, net(x.flip(1)), rtol=1e-4, atol=1e-4)  # the tag's weights, RGB in
+    trainer.backbone.train()
+    trainer.fit()
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert info.name in card
+    with pytest.raises(Exception, match=r"holds weights of iresnet18, but model.name is 'iresnet50'"):
+        Trainer(load_recipe(None, ["model.name=iresnet50", f"model.pretrained={info.name}"]), tmp_path / "b")
+
+
+def test_eval_takes_a_tag(offline_hub, tmp_path, make_bins, capsys, monkeypatch):
+    """``facezoo eval TAG``: the tag's weights (a full-width IR-18, as published), no --pretrained needed."""
+    from facezoo.cli import main
+
+    info = pretrained_info("iresnet18.adaface_casia")
+    net = source_network(info.hub_id, widths=(64, 128, 256, 512), embed=512)
+    offline_hub(info.hub_id, lambda d: write_cvlface_repo(d, net, info.hub_id, "RGB"))
+    bins = make_bins(tmp_path / "bins", bins=("lfw",), pairs_datasets=(), num_pairs=4)
+    argv = ["eval", info.name, "--bins", str(bins), "--nfolds", "2", "--device", "cpu", "--quiet"]
+    assert main(argv + ["--output-dir", str(tmp_path / "ev")]) == 0
+    assert "randomly initialized" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["model"] == info.name
