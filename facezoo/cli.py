@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "facezoo.models.cli",  # facezoo models
     "facezoo.data.cli",  # facezoo data {convert,synth,info}
     "facezoo.eval.cli",  # facezoo eval
+    "facezoo.eval.embed_cli",  # facezoo embed
     "facezoo.train.cli",  # facezoo train
     "facezoo.hub.cli",  # facezoo export {hub,onnx}, facezoo push
 )

@@ -17,7 +17,11 @@ def register(subparsers: Any) -> None:
         description="Extract flip-fused embeddings and run insightface's protocols. Writes results.json, "
         "results.md (the paper's table layout) and roc.png to --output-dir.",
     )
-    p.add_argument("model", help="timm model name (facezoo or not), hf-hub:ORG/NAME or local-dir:PATH")
+    p.add_argument(
+        "model",
+        help="a pretrained tag (e.g. iresnet100.adaface_webface12m: its weights), a timm model name (facezoo or "
+        "not), hf-hub:ORG/NAME or local-dir:PATH",
+    )
     p.add_argument(
         "--checkpoint", help="local weights (.safetensors, .pth / .pt state_dict, .ckpt) loaded through timm"
     )

@@ -302,6 +302,7 @@ def evaluate_model(
     from facezoo.models import create_model
     from facezoo.models.checkpoints import check_checkpoint_file
     from facezoo.models.factory import check_hub_reachable, check_model_name
+    from facezoo.models.pretrained import is_pretrained_tag
 
     if bins is None and ijb is None:
         raise ConfigError(
@@ -329,7 +330,8 @@ def evaluate_model(
         require_path(ijb, f"IJB release folder ({ijb_target})", kind="dir")
     set_paths = resolve_verification_sets(bins, targets, log=False) if bins is not None else None
     if isinstance(model, str):
-        if not (pretrained or checkpoint is not None or model.startswith(("hf-hub:", "local-dir:"))):
+        named_weights = model.startswith(("hf-hub:", "local-dir:")) or is_pretrained_tag(model)
+        if not (pretrained or checkpoint is not None or named_weights):
             _logger.warning("%s: no checkpoint and not pretrained: evaluating randomly initialized weights", model)
         model = create_model(model, checkpoint=checkpoint, pretrained=pretrained, num_classes=0, device=device)
     else:

@@ -12,7 +12,11 @@ _BYTES_PER_MIB = 2**20
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="timm model name (e.g. iresnet50_gwp_k7), hf-hub:ORG/NAME or local-dir:PATH")
+    p.add_argument(
+        "model",
+        help="timm model name (e.g. iresnet50_gwp_k7), a pretrained tag (e.g. iresnet100.adaface_webface12m), "
+        "hf-hub:ORG/NAME or local-dir:PATH",
+    )
     p.add_argument(
         "--checkpoint",
         metavar="PATH",

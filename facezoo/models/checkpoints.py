@@ -31,6 +31,8 @@ __all__ = [
     "check_checkpoint_file",
     "checkpoint_load_error",
     "unwrap_state_dict",
+    "CVLFACE_PREFIX",
+    "strip_wrapper_prefix",
     "adaface_prefix",
     "map_adaface_keys",
     "describe_state_dict",
@@ -46,6 +48,9 @@ PathLike = Union[str, os.PathLike]
 #: containers training code wraps a backbone's state_dict in (Lightning, timm train.py, insightface / custom scripts)
 _CONTAINERS = ("state_dict", "model", "backbone")
 _PREFIXES = ("backbone.",)
+#: CVLface's transformers wrapper (``wrapper.py``: ``self.model = get_model(conf)``, each model keeping its network as
+#: ``.net``) saves ``model.safetensors`` with every key under this prefix
+CVLFACE_PREFIX = "model.net."
 
 
 def _depths() -> Mapping[int, Tuple[int, ...]]:
@@ -188,6 +193,16 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def strip_wrapper_prefix(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, Any], str]:
+    """``(state_dict without the prefix, prefix)`` when every key carries a known wrapper's prefix (CVLface's
+    :data:`CVLFACE_PREFIX`), else ``(dict(state_dict), '')``. The prefix tells the caller whose file it is (e.g. to
+    read that source's input channel order)."""
+    for prefix in (CVLFACE_PREFIX,):
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix) :]: v for k, v in state_dict.items()}, prefix
+    return dict(state_dict), ""
+
+
 # --- AdaFace / TFace / CVLface ---------------------------------------------------------------------------------------
 
 # AdaFace / TFace / CVLface "IR" checkpoints (AdaFace ``net.py`` ``Backbone(mode='ir')``, TFace ``model_irse.py``)
@@ -257,9 +272,12 @@ def _describe_adaface(keys: Sequence[str]) -> str:
     return f"{what} with the blocks of {name}: load it with {_ADAFACE_CALL.format(name=name)}"
 
 
-def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and turn
-    the BGR first conv into an RGB one (reverse its input channels) so the model takes RGB like every facezoo model."""
+def map_adaface_keys(
+    state_dict: Dict[str, Any], prefix: str, model: nn.Module, bgr: bool = True
+) -> Dict[str, torch.Tensor]:
+    """Rename an AdaFace-style backbone to facezoo keys, drop what is not backbone (e.g. ``head.kernel``), and, for
+    weights trained on BGR input (``bgr``: AdaFace's own checkpoints are), turn the first conv into an RGB one
+    (reverse its input channels) so the model takes RGB like every facezoo model."""
     names = {key: key[len(prefix) :] for key in state_dict if key.startswith(prefix)}
     backbone = [k for k in names.values() if k.startswith(_ADAFACE_MODULES)]
     reason = _adaface_unsupported(backbone)
@@ -292,7 +310,7 @@ def map_adaface_keys(state_dict: Dict[str, Any], prefix: str, model: nn.Module) 
         _logger.info(
             "AdaFace-style checkpoint: dropped %d keys outside the backbone: %s", len(dropped), short_list(dropped)
         )
-    if "conv1.weight" in out:
+    if bgr and "conv1.weight" in out:
         out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB
     return out
 

@@ -25,6 +25,12 @@ def register(subparsers: Any) -> None:
         help="only models matching these shell patterns, e.g. 'iresnet50*' (default: all)",
     )
     p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output format")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="list the pretrained tags (architecture.tag) instead: source, training data, license and the "
+        "accuracy their source reports; PATTERN matches tags, e.g. 'iresnet100*'",
+    )
     p.set_defaults(func=run, parser=p)
 
 
@@ -33,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patterns[:1] == ["convert-checkpoint"]:
         return convert(args.patterns[1:])
+    if args.pretrained:
+        from facezoo.models.pretrained import print_pretrained
+
+        return print_pretrained(args.patterns, args.format)
     names = list_face_models(args.patterns)
     if not names:
         raise UnknownNameError(

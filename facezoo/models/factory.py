@@ -17,6 +17,7 @@ import torch
 
 from facezoo.errors import CheckpointError, HubError, MissingPathError, UnknownNameError, did_you_mean
 from facezoo.models.checkpoints import check_checkpoint_file, checkpoint_load_error
+from facezoo.models.pretrained import is_pretrained_tag
 
 __all__ = ["create_model", "check_model_name", "check_hub_reachable", "hub_offline", "HUB_TIMEOUT"]
 
@@ -30,8 +31,12 @@ def check_model_name(name: str) -> None:
 
     import facezoo  # noqa: F401  (registers the face models)
 
-    base = name.split(".", 1)[0]  # a pretrained tag (name.tag) is timm's to resolve
+    base = name.split(".", 1)[0]
     if timm.is_model(base):
+        if "." in name:  # a pretrained tag (architecture.tag) must be one of the architecture's
+            from facezoo.models.pretrained import check_pretrained_tag
+
+            check_pretrained_tag(name)
         return
     raise UnknownNameError(
         f"unknown model {name!r}{did_you_mean(base, timm.list_models())} ('facezoo models' lists "
@@ -109,7 +114,8 @@ def create_model(
     """``timm.create_model(name, ...)`` with facezoo's checks first; returns the model on ``device`` (train mode).
 
     Args:
-        name: a timm model name (facezoo's or any other), ``hf-hub:ORG/NAME[@REV]`` or ``local-dir:PATH``.
+        name: a timm model name (facezoo's or any other), a pretrained tag (``iresnet100.adaface_webface12m``: its
+            weights are loaded), ``hf-hub:ORG/NAME[@REV]`` or ``local-dir:PATH``.
         checkpoint: a local ``.safetensors`` / ``.pth`` / ``.ckpt`` loaded through timm's pretrained path
             (``pretrained_cfg_overlay=dict(file=...)``, so the model's checkpoint filter maps foreign layouts).
         pretrained: load the name's default pretrained weights (implied by ``hf-hub:``, ``local-dir:`` and
@@ -139,6 +145,8 @@ def create_model(
         pretrained = True
     else:
         check_model_name(name)
+        if checkpoint is None and is_pretrained_tag(name):
+            pretrained = True  # a tag names its weights
     if checkpoint is not None:
         path = check_checkpoint_file(checkpoint)
         kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, file=str(path))

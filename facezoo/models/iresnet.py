@@ -21,6 +21,8 @@ Follows the shape of timm's own model files: blocks, model class, checkpoint fil
 
 import logging
 import pickle
+from functools import partial
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,16 +38,25 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
-from facezoo.errors import CheckpointError
+from facezoo.errors import CheckpointError, HubError
 from facezoo.layers import POOL_TYPES, create_face_pool
 from facezoo.models.checkpoints import (
+    CVLFACE_PREFIX,
     adaface_prefix,
     check_checkpoint_file,
     checkpoint_load_error,
     describe_state_dict,
     map_adaface_keys,
     short_list,
+    strip_wrapper_prefix,
     unwrap_state_dict,
+)
+from facezoo.models.pretrained import (
+    PretrainedInfo,
+    check_pretrained_tag,
+    pretrained_info,
+    read_color_space,
+    register_pretrained,
 )
 
 __all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn"]
@@ -390,22 +401,77 @@ class IResNet(nn.Module):
 # --- checkpoint filter ----------------------------------------------------------------------------------------------
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str, torch.Tensor]:
+#: where a CVLface repository states the channel order its weights expect (``color_space: 'RGB'|'BGR'``)
+CVLFACE_MODEL_YAML = "pretrained_model/model.yaml"
+
+
+def _source_is_bgr(wrapper: str, model: nn.Module, cache_dir: Optional[str]) -> Optional[bool]:
+    """Whether a checkpoint saved by the wrapper of prefix ``wrapper`` expects BGR input, as its source states it;
+    None when the checkpoint is no wrapper's (the caller keeps its layout's rule).
+
+    A CVLface ``model.safetensors`` (keys ``model.net.*``) states it in its repository's ``pretrained_model/
+    model.yaml``: read from the Hub cache of the model's ``hf_hub_id`` (a tag), or beside a local weights file (a
+    downloaded repository). Neither there is a :class:`CheckpointError`: the channel order is never guessed.
+    """
+    if wrapper != CVLFACE_PREFIX:
+        return None
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    file = cfg.get("file")
+    if file:
+        yaml_path = Path(file).parent / CVLFACE_MODEL_YAML
+        if not yaml_path.is_file():
+            raise CheckpointError(
+                f"{file}: a CVLface model.safetensors (keys model.net.*), but no {CVLFACE_MODEL_YAML} beside it "
+                "states its input channel order (RGB or BGR); keep the repository's files together, or load it "
+                "by its facezoo tag (facezoo models --pretrained)"
+            )
+        return _local_color_space(yaml_path) == "BGR"
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        raise CheckpointError(
+            "a CVLface checkpoint (keys model.net.*) from no Hub repository or file: its input channel order "
+            f"(stated in the repository's {CVLFACE_MODEL_YAML}) is unknown"
+        )
+    return read_color_space(hub_id, CVLFACE_MODEL_YAML, cache_dir=cache_dir) == "BGR"
+
+
+def _local_color_space(path: Path) -> str:
+    import yaml
+
+    try:
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path}: not readable YAML ({' '.join(str(exc).split())[:120]})") from None
+    value = conf.get("color_space") if isinstance(conf, dict) else None
+    if value not in ("RGB", "BGR"):
+        raise CheckpointError(f"{path}: color_space {value!r}; expected 'RGB' or 'BGR'")
+    return value
+
+
+def checkpoint_filter_fn(
+    state_dict: Dict[str, Any], model: IResNet, cache_dir: Optional[str] = None
+) -> Dict[str, torch.Tensor]:
     """Make insightface / GWP-author / AdaFace-style checkpoints loadable and explain mismatches.
 
     Unwraps training containers and DDP / ``torch.compile`` / ``backbone.`` prefixes
     (:func:`facezoo.models.checkpoints.unwrap_state_dict`); maps AdaFace / TFace / CVLface "IR" checkpoints (also
-    Lightning ``.ckpt`` ones, keys ``model.*``) onto a ``layout='adaface'`` model; drops the GWP kernel if a
+    Lightning ``.ckpt`` ones, keys ``model.*``) onto a ``layout='adaface'`` model; strips CVLface's ``model.net.``
+    prefix (its ``model.safetensors``, AdaFace or insightface layout inside) and turns a BGR first conv into an RGB
+    one only where the source says BGR (``pretrained_model/model.yaml``); drops the GWP kernel if a
     checkpoint carries one, fills BatchNorm counters that old checkpoints lack, and raises a
     :class:`facezoo.errors.CheckpointError` naming the missing and unexpected keys and the model the checkpoint
     looks like when it does not fit ``model``.
     """
+    state_dict, wrapper = strip_wrapper_prefix(state_dict)
+    bgr = _source_is_bgr(wrapper, model, cache_dir)
     state_dict = unwrap_state_dict(state_dict)
     prefix = adaface_prefix(state_dict)
     if prefix is not None:
-        out = map_adaface_keys(state_dict, prefix, model)
+        out = map_adaface_keys(state_dict, prefix, model, bgr=True if bgr is None else bgr)
     else:
         out = dict(state_dict)
+        if bgr and "conv1.weight" in out:
+            out["conv1.weight"] = out["conv1.weight"].flip(1)  # BGR -> RGB: every facezoo model takes RGB
         if getattr(model, "layout", "insightface") == "adaface" and (
             "layer1.0.downsample.0.weight" in out or "features.weight" in out
         ):
@@ -449,23 +515,84 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: IResNet) -> Dict[str
 
 
 def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
+    info = _resolve_tag(variant, pretrained, kwargs)
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
     if pretrained and file:
         check_checkpoint_file(file)
+    elif pretrained and info is not None:
+        _check_tag_reachable(info, kwargs.get("cache_dir"))
     try:
         return build_model_with_cfg(
             IResNet,
             variant,
             pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_filter_fn=partial(checkpoint_filter_fn, cache_dir=kwargs.get("cache_dir")),
             feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)),
             **kwargs,
         )
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # OSError: the Hub's lookup errors
         error = checkpoint_load_error(file, e) if pretrained and file else None
+        if error is None and pretrained and info is not None and not file:
+            error = _tag_download_error(info, e)
         if error is None:
             raise
         raise error from e
+
+
+def _resolve_tag(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Optional[PretrainedInfo]:
+    """The facts of the pretrained tag whose weights this model is built for, or None; sets up ``kwargs`` for it.
+
+    A tag named explicitly (``iresnet100.adaface_webface12m``: timm passes ``pretrained_cfg='adaface_webface12m'``),
+    or the architecture's default tag when its weights are loaded (``pretrained=True``, no file of the user's), adds
+    the tag's model args (``layout``) unless given. An unknown tag is an error listing the architecture's tags. A
+    model built without a tag's weights (from scratch, or from the user's file) gets the plain cfg of its
+    architecture, so that its ``pretrained_cfg`` (license, Hub id) does not claim weights it does not have.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg_arg = kwargs.get("pretrained_cfg")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(cfg_arg, str) and cfg_arg:
+        name = f"{variant}.{cfg_arg}"
+        check_pretrained_tag(name)
+        info = pretrained_info(name)
+    elif cfg_arg is None:
+        default = get_pretrained_cfg(variant)
+        info = pretrained_info(f"{variant}.{default.tag}") if default is not None and default.tag else None
+        if info is not None and not (pretrained and not overlay.get("file") and not overlay.get("state_dict")):
+            kwargs["pretrained_cfg"] = dict(_PLAIN_CFGS[variant], architecture=variant)
+            return None
+    else:
+        return None
+    for key, value in (info.model_args if info is not None else {}).items():
+        kwargs.setdefault(key, value)
+    return info
+
+
+def _check_tag_reachable(info: PretrainedInfo, cache_dir: Optional[str]) -> None:
+    """Fail within seconds (:class:`HubError`) when a tag's weights are neither cached nor downloadable."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._hub import hf_split
+
+    from facezoo.models.factory import check_hub_reachable
+
+    repo, revision = hf_split(info.hub_id)
+    cached = try_to_load_from_cache(repo, info.filename, cache_dir=cache_dir, revision=revision)
+    if not isinstance(cached, str):
+        check_hub_reachable(info.hub_id)
+
+
+def _tag_download_error(info: PretrainedInfo, exc: BaseException) -> Optional[Exception]:
+    """The facezoo error for a failed download of a tag's weights (one line naming the repository and the file)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
+        return HubError(
+            f"{info.hub_id}: {info.filename} (weights of {info.name}) is not in the local Hugging Face cache and the "
+            "Hub cannot be asked (HF_HUB_OFFLINE=1 or no network); unset HF_HUB_OFFLINE or connect to download it"
+        )
+    if "EntryNotFoundError" in names:
+        return HubError(f"{info.hub_id}: no file {info.filename} in this repository (weights of {info.name})")
+    return None
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
@@ -492,20 +619,108 @@ _PAPERS = {
     "avg": ("arXiv:1801.07698", "ArcFace (IResNet) with global average pooling"),
     "gwp": ("GWP", "Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone"),
     "gdc": ("arXiv:1804.07573", "MobileFaceNets (GDC head) on IResNet"),
+    "adaface": ("arXiv:2204.00964", "AdaFace: Quality Adaptive Margin for Face Recognition"),
 }
 
-default_cfgs = generate_default_cfgs(
-    {
-        name: _cfg(
-            fixed_input_size=HEADS[head] in ("flatten", "gdc"),
-            paper_ids=_PAPERS[HEADS[head]][0],
-            paper_name=_PAPERS[HEADS[head]][1],
-        )
-        for depth in DEPTHS
-        for head in HEADS
-        for name in (f"iresnet{depth}{head}", f"iresnet{depth}{head}_k7")
-    }
-)
+#: every architecture's cfg without weights (what a model built from scratch carries)
+_PLAIN_CFGS: Dict[str, Dict[str, Any]] = {
+    name: _cfg(
+        fixed_input_size=HEADS[head] in ("flatten", "gdc"),
+        paper_ids=_PAPERS[HEADS[head]][0],
+        paper_name=_PAPERS[HEADS[head]][1],
+    )
+    for depth in DEPTHS
+    for head in HEADS
+    for name in (f"iresnet{depth}{head}", f"iresnet{depth}{head}_k7")
+}
+
+# --- pretrained tags: CVLface's IR weights on the Hub ---------------------------------------------------------------
+
+_CVLFACE_BOARD = "https://github.com/mk-minchul/CVLface/blob/main/cvlface/pretrained_models/README.md"
+#: dataset name, and whose terms its weights follow (CVLface: "follow the license of the training dataset")
+_CVLFACE_DATA = {
+    "casia": ("CASIA-WebFace", "CASIA-WebFace"),
+    "vgg2": ("VGGFace2", "VGGFace2"),
+    "webface4m": ("WebFace4M", "WebFace260M"),
+    "webface12m": ("WebFace12M", "WebFace260M"),
+    "ms1mv2": ("MS1MV2", "MS1M"),
+    "ms1mv3": ("MS1MV3", "MS1M"),
+}
+#: CVLface's performance board, columns in its order (its "CPFLW" is CPLFW, "IJBB@0.01" the IJB-B column)
+_BOARD_COLUMNS = ("AVG", "LFW", "CPLFW", "CFP-FP", "CALFW", "AgeDB-30", "IJB-B@0.01", "IJB-C@0.01", "TinyFace R1",
+                  "TinyFace R5")  # fmt: skip
+#: (facezoo tag, CVLface repository, loss, layout, the board's row); each architecture's best tag first (timm's
+#: default): the highest board AVG, which for these also has the highest IJB-B and IJB-C of its depth
+_CVLFACE_IR = (
+    ("iresnet18.adaface_webface4m", "adaface_ir18_webface4m", "AdaFace", "adaface",
+     (89.55, 99.58, 92.28, 97.80, 95.52, 96.48, 92.75, 94.79, 66.07, 70.71)),
+    ("iresnet18.adaface_vgg2", "adaface_ir18_vgg2", "AdaFace", "adaface",
+     (88.12, 99.53, 91.73, 97.64, 93.90, 94.07, 90.07, 92.40, 64.62, 69.15)),
+    ("iresnet18.adaface_casia", "adaface_ir18_casia", "AdaFace", "adaface",
+     (72.40, 99.22, 87.00, 94.93, 92.65, 92.68, 30.36, 37.10, 56.20, 61.43)),
+    ("iresnet50.adaface_webface4m", "adaface_ir50_webface4m", "AdaFace", "adaface",
+     (91.48, 99.78, 94.17, 98.99, 95.98, 97.78, 95.49, 97.01, 70.20, 73.93)),
+    ("iresnet50.adaface_ms1mv2", "adaface_ir50_ms1mv2", "AdaFace", "adaface",
+     (89.96, 99.85, 92.85, 98.09, 96.07, 97.85, 94.86, 96.20, 64.99, 68.88)),
+    ("iresnet50.adaface_casia", "adaface_ir50_casia", "AdaFace", "adaface",
+     (77.43, 99.37, 90.02, 97.04, 93.43, 94.40, 46.04, 52.97, 59.44, 64.14)),
+    ("iresnet100.adaface_webface12m", "adaface_ir101_webface12m", "AdaFace", "adaface",
+     (92.13, 99.82, 94.57, 99.24, 96.12, 98.00, 96.46, 97.72, 72.42, 74.81)),
+    ("iresnet100.adaface_webface4m", "adaface_ir101_webface4m", "AdaFace", "adaface",
+     (91.98, 99.83, 94.63, 99.27, 96.05, 97.90, 96.10, 97.46, 72.13, 74.49)),
+    ("iresnet100.arcface_webface4m", "arcface_ir101_webface4m", "ArcFace", "insightface",
+     (91.76, 99.78, 94.35, 99.21, 96.00, 97.95, 95.83, 97.30, 71.03, 74.41)),
+    ("iresnet100.adaface_ms1mv3", "adaface_ir101_ms1mv3", "AdaFace", "adaface",
+     (90.99, 99.83, 93.92, 99.09, 96.02, 98.18, 95.82, 97.05, 67.95, 71.03)),
+    ("iresnet100.adaface_ms1mv2", "adaface_ir101_ms1mv2", "AdaFace", "adaface",
+     (90.90, 99.80, 93.53, 98.61, 96.12, 98.05, 95.59, 96.81, 68.11, 71.49)),
+)  # fmt: skip
+
+
+def _cvlface_info(name: str, repo: str, loss: str, layout: str, board: Tuple[float, ...]) -> PretrainedInfo:
+    dataset, terms = _CVLFACE_DATA[name.rsplit("_", 1)[1]]
+    hub_id = f"minchul/cvlface_{repo}"
+    return PretrainedInfo(
+        name=name,
+        hub_id=hub_id,
+        filename="model.safetensors",
+        dataset=dataset,
+        loss=loss,
+        license="other",
+        license_note=f"code MIT; weights follow {terms}'s terms: non-commercial research only",
+        source="CVLface (mk-minchul/CVLface)",
+        url=f"https://huggingface.co/{hub_id}",
+        reported=dict(zip(_BOARD_COLUMNS, board)),
+        reported_by="CVLface's performance board",
+        notes=[
+            "CVLface's board (" + _CVLFACE_BOARD + ") labels the IJB columns 'IJBB@0.01' / 'IJBC@0.01' (TAR at "
+            "FAR 0.01) without saying whether 0.01 is a fraction or a percentage.",
+            'CVLface\'s model cards say "license: mit" and "follow the license of the training dataset"; the '
+            "datasets' terms are non-commercial research.",
+        ],
+        model_args={"layout": layout},
+    )
+
+
+_TAGS = [_cvlface_info(*row) for row in _CVLFACE_IR]
+register_pretrained(*_TAGS)
+
+
+def _tag_cfg(info: PretrainedInfo) -> Dict[str, Any]:
+    paper = "flatten" if info.loss == "ArcFace" else "adaface"
+    return _cfg(
+        fixed_input_size=True,
+        hf_hub_id=info.hub_id,
+        hf_hub_filename=info.filename,
+        license=info.license,
+        origin_url=info.url,
+        paper_ids=_PAPERS[paper][0],
+        paper_name=_PAPERS[paper][1],
+        description=f"{info.loss} on {info.dataset}, from {info.source}",
+    )
+
+
+default_cfgs = generate_default_cfgs({**{t.name: _tag_cfg(t) for t in _TAGS}, **_PLAIN_CFGS})
 
 
 @register_model

@@ -9,10 +9,24 @@ file registers its tags with :func:`register_pretrained` next to its ``default_c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["PretrainedInfo", "register_pretrained", "pretrained_info", "list_pretrained_info"]
+__all__ = [
+    "PretrainedInfo",
+    "register_pretrained",
+    "pretrained_info",
+    "list_pretrained_info",
+    "REPORTED_COLUMNS",
+    "pretrained_table_markdown",
+    "pretrained_json",
+    "read_color_space",
+    "check_pretrained_tag",
+    "is_pretrained_tag",
+    "print_pretrained",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,11 @@ class PretrainedInfo:
     reported_by: str = ""
     #: anything a user must know that could not be confirmed from the source
     notes: List[str] = field(default_factory=list)
+    #: model kwargs the tag's weights need (e.g. ``{'layout': 'adaface'}``): the tag alone builds the right network
+    model_args: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 _REGISTRY: Dict[str, PretrainedInfo] = {}
@@ -61,6 +80,141 @@ def pretrained_info(name: str) -> Optional[PretrainedInfo]:
     return _REGISTRY.get(name)
 
 
-def list_pretrained_info() -> List[PretrainedInfo]:
-    """Every registered tag's facts, sorted by name."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+def list_pretrained_info(patterns: Sequence[str] = ()) -> List[PretrainedInfo]:
+    """The registered tags' facts in registration order (each model file lists its best tag first), optionally only
+    the tags matching any of the shell ``patterns`` (e.g. ``'iresnet100*'``, ``'*webface4m'``)."""
+    names = [k for k in _REGISTRY if not patterns or any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+    return [_REGISTRY[k] for k in names]
+
+
+def is_pretrained_tag(name: object) -> bool:
+    """True when ``name`` is ``architecture.tag`` with weights timm knows (e.g. ``iresnet100.adaface_webface12m``):
+    naming one where facezoo asks for a model means its weights."""
+    from timm.models import is_model_pretrained
+
+    import facezoo  # noqa: F401  (the model files register their tags)
+
+    return (
+        isinstance(name, str)
+        and "." in name
+        and not name.startswith(("hf-hub:", "local-dir:"))
+        and "/" not in name
+        and is_model_pretrained(name)
+    )
+
+
+def check_pretrained_tag(name: str) -> None:
+    """Raise :class:`UnknownNameError` listing the architecture's tags when ``name`` (``arch.tag``) is not one."""
+    from timm.models import get_pretrained_cfg, list_pretrained
+
+    from facezoo.errors import UnknownNameError, did_you_mean
+
+    arch = name.split(".", 1)[0]
+    try:
+        if get_pretrained_cfg(name, allow_unregistered=False) is not None:
+            return
+    except RuntimeError:
+        pass
+    tags = list_pretrained(f"{arch}.*")
+    raise UnknownNameError(
+        f"unknown pretrained tag {name!r}{did_you_mean(name, tags)} "
+        + (f"({arch} has: {', '.join(tags)})" if tags else f"({arch} has no pretrained weights)")
+    )
+
+
+# --- the table ``facezoo models --pretrained`` prints (and the README shows) ----------------------------------------
+
+#: the benchmarks shown in the table, as (key in ``PretrainedInfo.reported``, column header)
+REPORTED_COLUMNS = (
+    ("LFW", "LFW"),
+    ("CFP-FP", "CFP-FP"),
+    ("AgeDB-30", "AgeDB-30"),
+    ("IJB-B@0.01", "IJB-B TAR@FAR 0.01"),
+    ("IJB-C@0.01", "IJB-C TAR@FAR 0.01"),
+)
+
+
+def pretrained_table_markdown(infos: Sequence[PretrainedInfo]) -> str:
+    """A Markdown table of ``infos``: tag, source repository, data, loss, license and the reported accuracies."""
+    header = ["tag", "weights from", "data", "loss", "license"] + [h for _, h in REPORTED_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for info in infos:
+        row = [
+            f"`{info.name}`",
+            f"[{info.hub_id}]({info.url})",
+            info.dataset,
+            info.loss,
+            f"{info.license} ({info.license_note})" if info.license_note else info.license,
+        ]
+        row += [f"{info.reported[k]:.2f}" if k in info.reported else "-" for k, _ in REPORTED_COLUMNS]
+        lines.append("| " + " | ".join(row) + " |")
+    sources = sorted({info.reported_by for info in infos if info.reported_by})
+    notes = sorted({n for info in infos for n in info.notes})
+    lines.append("")
+    lines.append(
+        "Accuracies (%) as reported by the source"
+        + (f" ({', '.join(sources)})" if sources else "")
+        + ", not measured by facezoo. The first tag of each architecture is its default (`pretrained=True`)."
+    )
+    for note in notes:
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def print_pretrained(patterns: Sequence[str], fmt: str = "markdown") -> int:
+    """``facezoo models --pretrained [PATTERN...] [--format markdown|json]``: print the matching tags' facts."""
+    import facezoo  # noqa: F401  (the model files register their tags)
+    from facezoo.errors import UnknownNameError
+
+    infos = list_pretrained_info(patterns)
+    if not infos:
+        raise UnknownNameError(
+            f"no pretrained tag matches {' '.join(patterns)!r}; 'facezoo models --pretrained' lists them all "
+            "(patterns are shell patterns, e.g. 'iresnet100*')"
+        )
+    print(pretrained_json(infos) if fmt == "json" else pretrained_table_markdown(infos), end="")
+    return 0
+
+
+def pretrained_json(infos: Sequence[PretrainedInfo]) -> str:
+    """``infos`` as a JSON list (every field, every reported number)."""
+    return json.dumps([info.as_dict() for info in infos], indent=2)
+
+
+# --- facts a model file reads from the source repository when it loads a tag ---------------------------------------
+
+
+def read_color_space(hub_id: str, filename: str, cache_dir: Optional[str] = None) -> str:
+    """The input channel order (``'RGB'`` or ``'BGR'``) that repository ``hub_id`` states in its YAML ``filename``
+    (field ``color_space``, as CVLface's ``pretrained_model/model.yaml``), downloaded through the Hugging Face
+    cache like the weights. A missing file or field, or another value, is a :class:`facezoo.errors.CheckpointError`
+    naming the repository: the channel order is never guessed."""
+    import yaml
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from timm.models._hub import hf_split
+
+    from facezoo.errors import CheckpointError, HubError
+
+    repo, revision = hf_split(hub_id)
+    try:
+        path = hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        raise CheckpointError(
+            f"{repo}: no {filename} in this repository, so the input channel order (RGB or BGR) of its weights is "
+            "unknown; facezoo does not guess it"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise HubError(
+            f"{repo}: {filename} is not in the local Hugging Face cache and the Hub cannot be asked (offline); "
+            "unset HF_HUB_OFFLINE or connect to download it"
+        ) from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            conf = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{repo}: {filename} is not readable YAML ({' '.join(str(exc).split())[:120]})") from None
+    value = conf.get("color_space") if isinstance(conf, dict) else None
+    if value not in ("RGB", "BGR"):
+        raise CheckpointError(f"{repo}: {filename} gives color_space {value!r}; expected 'RGB' or 'BGR'")
+    return value

@@ -312,10 +312,18 @@ class Trainer:
             raise ConfigError(
                 "model.args: give the embedding size as model.embed_dim (num_classes is the training set's)"
             )
+        from facezoo.models.pretrained import is_pretrained_tag
+
         name = m.name
         hub = (m.pretrained or "").startswith(("hf-hub:", "local-dir:"))
+        tag = m.pretrained if is_pretrained_tag(m.pretrained) else None  # e.g. iresnet100.adaface_webface12m
         if hub:
             name = m.pretrained
+        if tag is not None and name != tag.split(".", 1)[0]:
+            raise ConfigError(
+                f"model.pretrained={tag!r} holds weights of {tag.split('.', 1)[0]}, but model.name is {name!r}; "
+                f"set model.name={tag.split('.', 1)[0]}"
+            )
         takes_embed_dim = (
             not hub
             and name is not None
@@ -328,9 +336,9 @@ class Trainer:
             size = kwargs["img_size"]
             size = (size, size) if isinstance(size, int) else tuple(size)
             kwargs["pretrained_cfg_overlay"] = dict(input_size=(3, *size))
-        checkpoint = m.pretrained if m.pretrained and not hub else None
+        checkpoint = m.pretrained if m.pretrained and not hub and tag is None else None
         try:
-            model = create_model(name, checkpoint=checkpoint, num_classes=0, **kwargs)
+            model = create_model(tag or name, checkpoint=checkpoint, num_classes=0, **kwargs)
         except TypeError as exc:
             raise ConfigError(f"model.args: {exc}") from None
         self.arch = model.pretrained_cfg.get("architecture", name) if hasattr(model, "pretrained_cfg") else name
