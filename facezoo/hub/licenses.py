@@ -210,7 +210,8 @@ def _sources(
     if base_model:
         info = base_model_info(base_model)
         if info is not None:
-            name = None if info.license != "other" else f"{_key(info.name.split('.', 1)[-1]) or 'base-model'}-terms"
+            slug = re.sub(r"[^a-z0-9]+", "-", info.name.split(".", 1)[-1].lower()).strip("-")
+            name = f"{slug or 'base-model'}-terms" if info.license == "other" else None
             known.append(Terms(f"base model `{info.name}`", info.license, name, info.license_note))
         else:
             unknown.append(f"base model `{base_model}`")
