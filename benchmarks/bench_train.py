@@ -14,6 +14,11 @@ median is the result (target on CPU: >= 1.0).
     python benchmarks/bench_train.py --device cuda --model iresnet50_gwp --batch 512 --precision bf16 \\
         --classes 2000000 --sample-rate 0.2 --rec /data/webface4m     # GPU: data from a .rec, the real loader
 
+``--target IMG_S`` also prints facezoo's images/s against that target (the GPU goal: 8,000 img/s for iresnet50_gwp,
+Partial FC 0.2 over 2M classes, bf16, on one H200; ``benchmarks/gpu_check.sh`` runs it), and on CUDA both sides' peak
+memory is reported. ``--model-args`` passes extra ``timm.create_model`` arguments to both (tiny models for a CPU
+smoke run).
+
 ``--quickstart`` instead times the README's main command (``facezoo train recipes/quickstart.yaml``) as a user runs
 it, in a fresh process, and splits its wall time by the timestamps of its ``train.log``: start-up and rendering,
 set-up, training, final checkpoint and evaluation, export (target: at most 300 s in all on a 2-core CPU).
@@ -49,6 +54,7 @@ def recipe(args: argparse.Namespace, steps: int, data: str) -> Any:
         None,
         [
             f"model.name={args.model}",
+            f"model.args={json.dumps(args.model_args)}",
             f"data.train={data}",
             f"data.batch_size={args.batch}",
             f"data.num_workers={args.workers}",
@@ -82,7 +88,7 @@ class Reference:
         import timm
 
         self.args, self.device = args, trainer.device
-        self.backbone = timm.create_model(args.model, num_classes=0).to(self.device)
+        self.backbone = timm.create_model(args.model, num_classes=0, **args.model_args).to(self.device)
         if args.device != "cpu":
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.backbone.load_state_dict(trainer.backbone.state_dict())
@@ -157,6 +163,27 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def measured(device: torch.device, fn) -> Tuple[float, float]:
+    """Run ``fn``: its seconds and the peak CUDA memory allocated meanwhile, in GiB (0 off CUDA)."""
+    if device.type != "cuda":
+        return timed(fn), 0.0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(fn)
+    torch.cuda.synchronize(device)
+    return seconds, torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def model_args(text: str) -> Dict[str, Any]:
+    """``--model-args``: a YAML / JSON mapping of timm.create_model keyword arguments."""
+    import yaml
+
+    value = yaml.safe_load(text) if text else {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{widths: [8, 16, 16, 32]}}', got {text!r}")
+    return value
+
+
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 EVAL_LINE = "facezoo.train.engine: eval at step "
 #: the phases of a quickstart run: (name, the train.log message that ends it)
@@ -215,6 +242,13 @@ def main_quickstart(overrides: List[str], as_json: str = "") -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="iresnet50_gwp")
+    p.add_argument(
+        "--model-args",
+        type=model_args,
+        default={},
+        metavar="YAML",
+        help="extra timm.create_model kwargs for both sides, e.g. '{layers: [1, 1, 1, 1], img_size: 32}'",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3, help="steps per round")
     p.add_argument("--rounds", type=int, default=5)
@@ -227,6 +261,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--rec", help="train from this .rec (folder) through the real loader instead of memory")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--target", type=float, default=0.0, metavar="IMG_S", help="print facezoo's images/s against this")
+    p.add_argument("--output-dir", default="/tmp/facezoo_bench_train", help="the engine's run folder (scratch)")
     p.add_argument(
         "--quickstart",
         nargs="*",
@@ -239,7 +275,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     total = (args.rounds + 1) * args.steps
-    out = Path("/tmp/facezoo_bench_train")
+    out = Path(args.output_dir)
     trainer = Trainer(recipe(args, total, args.rec or "synthetic"), out, progress=False)
     if args.device != "cpu" and trainer.device.type == "cpu":
         raise SystemExit(f"--device {args.device}: no accelerator here")
@@ -248,10 +284,12 @@ def main() -> None:
     trainer._train_loop(args.steps, checkpoint_at_end=False)
     ref.steps(args.steps)
     rows: List[Dict[str, float]] = []
+    peak = {"facezoo": 0.0, "reference": 0.0}
     for r in range(args.rounds):
         end = trainer.step + args.steps
-        t_fz = timed(lambda end=end: trainer._train_loop(end, checkpoint_at_end=False))
-        t_ref = timed(lambda: ref.steps(args.steps))
+        t_fz, mem_fz = measured(trainer.device, lambda end=end: trainer._train_loop(end, checkpoint_at_end=False))
+        t_ref, mem_ref = measured(trainer.device, lambda: ref.steps(args.steps))
+        peak = {"facezoo": max(peak["facezoo"], mem_fz), "reference": max(peak["reference"], mem_ref)}
         n = args.steps * args.batch
         rows.append({"facezoo": n / t_fz, "reference": n / t_ref, "ratio": (n / t_fz) / (n / t_ref)})
         print(
@@ -266,8 +304,20 @@ def main() -> None:
         f"{args.classes} classes, sample rate {args.sample_rate}, device {trainer.device}, "
         f"{torch.get_num_threads()} threads]"
     )
+    if trainer.device.type == "cuda":
+        print(f"peak memory: facezoo {peak['facezoo']:.2f} GiB, reference {peak['reference']:.2f} GiB")
+    if args.target:
+        print(
+            f"target: facezoo {med['facezoo']:.0f} img/s of {args.target:.0f} img/s "
+            f"(ratio {med['facezoo'] / args.target:.3f}) on {device_name(trainer.device)}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rounds": rows, "median": med}, indent=1))
+        doc = {"args": vars(args), "rounds": rows, "median": med, "peak_memory_gib": peak, "target": args.target}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} ({os.cpu_count()} CPUs)"
 
 
 if __name__ == "__main__":

@@ -178,7 +178,12 @@ NOTES: Dict[str, str] = {
     "and a model card holding the final evaluation (loadable with "
     "`timm.create_model('local-dir:...', pretrained=True)`).",
     "export.datasets": "Training datasets named in the model card, e.g. `[WebFace4M]`.",
-    "export.license": "License written into the model card (null: none stated).",
+    "export.license": "Hub license id written into the model card (e.g. `apache-2.0`, `cc-by-nc-4.0`). null: the "
+    "terms of what the weights were made from (`facezoo.hub.licenses`): `other` with a `license_name` and a line "
+    "on the terms for the research face datasets in `export.datasets` (WebFace4M/12M/42M/260M, MS1M/V2/V3, "
+    "Glint360K, CASIA-WebFace, VGGFace2: non-commercial research only), or for a registered pretrained tag in "
+    "`model.pretrained`; `apache-2.0` (facezoo's license) for `data.train: synthetic`; `other` with a warning for "
+    "an unknown dataset or base model.",
 }
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -199,7 +200,7 @@ def test_results_of_another_model_are_flagged(tmp_path, caplog):
             tmp_path / "pub2",
             results=eval_results("local-dir:runs/r18/export"),
         )
-    assert caplog.text == ""
+    assert "the results evaluated" not in caplog.text
 
 
 def test_cli_export_hub(tmp_path, capsys):
@@ -242,7 +243,7 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
     """Build a wheel from a copy of the sources, install it into a bare folder, render a card from there."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO_ROOT / "facezoo", src / "facezoo", ignore=ignore)
@@ -256,7 +257,13 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
         cwd=tmp_path,
     )
     wheel = next((tmp_path / "dist").glob("facezoo-*.whl"))
-    assert "facezoo/hub_cards/model_card.md" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "facezoo/hub_cards/model_card.md" in names
+    license_file = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))  # PEP 639 location
+    assert zipfile.ZipFile(wheel).read(license_file) == (REPO_ROOT / "LICENSE").read_bytes()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    _check_sdist(src, tmp_path / "sdist")
     subprocess.run(
         [*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(tmp_path / "site"), str(wheel)],
         check=True,
@@ -277,6 +284,17 @@ def test_template_is_package_data_of_the_wheel(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "library_name: timm" in proc.stdout and CARD_MARKER in proc.stdout and "hf-hub:my-org/x" in proc.stdout
     assert template_path() == REPO_ROOT / "hub_cards" / "model_card.md"  # a checkout renders its own templates
+
+
+def _check_sdist(src, out) -> None:
+    """The sdist (built through setuptools' PEP 517 hook, as ``python -m build --sdist`` does) has the license and the
+    card templates."""
+    script = f"from setuptools import build_meta; print(build_meta.build_sdist({str(out)!r}))"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=src, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(out / proc.stdout.split()[-1]) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"LICENSE", "hub_cards/model_card.md", "pyproject.toml", "setup.py"} <= names
 
 
 def _can_build_without_download() -> bool:

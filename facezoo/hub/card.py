@@ -1,8 +1,9 @@
 """Model cards for published facezoo models, rendered through huggingface_hub's ``ModelCard`` from ``hub_cards/``.
 
 The YAML front matter is built with ``ModelCardData`` / ``EvalResult`` (never written by hand): ``library_name:
-timm``, ``pipeline_tag: image-feature-extraction``, tags, license, datasets, ``base_model`` and a ``model-index``
-from ``facezoo eval``'s ``results.json``. The body (usage, input convention, size, training recipe, results table,
+timm``, ``pipeline_tag: image-feature-extraction``, tags, license (decided by :mod:`facezoo.hub.licenses`: never a
+default the exporter did not choose), datasets, ``base_model`` and a ``model-index`` from ``facezoo eval``'s
+``results.json``. The body (usage, input convention, size, training data and recipe, license terms, results table,
 citation) comes from the Jinja template ``hub_cards/model_card.md``, which ships inside the wheel as the package
 ``facezoo.hub_cards``.
 """
@@ -10,6 +11,7 @@ citation) comes from the Jinja template ``hub_cards/model_card.md``, which ships
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -20,6 +22,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from facezoo.errors import ConfigError, MissingPathError, looks_like_local_path
 from facezoo.eval.report import markdown_table
+from facezoo.hub.licenses import base_model_info, describe_training_data, resolve_license
 from facezoo.hub.results import TASK_TYPE, ResultsLike, create_eval_results, ijb_card_mode, load_results
 
 __all__ = [
@@ -60,6 +63,7 @@ GWP_CITATION = """@misc{bhatta_gwp,
   note   = {University of Notre Dame; Gaussian Weighted Pooling (GWP) head for IResNet face backbones}
 }"""
 _SECRET_WORDS = ("token", "secret", "password", "api_key")
+_logger = logging.getLogger(__name__)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -117,7 +121,6 @@ def describe_model(model: nn.Module) -> Dict[str, Any]:
         params=params,
         linear_params=linear,
         gflops=count_flops(meta, input_size) / 1e9,
-        license=cfg.get("license"),
     )
 
 
@@ -217,7 +220,9 @@ def render_model_card(
 ) -> ModelCard:
     """The model card of ``model``: front matter with model-index from ``results`` (facezoo eval's results.json,
     a path or the loaded dict), body from the ``hub_cards`` template. With no results the card says the model is
-    unevaluated and has no model-index. ``repo_id`` is the Hub id the usage names (push fills it in otherwise)."""
+    unevaluated and has no model-index. ``license`` is the exporter's choice; without it the license follows the
+    training data and base model (:func:`facezoo.hub.licenses.resolve_license`, warnings logged). ``repo_id`` is
+    the Hub id the usage names (push fills it in otherwise)."""
     return card_from_facts(
         describe_model(model),
         results,
@@ -244,15 +249,19 @@ def card_from_facts(
     """:func:`render_model_card` for a model already described by :func:`describe_model`."""
     doc = load_results(results) if results is not None else None
     recipe = training_yaml(training)
-    license = license or facts.get("license") or "apache-2.0"
-    hub_base = hub_base_model(base_model)
+    terms = resolve_license(license, datasets, training, base_model)
+    for warning in terms.warnings:
+        _logger.warning("model card: %s", warning)
+    base_info = base_model_info(base_model)
+    hub_base = base_info.hub_id if base_info is not None else hub_base_model(base_model)
     evals = create_eval_results(doc) if doc else []
     tags = ["face-recognition", "timm", "facezoo", HEAD_TAGS[facts["head"]]]
     data = ModelCardData(
         library_name="timm",
         pipeline_tag=TASK_TYPE,
         tags=tags,
-        license=license,
+        license=terms.license,
+        license_name=terms.license_name,
         datasets=list(datasets) if datasets else None,
         base_model=hub_base,
         model_name=(repo_id or facts["architecture"]) if evals else None,
@@ -290,8 +299,9 @@ def card_from_facts(
         linear_m=f"{facts['linear_params'] / 1e6:.2f}",
         linear_share=f"{100 * facts['linear_params'] / facts['params']:.2f}%",
         gflops=f"{facts['gflops']:.2f}",
-        datasets_text=", ".join(datasets) if datasets else "not recorded",
-        license=license,
+        datasets_text=describe_training_data(datasets, training),
+        license=terms.label,
+        license_statement=terms.statement,
         training_yaml=recipe,
         results_table=markdown_table(doc) if doc else None,
         eval_details=_eval_details(doc) if doc else None,

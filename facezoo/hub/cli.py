@@ -51,15 +51,27 @@ def register(subparsers: Any) -> None:
     h.add_argument("--results", metavar="JSON", help="results.json written by 'facezoo eval' (the card's metrics)")
     h.add_argument("--output", required=True, metavar="DIR", help="export folder to create")
     h.add_argument("--training", metavar="FILE", help="resolved training recipe (YAML or JSON) shown in the card")
-    h.add_argument("--base-model", metavar="ID", help="Hub id of the model this one was fine-tuned from")
+    h.add_argument(
+        "--base-model",
+        metavar="ID",
+        help="the model this one was fine-tuned from: a Hub id or a pretrained tag (arch.tag, whose license terms "
+        "the card then carries)",
+    )
     h.add_argument(
         "--dataset",
         action="append",
         dest="datasets",
         metavar="NAME",
-        help="training dataset for the card (repeatable), e.g. --dataset webface4m",
+        help="training dataset for the card (repeatable), e.g. --dataset WebFace4M, --dataset synthetic; it also "
+        "decides the default license",
     )
-    h.add_argument("--license", help="license of the weights (default: the model's, mit)")
+    h.add_argument(
+        "--license",
+        metavar="ID",
+        help="Hub license id of the weights (e.g. apache-2.0, cc-by-nc-4.0, other); default: the terms of the "
+        "--dataset (else the --training recipe's data.train) and --base-model: 'other' for the research face "
+        "datasets (non-commercial), apache-2.0 for synthetic faces, 'other' with a warning when unknown or unstated",
+    )
     h.add_argument("--repo-id", metavar="ORG/NAME", help="Hub id the card names (facezoo push fills it in otherwise)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output folder")
     h.set_defaults(func=run_export_hub)

@@ -609,7 +609,6 @@ def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:
         "first_conv": "conv1",
         "classifier": "classifier",
         "fixed_input_size": fixed_input_size,
-        "license": "mit",
         **kwargs,
     }
 
