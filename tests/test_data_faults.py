@@ -5,6 +5,7 @@ bad image or record."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def test_skips_in_workers_are_counted_in_the_main_process(tmp_path):
     ds = RecordIOFaces(_rec(tmp_path / "rec"), on_error="skip")
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=lambda b: b)
     assert sum(len(b) for b in loader) == 16
-    assert ds.skipped == count_skipped(ds) == len(BAD)  # read by the workers, seen here
+    assert ds.skipped == len(BAD)  # read by the workers, seen here
+    assert count_skipped(ds) == len(BAD)
     restore_skipped(ds, 10)
     assert ds.skipped == 10 and count_skipped(object()) == 0
 
@@ -153,3 +155,101 @@ def test_debug_shows_the_worker_traceback(recipe, tmp_path):
     assert "in DataLoader worker process" in proc.stderr and "decode_rgb" in proc.stderr  # the worker's frames
     assert proc.stderr.rstrip().splitlines()[-1].startswith("facezoo.errors.DataError: ")
     assert re.search(r"record key (3|8|13) at byte offset", proc.stderr.rstrip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------ conversion keeps labels
+def _break_magic(rec: Path, key: int) -> int:
+    """Overwrite the magic of record ``key`` of ``rec`` (a structurally bad record); returns its byte offset."""
+    offsets = dict(line.split("\t") for line in rec.with_suffix(".idx").read_text().split("\n") if line)
+    off = int(offsets[str(key)])
+    with open(rec, "r+b") as f:
+        f.seek(off)
+        f.write(b"\0\0\0\0")
+    return off
+
+
+def _convert(cli_capsys, *argv: str):
+    rc = main(["data", "convert", *map(str, argv), "--quiet"])
+    out, err = cli_capsys.readouterr()
+    return rc, out, [line for line in err.splitlines() if line.strip()]
+
+
+def test_convert_of_a_rec_with_bad_records_names_them_or_counts_them(tmp_path, capsys):
+    from facezoo.data import HFFaces
+
+    broken = _rec(tmp_path / "broken", bad=()) / "train.rec"
+    off = _break_magic(broken, 8)  # a record without its magic
+    rc, _, err = _convert(capsys, broken, tmp_path / "hf_broken")
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("facezoo data: error: ") and f"train.rec: record key 8 at byte offset {off}" in err[0]
+
+    no_image = _rec(tmp_path / "no_image", bad=(3,)) / "train.rec"  # a record whose bytes are no image
+    rc, _, err = _convert(capsys, no_image, tmp_path / "hf_no_image")
+    assert rc == 2 and len(err) == 1 and "train.rec: record key 3 at byte offset" in err[0], err
+    assert "cannot decode image" in err[0]
+
+    _break_magic(no_image, 8)
+    rc, out, err = _convert(capsys, no_image, tmp_path / "hf", "--on-error", "skip")
+    assert rc == 0, err
+    assert json.loads(out)["skipped"] == 2 and json.loads(out)["images"] == 14
+    assert len(HFFaces(tmp_path / "hf")) == 14
+
+
+def _folders(root: Path, empty_image: bool = False) -> Path:
+    """Identity folders a (2 images), b (none: only a note), c (2 images; with ``empty_image`` one of them is zero
+    bytes), d (1 image)."""
+    images = (torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    for name, ks in (("a", (0, 1)), ("b", ()), ("c", (2, 3)), ("d", (4,))):
+        (root / name).mkdir(parents=True)
+        for k in ks:
+            (root / name / f"{k}.png").write_bytes(encode_image(images[k], "png"))
+    (root / "b" / "notes.txt").write_text("no faces here")
+    if empty_image:
+        (root / "c" / "3.png").write_bytes(b"")
+    return root
+
+
+def _same_samples(rec: RecordIOFaces, expected: list) -> None:
+    assert [rec[i][1] for i in range(len(rec))] == [lab for _, lab in expected]
+    assert all(torch.equal(rec[i][0], im) for i, (im, _) in enumerate(expected))
+
+
+def test_info_training_and_conversion_agree_on_the_classes(tmp_path, capsys, caplog):
+    from facezoo.data import ImageFolderFaces
+
+    src = _folders(tmp_path / "faces")
+    assert main(["data", "info", str(src)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    train = ImageFolderFaces(src)
+    assert info["num_classes"] == train.num_classes == 3 and info["empty_folders"] == 1
+    assert "1 sub-folder(s) hold no image files (b) and are not classes" in caplog.text
+    assert train.classes == ["a", "c", "d"] and train.targets == [0, 0, 1, 1, 2]
+    rc, out, err = _convert(capsys, src, tmp_path / "rec")
+    assert rc == 0, err
+    assert json.loads(out)["num_classes"] == 3 and json.loads(out)["empty_folders"] == 1
+    rec = RecordIOFaces(tmp_path / "rec")
+    assert rec.num_classes == train.num_classes
+    _same_samples(rec, [train[i] for i in range(len(train))])
+    assert main(["data", "info", str(tmp_path / "rec")]) == 0
+    assert json.loads(capsys.readouterr().out)["num_classes"] == 3
+
+
+def test_folder_conversion_refuses_or_counts_an_empty_image(tmp_path, capsys):
+    from facezoo.data import ImageFolderFaces
+
+    src = _folders(tmp_path / "faces", empty_image=True)
+    rc, out, err = _convert(capsys, src, tmp_path / "rec")  # the zero-byte image is refused with its path
+    assert rc == 2 and len(err) == 1 and f"{src / 'c' / '3.png'}: empty image data" in err[0], err
+    assert not (tmp_path / "rec" / "train.rec").exists()  # nothing half-written left behind
+
+    rc, out, err = _convert(capsys, src, tmp_path / "rec", "--on-error", "skip")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["skipped"] == 1 and summary["images"] == 4 and summary["num_classes"] == 3
+    train = ImageFolderFaces(src)
+    rec = RecordIOFaces(tmp_path / "rec")
+    assert rec.num_classes == train.num_classes
+    kept = [i for i in range(len(train)) if train.samples[i][0] != os.path.join("c", "3.png")]
+    _same_samples(rec, [train[i] for i in kept])
+    assert [train.targets[i] for i in kept] == [0, 0, 1, 2]
+    assert all(len(rec.read_record(i)[1]) > 0 for i in range(len(rec)))
