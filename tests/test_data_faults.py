@@ -100,6 +100,29 @@ def test_training_reports_the_skips_of_the_whole_run(recipe, tmp_path, capsys):
     assert values == [6.0]
 
 
+@pytest.mark.slow
+@pytest.mark.dist
+def test_two_processes_sum_their_skips(recipe, tmp_path, free_port):
+    """2 CPU processes (accelerate launch, gloo), each with 2 data workers, one epoch of one step: every bad
+    record is read once by some worker of some process, and the total is the number of bad records."""
+    from facezoo.train.sampler import BatchPlan
+
+    per_rank = [
+        sorted(set(next(BatchPlan(16, 16, 1, 2, r, 0).iterate(0, 1, 0, 0)).indices) & set(BAD)) for r in range(2)
+    ]
+    assert all(per_rank), per_rank  # both processes read bad records: the total needs the sum over ranks
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port), "--multi_gpu"]
+    cmd += ["-m", "facezoo", "train", str(recipe), "--output-dir", str(run), "--quiet", *TINY, "train.max_steps=1"]
+    cmd += [f"data.train={_rec(tmp_path / 'rec')}", "data.num_workers=2", "data.on_error=skip"]
+    cmd += ["eval.targets=[synthetic]", "eval.synthetic_pairs=10"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "eval.json").read_text())["skipped_records"] == len(BAD)
+
+
 # ------------------------------------------------------------------------------------------ one line from workers
 def test_a_worker_error_keeps_its_one_line_message_and_type(tmp_path):
     ds = RecordIOFaces(_rec(tmp_path / "rec"))
