@@ -4,7 +4,9 @@ Each concern owns a small ``cli`` module exposing ``register(subparsers)``, whic
 sets ``func`` on the parser; this file wires them together and owns how errors reach the user: a mistake in the
 input (:class:`facezoo.errors.FacezooError`, a missing file, a bad value, a wrong command line) is one line on
 stderr and exit code 2; anything else is an internal error, also one line, exit code 1. ``--debug`` (anywhere on
-the command line) or ``FACEZOO_DEBUG=1`` shows the traceback instead.
+the command line) or ``FACEZOO_DEBUG=1`` shows the traceback instead. An error from a DataLoader worker is the same
+one line as without workers (its message, not torch's "Caught X in DataLoader worker process N" with the worker's
+traceback flattened into it); ``--debug`` shows the worker's traceback too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-from facezoo.errors import FacezooError, did_you_mean
+from facezoo.errors import FacezooError, did_you_mean, split_worker_message
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -73,8 +75,28 @@ def one_line(exc: BaseException) -> str:
     )
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {exc.strerror or text}"
+    worker = split_worker_message(text)  # re-raised from a DataLoader worker: the worker's own message
+    if worker is not None:
+        text = worker[0]
     text = " ".join(text.split())
     return text or type(exc).__name__
+
+
+def worker_traceback(exc: BaseException) -> Optional[str]:
+    """The traceback of the DataLoader worker an exception was re-raised from, or None."""
+    tb = getattr(exc, "worker_traceback", None)
+    if tb is None and exc.args and isinstance(exc.args[0], str):
+        worker = split_worker_message(exc.args[0])
+        tb = worker[1] if worker is not None else None
+    return tb
+
+
+def _show_worker_traceback(exc: BaseException) -> None:
+    """For ``--debug``: the worker's traceback, printed before the main process's own (which ends in the re-raise)."""
+    tb = worker_traceback(exc)
+    if tb is not None and tb not in str(exc):
+        print(tb.rstrip("\n"), file=sys.stderr)
+        print("\nThe worker's error was re-raised in the main process:\n", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -106,11 +128,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
     except USER_ERRORS as exc:
         if debug:
+            _show_worker_traceback(exc)
             raise
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if debug:
+            _show_worker_traceback(exc)
             raise
         print(
             f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "

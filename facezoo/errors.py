@@ -3,14 +3,20 @@
 Every :class:`FacezooError` is the user's to fix, not a bug: the ``facezoo`` command prints its message as one line
 and exits with code 2 (``--debug`` or ``FACEZOO_DEBUG=1`` shows the traceback). The subclasses also derive from the
 built-in exception a caller would catch without knowing facezoo (``ValueError``, ``FileNotFoundError``, ...).
+
+An error raised inside a DataLoader worker reaches the main process re-made by torch from its type and a message of
+``"Caught X in DataLoader worker process N. Original Traceback ..."``: a :class:`FacezooError` re-made so keeps its
+one-line message (the worker's traceback goes to ``worker_traceback``), and :func:`split_worker_message` recovers
+the message of any other type.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Tuple, Union
 
 __all__ = [
     "FacezooError",
@@ -21,13 +27,51 @@ __all__ = [
     "UnknownNameError",
     "HubError",
     "did_you_mean",
+    "split_worker_message",
     "looks_like_local_path",
     "require_path",
 ]
 
 
+#: how torch's ``ExceptionWrapper.reraise`` words an exception from a DataLoader worker (or another thread)
+_WORKER_MESSAGE = re.compile(r"Caught (\w+) in [^\n]*\.\nOriginal (Traceback .*)", re.S)
+
+
+def split_worker_message(text: str) -> Optional[Tuple[str, str]]:
+    """``(message, text)`` when ``text`` is the message torch gives an exception re-raised from a DataLoader worker
+    (``text`` holds the worker's traceback; the original message is its last line, after ``pkg.Type: ``); None for
+    any other text."""
+    m = _WORKER_MESSAGE.match(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    name, lines = m[1], m[2].rstrip("\n").split("\n")
+    for k in range(len(lines) - 1, -1, -1):
+        line = lines[k]
+        if line.startswith((" ", "\t")):
+            continue  # a source line of the traceback, not the exception's line
+        head, sep, rest = line.partition(": ")
+        if head.rsplit(".", 1)[-1] == name:
+            message = "\n".join([rest] + lines[k + 1 :]) if sep else ""
+            return message, text
+    return None
+
+
 class FacezooError(Exception):
-    """Base of the errors caused by the user's input; the message is one line that says what to change."""
+    """Base of the errors caused by the user's input; the message is one line that says what to change.
+
+    Re-raised from a DataLoader worker (torch re-makes it as ``type(message with the worker's traceback)``), it
+    keeps the worker's one-line message; ``worker_traceback`` holds the worker's traceback (``--debug`` shows it).
+    """
+
+    worker_traceback: Optional[str] = None
+
+    def __init__(self, *args: object) -> None:
+        worker = split_worker_message(args[0]) if len(args) == 1 and isinstance(args[0], str) else None
+        if worker is not None:
+            args = (worker[0],)
+        super().__init__(*args)
+        if worker is not None:
+            self.worker_traceback = worker[1]
 
 
 class ConfigError(FacezooError, ValueError):

@@ -13,7 +13,10 @@ from facezoo.data.sources import (
     HFIterableFaces,
     ImageFolderFaces,
     RecordIOFaces,
+    SkipCounter,
+    count_skipped,
     create_face_source,
+    restore_skipped,
 )
 from facezoo.data.synthetic import SyntheticFaces, synthetic_pairs
 from facezoo.data.transforms import create_face_transform
@@ -37,7 +40,10 @@ __all__ = [
     "HFIterableFaces",
     "ImageFolderFaces",
     "RecordIOFaces",
+    "SkipCounter",
+    "count_skipped",
     "create_face_source",
+    "restore_skipped",
     "SyntheticFaces",
     "synthetic_pairs",
     "create_face_transform",

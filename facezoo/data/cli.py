@@ -18,6 +18,7 @@ def _convert(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         label_column=args.label_column,
         progress=not args.quiet,
+        on_error=args.on_error,
     )
     print(json.dumps(info))
     return 0
@@ -64,8 +65,10 @@ def register(subparsers: Any) -> None:
         help="convert .rec <-> Hugging Face dataset, .bin <-> HF pair dataset",
         description="SRC .rec (or folder with train.rec) -> DST Hugging Face dataset (Parquet shards in "
         "DST/data, or --hf-format arrow for save_to_disk); SRC .bin -> DST HF pair dataset; "
-        "SRC HF pair dataset -> DST .bin; SRC HF dataset (folder, .parquet, Hub id) -> DST "
-        "folder with train.rec/train.idx/property. Image bytes are copied, not re-encoded.",
+        "SRC HF pair dataset -> DST .bin; SRC identity folders (SRC/<identity>/<image>) or HF dataset "
+        "(folder, .parquet, Hub id) -> DST folder with train.rec/train.idx/property. Image bytes are "
+        "copied, not re-encoded; each training image is decoded once to check it. Identity folders keep "
+        "the classes training sees: a sub-folder with no image files is not a class (logged with a count).",
     )
     c.add_argument("src")
     c.add_argument("dst")
@@ -78,6 +81,14 @@ def register(subparsers: Any) -> None:
     c.add_argument("--split", default=None, help="split of a Hugging Face source with several")
     c.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     c.add_argument("--label-column", default=None, help="label column (default: a ClassLabel or 'label'/'identity')")
+    c.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="a bad record, or an unreadable or empty image: 'raise' (default) stops with its file and record, "
+        "offset, row or path (exit 2, no half-written .rec); 'skip' leaves it out, logs it and counts it "
+        "('skipped' in the output)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_convert)
 
@@ -103,7 +114,9 @@ def register(subparsers: Any) -> None:
         help="print the size, classes and image shape of a data source or verification set",
         description="Print, as one JSON line, what PATH holds: a training source (.rec, identity "
         "folders, Hugging Face dataset or Hub id: images, classes, image shape) or a "
-        "verification set (.bin or HF pair dataset: pairs, positives, image shape).",
+        "verification set (.bin or HF pair dataset: pairs, positives, image shape). Identity folders: "
+        "a sub-folder with no image files is not a class (counted in empty_folders), as in training "
+        "and data convert.",
     )
     i.add_argument("path")
     i.add_argument("--split", default=None, help="split of a Hugging Face dataset with several")

@@ -23,7 +23,8 @@ def describe_source(path: Union[str, os.PathLike], split: Optional[str] = None) 
       ``{"path", "type", "pairs", "positives", "image_shape"}``;
     * a training source (anything :func:`facezoo.data.create_face_source` opens: ``.rec``, identity folders,
       Hugging Face datasets, Hub ids): ``{"path", "type", "images", "num_classes", "image_shape", "first_label"}``,
-      reading one image.
+      reading one image; identity folders add ``"empty_folders"``, the sub-folders with no image files (not
+      classes, as in training and ``facezoo data convert``).
     """
     from facezoo.data.sources import check_source_path, create_face_source
 
@@ -54,7 +55,7 @@ def _describe_faces(ds: Any, path: Any) -> Dict[str, Any]:
     if len(ds) == 0:
         raise DataError(f"{path}: the source holds no images")
     image, label = ds[0]
-    return {
+    info = {
         "path": str(path),
         "type": type(ds).__name__,
         "images": len(ds),
@@ -62,6 +63,9 @@ def _describe_faces(ds: Any, path: Any) -> Dict[str, Any]:
         "image_shape": list(image.shape),
         "first_label": label,
     }
+    if hasattr(ds, "empty_folders"):  # identity folders: sub-folders without images, which are not classes
+        info["empty_folders"] = len(ds.empty_folders)
+    return info
 
 
 @contextlib.contextmanager

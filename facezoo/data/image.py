@@ -8,6 +8,7 @@ simplejpeg refuses, through ``torchvision.io`` (libjpeg-turbo / libpng / libwebp
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -76,7 +77,17 @@ def decode_rgb(data: Union[bytes, bytearray, memoryview], where: str = "<bytes>"
             warnings.filterwarnings("ignore", message=_TV_NOTICE, category=DeprecationWarning)
             return decode_image(buf, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
-        raise DataError(f"{where}: cannot decode image ({len(data)} bytes, starts {bytes(data[:8])!r}): {exc}") from exc
+        reason = _decoder_reason(exc)
+        raise DataError(
+            f"{where}: cannot decode image ({len(data)} bytes, starts {bytes(data[:8])!r}): {reason}"
+        ) from exc
+
+
+def _decoder_reason(exc: Exception) -> str:
+    """The decoder's reason, short: torchvision's C++ location (``decode_image, /path/x.cpp:61,``) and its advice
+    on other formats (``For avif and heic format, ...``) dropped; ``--debug`` still shows the whole message."""
+    text = re.sub(r"^[\w()]+, \S+\.(?:cpp|h):\d+, ", "", " ".join(str(exc).split()))
+    return re.sub(r" For \w+ (?:and \w+ )?formats?, .*$", "", text)
 
 
 def to_uint8_chw(image: Union[torch.Tensor, np.ndarray, Image.Image]) -> torch.Tensor:

@@ -5,7 +5,11 @@ MXNet RecordIO (:class:`RecordIOFaces`), identity folders (:class:`ImageFolderFa
 (:class:`HFFaces`, :class:`HFIterableFaces` for streaming) and :class:`facezoo.data.SyntheticFaces`.
 
 Bad records raise :class:`DataError` naming the file and where. Training may pass ``on_error='skip'``: the
-sample is replaced by the next readable one and every skip is counted (``ds.skipped``, per process) and logged.
+sample is replaced by the next readable one and every skip is counted and logged. The count lives in shared memory
+(:class:`SkipCounter`), so ``ds.skipped`` in the main process includes what its DataLoader workers skipped.
+
+Identity folders: a sub-folder with no image files is not a class (a warning gives their number); the same rule
+holds for ``facezoo data info``, training and ``facezoo data convert``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from facezoo.data.collate import PooledSamples, batch_buffer
@@ -39,6 +43,9 @@ from facezoo.errors import ConfigError, DataError, MissingPathError, looks_like_
 
 __all__ = [
     "FaceDataset",
+    "SkipCounter",
+    "count_skipped",
+    "restore_skipped",
     "RecordIOFaces",
     "ImageFolderFaces",
     "HFFaces",
@@ -46,6 +53,7 @@ __all__ = [
     "create_face_source",
     "check_source_path",
     "IMAGE_EXTENSIONS",
+    "is_identity_folders",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -54,6 +62,57 @@ Transform = Optional[Callable[[torch.Tensor], Any]]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 _MAX_SKIP_TRIES = 64
 _SCALAR = namedtuple("_SCALAR", ["flag", "label"])
+
+
+class SkipCounter:
+    """Samples skipped under ``on_error='skip'``, counted over the process and its DataLoader workers.
+
+    One int64 slot per process in a shared-memory tensor (it travels to workers under fork and spawn alike): the main
+    process writes slot 0, worker ``w`` slot ``1 + w % 64``, so each slot has one writer and needs no lock.
+    :attr:`total` (read in the main process once the workers are done) is the sum; :meth:`restore` sets it, e.g. to
+    the count a checkpoint carried over."""
+
+    SLOTS = 64
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(self.SLOTS + 1, dtype=torch.int64).share_memory_()
+
+    def add(self, n: int = 1) -> int:
+        """Count ``n`` skips in this process's slot; returns that slot's count."""
+        info = get_worker_info()
+        slot = 0 if info is None else 1 + info.id % self.SLOTS
+        self.counts[slot] += n
+        return int(self.counts[slot])
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def restore(self, total: int) -> None:
+        """Start again from ``total`` skips (kept in the main process's slot)."""
+        self.counts.zero_()
+        self.counts[0] = int(total)
+
+
+def count_skipped(source: Any) -> int:
+    """Samples ``source`` skipped so far in this process and its DataLoader workers (0 for a source that never
+    skips, e.g. synthetic or in-memory faces)."""
+    counter = getattr(source, "skip_counter", None)
+    return counter.total if isinstance(counter, SkipCounter) else 0
+
+
+def restore_skipped(source: Any, total: int) -> None:
+    """Set the skip count of ``source`` (a resumed run's count so far; a no-op for a source that never skips)."""
+    counter = getattr(source, "skip_counter", None)
+    if isinstance(counter, SkipCounter):
+        counter.restore(total)
+
+
+def _log_skip(counter: SkipCounter, what: str, exc: Exception) -> None:
+    """Count one skip and log it (the first 10 of each process, then every 100th)."""
+    n = counter.add()
+    if n <= 10 or n % 100 == 0:
+        _logger.warning("skipping unreadable %s (%s); %d skipped so far in process %d", what, exc, n, os.getpid())
 
 
 def checked_num_classes(found: int, override: Optional[int], where: Any) -> int:
@@ -76,7 +135,12 @@ class FaceDataset(Dataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.transform = transform
         self.on_error = on_error
-        self.skipped = 0
+        self.skip_counter = SkipCounter()
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far, by this process and its DataLoader workers."""
+        return self.skip_counter.total
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
@@ -85,15 +149,7 @@ class FaceDataset(Dataset):
         raise NotImplementedError
 
     def _note_skip(self, index: int, exc: Exception) -> None:
-        self.skipped += 1
-        if self.skipped <= 10 or self.skipped % 100 == 0:
-            _logger.warning(
-                "skipping unreadable sample %d (%s); %d skipped so far in process %d",
-                index,
-                exc,
-                self.skipped,
-                os.getpid(),
-            )
+        _log_skip(self.skip_counter, f"sample {index}", exc)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self)
@@ -371,11 +427,57 @@ class RecordIOFaces(FaceDataset):
         )
 
 
+def identity_folders(
+    root: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """``(classes, samples, empty)`` of a folder of identity folders: the sorted names of the sub-folders that hold
+    image files (by extension; they are the classes 0..C-1), ``(relative path, label)`` of every image, and the
+    sub-folders with no image file, which are not classes. :class:`ImageFolderFaces`, ``facezoo data info`` and
+    ``facezoo data convert`` all list folders with this one rule, so they agree on the labels."""
+    exts = tuple(e.lower() for e in extensions)
+    classes: list[str] = []
+    samples: list[tuple[str, int]] = []
+    empty: list[str] = []
+    for c in sorted(e.name for e in os.scandir(root) if e.is_dir()):
+        files = sorted(e.name for e in os.scandir(root / c) if e.is_file() and e.name.lower().endswith(exts))
+        if not files:
+            empty.append(c)
+            continue
+        samples.extend((os.path.join(c, f), len(classes)) for f in files)
+        classes.append(c)
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        _logger.warning(
+            "%s: %d sub-folder(s) hold no image files (%s) and are not classes: %d classes",
+            root,
+            len(empty),
+            shown,
+            len(classes),
+        )
+    return classes, samples, empty
+
+
+def is_identity_folders(path: Any) -> bool:
+    """True when ``path`` is a folder that :func:`create_face_source` opens as identity folders (sub-folders, no
+    ``.rec``, no Hugging Face dataset or data files)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    p = Path(path).expanduser()
+    if not p.is_dir() or p.suffix == ".rec" or (p / "train.rec").exists() or any(p.glob("*.rec")):
+        return False
+    if any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
+        return False
+    entries = list(os.scandir(p))
+    data_files = [e for e in entries if e.is_file() and e.name.endswith(_HF_DATA_SUFFIXES)]
+    return not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir()
+
+
 class ImageFolderFaces(FaceDataset):
     """Aligned faces in ``path/<identity>/*.jpg``; identities are sorted folder names -> labels 0..C-1.
 
-    ``num_classes`` may raise the class count above the folders found (e.g. to share a classifier with more
-    identities); it cannot lower it."""
+    A sub-folder with no image files is not a class (counted in ``empty_folders`` and logged). ``num_classes`` may
+    raise the class count above the folders found (e.g. to share a classifier with more identities); it cannot
+    lower it."""
 
     def __init__(
         self,
@@ -387,17 +489,12 @@ class ImageFolderFaces(FaceDataset):
     ) -> None:
         super().__init__(transform, on_error)
         self.root = require_path(path, "folder of identity folders", kind="dir")
-        exts = tuple(e.lower() for e in extensions)
-        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        self.classes, self.samples, self.empty_folders = identity_folders(self.root, extensions)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples: list[tuple[str, int]] = []
-        for c in self.classes:
-            files = sorted(e.name for e in os.scandir(self.root / c) if e.is_file() and e.name.lower().endswith(exts))
-            self.samples.extend((os.path.join(c, f), self.class_to_idx[c]) for f in files)
         if not self.samples:
             raise DataError(
-                f"{self.root}: no images ({', '.join(exts)}) in identity sub-folders "
-                f"({len(self.classes)} sub-folders found); expected {self.root}/<identity>/<image>.jpg"
+                f"{self.root}: no images ({', '.join(extensions)}) in identity sub-folders "
+                f"({len(self.empty_folders)} sub-folders found); expected {self.root}/<identity>/<image>.jpg"
             )
         self.num_classes = checked_num_classes(len(self.classes), num_classes, self.root)
         self.targets = [s[1] for s in self.samples]
@@ -633,7 +730,12 @@ class HFIterableFaces(IterableDataset):
         )
         self.transform = transform
         self.on_error = on_error
-        self.skipped = 0
+        self.skip_counter = SkipCounter()
+
+    @property
+    def skipped(self) -> int:
+        """Rows skipped so far, by this process and its DataLoader workers."""
+        return self.skip_counter.total
 
     def set_epoch(self, epoch: int) -> None:
         """Forwarded to ``datasets`` so shuffling changes per epoch."""
@@ -647,11 +749,7 @@ class HFIterableFaces(IterableDataset):
             except DataError as exc:
                 if self.on_error == "raise":
                     raise
-                self.skipped += 1
-                if self.skipped <= 10 or self.skipped % 100 == 0:
-                    _logger.warning(
-                        "skipping unreadable row (%s); %d skipped so far in process %d", exc, self.skipped, os.getpid()
-                    )
+                _log_skip(self.skip_counter, f"row {i}", exc)
                 continue
             yield (self.transform(image) if self.transform is not None else image), label
 
@@ -688,11 +786,8 @@ def create_face_source(
     p = Path(path).expanduser() if isinstance(path, (str, os.PathLike)) else None
     if p is not None and (p.suffix == ".rec" or (p.is_dir() and ((p / "train.rec").exists() or any(p.glob("*.rec"))))):
         return RecordIOFaces(p, transform=transform, on_error=on_error, **kwargs)
-    if p is not None and p.is_dir() and not any((p / n).exists() for n in ("state.json", "dataset_dict.json")):
-        entries = list(os.scandir(p))
-        data_files = [e for e in entries if e.is_file() and e.name.endswith(_HF_DATA_SUFFIXES)]
-        if not data_files and any(e.is_dir() and e.name != "data" for e in entries) and not (p / "data").is_dir():
-            return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
+    if is_identity_folders(p):
+        return ImageFolderFaces(p, transform=transform, on_error=on_error, **kwargs)
     if streaming:
         return HFIterableFaces(path, transform=transform, on_error=on_error, **kwargs)
     return HFFaces(path, transform=transform, on_error=on_error, **kwargs)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from facezoo.data.sources import count_skipped, restore_skipped
 from facezoo.errors import ConfigError, DataError, FacezooError, MissingPathError
 from facezoo.losses.partial_fc import SPEC_KEY
 from facezoo.train import checkpoint as ckpt
@@ -434,6 +435,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_<step>`` (every rank calls this), then prune to ``train.keep_last``."""
         cfg = self.recipe
+        skipped_records = self._skipped_records()  # every rank takes part
 
         def rank_files(folder: Path) -> List[Path]:
             shard, rng = folder / ckpt.pfc_shard_name(self.rank, self.world), folder / ckpt.rng_name(self.rank)
@@ -459,6 +461,7 @@ class Trainer:
                     "scaler": self.scaler.state_dict(),
                     "bad_streak": self.bad_streak,
                     "skipped": self.skipped,
+                    "skipped_records": skipped_records,
                     "identity": self.identity(),
                     "data": self.data_fingerprint,
                     "optimizer": cfg.optim.name,
@@ -535,6 +538,7 @@ class Trainer:
         self.scaler.load_state_dict(scaler_state)
         self.step, self.epoch, self.offset = saved_step, int(field("epoch")), int(field("offset"))
         self.bad_streak, self.skipped = int(state.get("bad_streak", 0)), int(state.get("skipped", 0))
+        restore_skipped(self.source, int(state.get("skipped_records", 0)) if self.is_main else 0)  # summed over ranks
         if field("global_batch") != self.recipe.data.batch_size:
             _logger.warning(
                 "data.batch_size changed from %d to %d: the epoch continues at sample %d",
@@ -873,6 +877,7 @@ class Trainer:
         latest = ckpt.latest_checkpoint(self.output_dir)
         if self._saved_step != self.step and (latest is None or latest.name != ckpt.step_dir_name(self.step)):
             self.save_checkpoint()
+        skipped_records = self._report_skipped_records()
         results = self.evaluate() if self.eval_sets else {}
         doc = None
         if results and self.is_main:
@@ -885,6 +890,7 @@ class Trainer:
                     "flip": self.recipe.eval.flip,
                     "nfolds": 10,
                     "step": self.step,
+                    "skipped_records": skipped_records,
                 },
             )
             tmp = self.output_dir / "eval.json.tmp"
@@ -895,6 +901,20 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         _logger.info("done: %s", self.output_dir)
         return self.output_dir
+
+    def _skipped_records(self) -> int:
+        """Unreadable samples skipped under ``data.on_error=skip`` in the whole run: every rank's and its data
+        workers', with the count a resumed checkpoint carried (a collective: every rank calls it)."""
+        n = torch.tensor([count_skipped(self.source)], dtype=torch.int64, device=self.device)
+        return int(self.accelerator.reduce(n, "sum").item()) if self.world > 1 else int(n.item())
+
+    def _report_skipped_records(self) -> int:
+        """The run's skipped-sample count, logged once (log and TensorBoard ``data/skipped_records``)."""
+        n = self._skipped_records()
+        if n or self.recipe.data.on_error == "skip":
+            _logger.warning("data.on_error=skip: %d unreadable sample(s) skipped in this run", n)
+            self._log({"data/skipped_records": n})
+        return n
 
     def _export(self, results: Optional[Dict[str, Any]]) -> None:
         from facezoo.hub import save_pretrained
