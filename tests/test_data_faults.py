@@ -20,6 +20,7 @@ from facezoo.cli import main, one_line
 from facezoo.data import RecordIOFaces, count_skipped, encode_image, restore_skipped
 from facezoo.data.recordio import write_face_records
 from facezoo.errors import DataError
+from facezoo.train.checkpoint import STATE_FILE
 
 TINY = [
     "model.name=iresnet18_gwp",
@@ -84,7 +85,7 @@ def test_training_reports_the_skips_of_the_whole_run(recipe, tmp_path, capsys):
         "train.tensorboard=true",
     ]
     assert main([*argv, "--stop-at-step", "1"]) == 0
-    state = json.loads(next((run / "checkpoints").glob("step_1/*.json")).read_text())
+    state = json.loads((run / "checkpoints" / "step_1" / STATE_FILE).read_text())
     assert state["skipped_records"] == len(BAD)
     assert main([*argv, "--resume", "latest"]) == 0
     assert json.loads((run / "eval.json").read_text())["skipped_records"] == 2 * len(BAD)
