@@ -96,19 +96,20 @@ def accelerate_launch(port: int) -> List[str]:
     ]
 
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")  # the threads of this process: the same float sums as the reference
+DIST_ENV = dict(ENV, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
 
-def kill_group_after(cmd: List[str], run: Path, after_step: int, sig: int = signal.SIGTERM) -> subprocess.Popen:
-    """Start ``cmd`` as a new session, wait for ``step <after_step>/`` in train.log, signal the whole group."""
+def kill_group_after(cmd: List[str], run: Path, after_step: int, env: dict = ENV) -> subprocess.Popen:
+    """Start ``cmd`` as a new session, wait for ``step <after_step>/`` in train.log, SIGTERM the whole group."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     log, deadline = run / "train.log", time.time() + 300
     while time.time() < deadline and f"step {after_step}/" not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
-    os.killpg(proc.pid, sig)
+    os.killpg(proc.pid, signal.SIGTERM)
     return proc
 
 
@@ -245,12 +246,12 @@ def test_sigterm_to_the_process_group_then_resume_is_bit_identical(reference, tm
 def test_sigterm_to_accelerate_launch_stops_every_rank_at_one_step(tmp_path, free_port):
     launcher = accelerate_launch(free_port)
     ref = tmp_path / "ref"
-    done = subprocess.run(train_cmd(ref, launcher=launcher), capture_output=True, text=True, timeout=300, env=ENV)
+    done = subprocess.run(train_cmd(ref, launcher=launcher), capture_output=True, text=True, timeout=300, env=DIST_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = tmp_path / "run"
     cmd = train_cmd(run, "data.num_workers=2", launcher=launcher)
-    proc = kill_group_after(cmd, run, 3)
+    proc = kill_group_after(cmd, run, 3, DIST_ENV)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "internal error" not in err, err[-3000:]
@@ -259,6 +260,6 @@ def test_sigterm_to_accelerate_launch_stops_every_rank_at_one_step(tmp_path, fre
     last = list_checkpoints(run)[-1]
     assert last.name == f"step_{steps[0]}" and len(list((last / "partial_fc").glob("*.safetensors"))) == 2
 
-    done = subprocess.run(cmd + ["--resume", "latest"], capture_output=True, text=True, timeout=300, env=ENV)
+    done = subprocess.run(cmd + ["--resume", "latest"], capture_output=True, text=True, timeout=300, env=DIST_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_identical(final_weights(run), final_weights(ref))
