@@ -580,7 +580,7 @@ class Trainer:
                 self._forward_backward(images, labels, mb)
                 if mb.micro < accum - 1:
                     continue  # gradient accumulation: the step ends with its last micro-batch
-                bad, stop = self._optimizer_step()
+                stop = self._optimizer_step()
                 epoch_end = self._advance(mb)
                 bar.update(self.recipe.data.batch_size)
                 self._stop_if_too_many_bad_steps()
@@ -668,9 +668,9 @@ class Trainer:
             self.scaler.scale_loss(loss / accum).backward()
         self._window.add(loss.detach() / accum)
 
-    def _optimizer_step(self) -> Tuple[bool, bool]:
+    def _optimizer_step(self) -> bool:
         """Unscale and check the gradients, agree with the other processes, then step or skip; the schedule
-        advances either way. Returns the agreed (skipped, stop)."""
+        advances either way. Returns whether the processes agreed to stop after this step."""
         trainable = [p for p in self.backbone.parameters() if p.requires_grad]
         found = unscale_and_check(trainable + [self.pfc.weight], self.scaler.scale, self.device, self._window.step_loss)
         bad, stop = self._agree(found)
@@ -683,7 +683,7 @@ class Trainer:
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
             warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
             self.scheduler.step()
-        return bad, stop
+        return stop
 
     def _agree(self, bad: torch.Tensor) -> Tuple[bool, bool]:
         """(some rank's step is not finite, some rank got a stop signal), the same on every rank: one all-reduce
