@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,16 @@ from torch.utils.data import DataLoader, Dataset
 from facezoo.errors import DataError, MissingPathError
 from facezoo.train.config import Recipe
 
-__all__ = ["InMemoryFaces", "build_train_source", "build_eval_sets", "check_inputs", "max_label", "render_synthetic"]
+__all__ = [
+    "InMemoryFaces",
+    "build_train_source",
+    "build_eval_sets",
+    "check_inputs",
+    "ignore_stop_signals",
+    "max_label",
+    "render_synthetic",
+    "stop_signals_blocked",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +41,35 @@ class InMemoryFaces(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores SIGTERM / SIGINT, so a signal sent to the whole process
+    group (``kill -TERM -PGID``, Ctrl-C, a launcher's ``killpg``) stops only the main process, which finishes its
+    step, writes a checkpoint and then shuts its workers down; a worker killed first would turn the stop into
+    "DataLoader worker ... killed by signal". A worker whose main process is gone still exits (torch's watchdog)."""
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by stop_signals_blocked() while the worker started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM / SIGINT back in this thread while DataLoader workers start (they inherit the mask until
+    :func:`ignore_stop_signals` runs), so no signal reaches a worker before it ignores them; held signals reach this
+    process when the block ends. A no-op where the platform has no ``pthread_sigmask``."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _resize_uint8(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -6,11 +6,13 @@ sharded classifier: the Partial FC shard of each rank (built after the process g
 order (:mod:`facezoo.train.sampler`), the loss-scale agreement (:mod:`facezoo.train.amp`), the learning-rate
 schedule (stepped once per optimizer step) and the checkpoints (:mod:`facezoo.train.checkpoint`).
 
-A step: each micro-batch is augmented and normalized on the device, the backbone runs under autocast, Partial FC
-returns the global-batch loss; after the last micro-batch the gradients are unscaled and checked, and one small
-all-reduce makes every rank agree on "some gradient or loss is not finite" and "a stop signal arrived". A bad
-step is skipped on every rank (counted, logged; ``train.max_bad_steps`` in a row stop the run); SIGTERM / SIGINT
-write a checkpoint at the current step and stop with a non-zero exit code.
+A step (:meth:`Trainer._train_loop`): each micro-batch is augmented and normalized on the device, the backbone runs
+under autocast, Partial FC returns the global-batch loss; after the last micro-batch the gradients are unscaled and
+checked, and one small all-reduce makes every rank agree on "some gradient or loss is not finite" and "a stop
+signal arrived" (the step's one host sync; loss and gradient norm are read only for log lines). A bad step is
+skipped on every rank (counted, logged; ``train.max_bad_steps`` in a row stop the run). SIGTERM / SIGINT, to one
+process or to the whole process group (data workers ignore them), finish the current step on every rank, write
+its checkpoint and stop with exit code 143 / 130; at the last step the checkpoint is the final one.
 """
 
 from __future__ import annotations
@@ -39,8 +41,15 @@ from facezoo.train import checkpoint as ckpt
 from facezoo.train.amp import LossScaler, autocast, unscale_and_check
 from facezoo.train.augment import DeviceAugment
 from facezoo.train.config import Recipe, check_micro_batch, save_recipe
-from facezoo.train.data import build_eval_sets, build_train_source, check_inputs, max_label
-from facezoo.train.sampler import BatchPlan, RankBatchSampler
+from facezoo.train.data import (
+    build_eval_sets,
+    build_train_source,
+    check_inputs,
+    ignore_stop_signals,
+    max_label,
+    stop_signals_blocked,
+)
+from facezoo.train.sampler import BatchPlan, MicroBatch, RankBatchSampler
 from facezoo.train.schedule import create_scheduler
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train"]
@@ -48,6 +57,7 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train"]
 _logger = logging.getLogger(__name__)
 _PFC_BLOCK = 1 << 16  # classes per block of the world-size-independent Partial FC initialization
 _SKIPPED_STEP_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+_SECOND_CTRL_C_S = 1.0  # a second SIGINT later than this after the first is a person's second Ctrl-C
 
 
 def _has_accelerator() -> bool:
@@ -98,6 +108,39 @@ def _closing(bar: Any) -> Iterator[Any]:
         raise
     finally:
         bar.close()
+
+
+class _LogWindow:
+    """The loss and gradient norm since the last log line, kept on the device: the loop reads them on the host only
+    when a line is due, so steps in between never wait for the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.step_loss = torch.zeros((), device=device)  # the step being accumulated, over its micro-batches
+        self.grad_norm: Optional[torch.Tensor] = None  # the last step's backbone gradient norm (None: skipped)
+        self._open()
+
+    def _open(self) -> None:
+        self.loss_sum, self.good_steps, self.start = torch.zeros((), device=self.device), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.step_loss = self.step_loss + loss
+
+    def end_step(self, grad_norm: Optional[torch.Tensor]) -> None:
+        """Close the step: a good step (with its gradient norm) counts in the window's mean loss, a skipped one not."""
+        if grad_norm is not None:
+            self.loss_sum, self.good_steps = self.loss_sum + self.step_loss, self.good_steps + 1
+        self.grad_norm = grad_norm
+        self.step_loss = torch.zeros((), device=self.device)
+
+    def read(self, batch: int) -> Tuple[float, float, float]:
+        """(mean loss of the good steps, last gradient norm, images/s) since the last read; starts a new window."""
+        mean = float(self.loss_sum) / self.good_steps if self.good_steps else float("nan")
+        norm = float(self.grad_norm) if self.grad_norm is not None else float("nan")
+        elapsed = time.perf_counter() - self.start  # after the reads: the device has caught up
+        speed = self.good_steps * batch / elapsed if elapsed > 0 else 0.0
+        self._open()
+        return mean, norm, speed
 
 
 class Trainer:
@@ -620,48 +663,6 @@ class Trainer:
             self.optimizer.state[self.pfc.weight] = pfc_optim
 
     # ------------------------------------------------------------------------------------------------ loop
-    def _loader(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        from facezoo.data import collate_faces
-
-        sampler = RankBatchSampler(self.plan, self.step, end, self.epoch, self.offset)
-        workers = self.recipe.data.num_workers
-        loader = DataLoader(
-            self.source,
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_faces,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            generator=torch.Generator(),
-            prefetch_factor=4 if workers else None,
-        )
-        return iter(loader)
-
-    def _agree(self, bad: torch.Tensor) -> Tuple[bool, bool]:
-        """(some rank's step is not finite, some rank got a stop signal): one all-reduce (max) of two flags."""
-        flags = torch.cat([bad.reshape(1).float(), torch.tensor([float(self._stop_signal > 0)], device=bad.device)])
-        if self.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0] > 0), bool(flags[1] > 0)
-
-    def _check_labels(self, labels: torch.Tensor, indices: List[int]) -> None:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.num_classes:
-            bad = int(((labels < 0) | (labels >= self.num_classes)).nonzero()[0])
-            raise DataError(
-                f"data.train {self.recipe.data.train}: sample {indices[bad]} has label {int(labels[bad])}, "
-                f"outside 0..{self.num_classes - 1} (set data.num_classes)"
-            )
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal:  # a second Ctrl-C: stop now
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        _logger.warning(
-            "%s: finishing step %d, writing a checkpoint, then stopping", signal.Signals(signum).name, self.step + 1
-        )
-
     def fit(self, stop_at: Optional[int] = None) -> Path:
         """Train to ``total_steps`` (evaluating, checkpointing, logging), then evaluate and export; returns the
         output folder. ``stop_at``: stop after that step of the schedule instead, with a checkpoint and without the
@@ -689,17 +690,40 @@ class Trainer:
                 self._log_handler.close()
 
     def _train_loop(self, end: int, checkpoint_at_end: bool = True) -> None:
-        """Steps up to ``end``; a checkpoint at ``end`` when it is before the last step (``checkpoint_at_end``)."""
-        from tqdm.auto import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
+        """Steps up to ``end``: forward and backward for each micro-batch, then the optimizer step and what is due
+        after it. A checkpoint at ``end`` when it is before the last step (``checkpoint_at_end``; the last one is
+        :meth:`_finish`'s); a stop signal ends the run at the step every process agreed on, after its checkpoint."""
+        accum = self.recipe.train.grad_accum
+        self._train_mode()
+        self._window = _LogWindow(self.device)
+        batches = self._micro_batches(end)
+        with self._progress_bar() as bar, contextlib.closing(batches):
+            for images, labels, mb in batches:
+                self._forward_backward(images, labels, mb)
+                if mb.micro < accum - 1:
+                    continue  # gradient accumulation: the step ends with its last micro-batch
+                stop = self._optimizer_step()
+                epoch_end = self._advance(mb)
+                bar.update(self.recipe.data.batch_size)
+                self._stop_if_too_many_bad_steps()
+                self._log_if_due(bar, mb.epoch, epoch_end)
+                self._evaluate_if_due()
+                self._checkpoint_if_due(end, epoch_end, stop, checkpoint_at_end)
+                if stop and self.step < self.total_steps:  # at the last step _finish checkpoints, then stops
+                    raise self._interrupted()
 
-        cfg = self.recipe
-        accum, batch = cfg.train.grad_accum, cfg.data.batch_size
-        params = [p for p in self.backbone.parameters() if p.requires_grad] + [self.pfc.weight]
-        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+    def _train_mode(self) -> None:
         self.backbone.train()
         for mod in self.frozen:
             mod.eval()
+
+    @contextlib.contextmanager
+    def _progress_bar(self) -> Iterator[Any]:
+        """A tqdm bar in images (main process, ``progress``), with log lines printed above it."""
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        batch = self.recipe.data.batch_size
         bar = tqdm(
             total=self.total_steps * batch,
             initial=self.step * batch,
@@ -709,116 +733,212 @@ class Trainer:
             desc="train",
             dynamic_ncols=True,
         )
-        window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        micro_batches = self.plan.iterate(self.step, end, self.epoch, self.offset)
         redirect = logging_redirect_tqdm(loggers=[logging.root]) if self.is_main else contextlib.nullcontext()
         with _closing(bar), redirect:
-            for (images, labels), mb in zip(self._loader(end), micro_batches):
-                self._check_labels(labels, mb.indices)
-                x = self.augment(images.to(self.device, non_blocking=True), torch.as_tensor(mb.indices), mb.epoch)
-                y = labels.to(self.device, non_blocking=True)
-                last = mb.micro == accum - 1
-                sync = contextlib.nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.model)
-                with sync:
-                    with autocast(self.device, cfg.train.mixed_precision):
-                        emb = self.model(x)
-                    loss = self.pfc(emb.float(), y)
-                    self.scaler.scale_loss(loss / accum).backward()
-                loss_sum = loss_sum + loss.detach() / accum
-                if not last:
-                    continue
-                found = unscale_and_check(params, self.scaler.scale, self.device, loss_sum)
-                bad, stop = self._agree(found)
-                grad_norm = float("nan")
-                if bad:
-                    self.skipped += 1
-                    self.bad_streak += 1
-                    self.scaler.update(True)
-                    _logger.warning(
-                        "step %d: non-finite loss or gradient on some rank; step skipped on all ranks "
-                        "(%d in a row, %d in total%s)",
-                        self.step + 1,
-                        self.bad_streak,
-                        self.skipped,
-                        f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "",
-                    )
-                else:
-                    norm = torch.nn.utils.get_total_norm([p.grad for p in backbone_params if p.grad is not None])
-                    if cfg.optim.clip_grad_norm:
-                        torch.nn.utils.clip_grads_with_norm_(backbone_params, cfg.optim.clip_grad_norm, norm)
-                    grad_norm = float(norm)
-                    self.optimizer.step()
-                    self.scaler.update(False)
-                    self.bad_streak = 0
-                self.optimizer.zero_grad(set_to_none=True)
-                lr = self.optimizer.param_groups[-1]["lr"]
-                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                    warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
-                    self.scheduler.step()
-                step_loss = float(loss_sum)
-                loss_sum = torch.zeros((), device=self.device)
-                self.step += 1
-                self.epoch, self.offset = self.plan.position_after(mb.epoch, mb.offset)
-                epoch_end = self.epoch != mb.epoch
-                bar.update(batch)
-                if not bad:
-                    window_loss, window_n = window_loss + step_loss, window_n + 1
-                if self.bad_streak >= cfg.train.max_bad_steps:
-                    raise TrainingError(
-                        f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
-                        f"{cfg.train.max_bad_steps}); stopped at step {self.step}. The last good checkpoint is "
-                        f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
-                        "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16"
-                    )
-                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps or epoch_end:
-                    elapsed = time.perf_counter() - window_t
-                    speed = window_n * batch / elapsed if elapsed > 0 else 0.0
-                    mean_loss = window_loss / window_n if window_n else float("nan")
-                    bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
-                    _logger.info(
-                        "step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s",
-                        self.step,
-                        self.total_steps,
-                        mb.epoch,
-                        mean_loss,
-                        lr,
-                        grad_norm,
-                        speed,
-                        f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "",
-                    )
-                    self._log(
-                        {
-                            "train/loss": mean_loss,
-                            "train/lr": lr,
-                            "train/samples_per_s": speed,
-                            "train/grad_norm": grad_norm,
-                            "train/grad_scale": self.scaler.scale,
-                            "train/skipped_steps": self.skipped,
-                        }
-                    )
-                    self._last_loss = mean_loss
-                    window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
-                    self.evaluate()
-                    self.backbone.train()
-                    for mod in self.frozen:
-                        mod.eval()
-                due = (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or epoch_end
-                if (due or stop or (self.step == end and checkpoint_at_end)) and self.step < self.total_steps:
-                    self.save_checkpoint()
-                if stop:
-                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-                    raise TrainingInterrupted(
-                        f"stopped by {name} at step {self.step}/{self.total_steps}: checkpoint "
-                        f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
-                        "--resume latest",
-                        self._stop_signal or int(signal.SIGTERM),
-                    )
+            yield bar
+
+    def _loader(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """This process's batches from step ``self.step`` to ``end``. The workers ignore SIGTERM / SIGINT (the main
+        process stops them after its checkpoint) and start with those signals held back, so none is lost to them."""
+        from facezoo.data import collate_faces
+
+        sampler = RankBatchSampler(self.plan, self.step, end, self.epoch, self.offset)
+        workers = self.recipe.data.num_workers
+        loader = DataLoader(
+            self.source,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_faces,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator(),
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=ignore_stop_signals if workers else None,
+        )
+        with stop_signals_blocked():  # the workers start here
+            return iter(loader)
+
+    def _micro_batches(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor, MicroBatch]]:
+        """``(images, labels, micro-batch)`` from the loader, in the plan's order, labels checked."""
+        plan = self.plan.iterate(self.step, end, self.epoch, self.offset)
+        for (images, labels), mb in zip(self._loader(end), plan):
+            self._check_labels(labels, mb.indices)
+            yield images, labels, mb
+
+    def _check_labels(self, labels: torch.Tensor, indices: List[int]) -> None:
+        lo, hi = int(labels.min()), int(labels.max())  # the loader's host tensor: no device sync
+        if lo < 0 or hi >= self.num_classes:
+            bad = int(((labels < 0) | (labels >= self.num_classes)).nonzero()[0])
+            raise DataError(
+                f"data.train {self.recipe.data.train}: sample {indices[bad]} has label {int(labels[bad])}, "
+                f"outside 0..{self.num_classes - 1} (set data.num_classes)"
+            )
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, mb: MicroBatch) -> None:
+        """One micro-batch: device augmentation, the backbone under autocast, Partial FC, the scaled backward
+        (DDP syncs gradients only with the step's last micro-batch)."""
+        cfg = self.recipe
+        accum = cfg.train.grad_accum
+        x = self.augment(images.to(self.device, non_blocking=True), torch.as_tensor(mb.indices), mb.epoch)
+        y = labels.to(self.device, non_blocking=True)
+        last = mb.micro == accum - 1
+        sync = contextlib.nullcontext() if last or self.world == 1 else self.accelerator.no_sync(self.model)
+        with sync:
+            with autocast(self.device, cfg.train.mixed_precision):
+                emb = self.model(x)
+            loss = self.pfc(emb.float(), y)
+            self.scaler.scale_loss(loss / accum).backward()
+        self._window.add(loss.detach() / accum)
+
+    def _optimizer_step(self) -> bool:
+        """Unscale and check the gradients, agree with the other processes, then step or skip; the schedule
+        advances either way. Returns whether the processes agreed to stop after this step."""
+        trainable = [p for p in self.backbone.parameters() if p.requires_grad]
+        found = unscale_and_check(trainable + [self.pfc.weight], self.scaler.scale, self.device, self._window.step_loss)
+        bad, stop = self._agree(found)
+        if bad:
+            self._skip_step()
+        else:
+            self._apply_step(trainable)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._lr = self.optimizer.param_groups[-1]["lr"]  # the rate this step used
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", message=_SKIPPED_STEP_WARNING)
+            self.scheduler.step()
+        return stop
+
+    def _agree(self, bad: torch.Tensor) -> Tuple[bool, bool]:
+        """(some rank's step is not finite, some rank got a stop signal), the same on every rank: one all-reduce
+        (max) of two flags, read on the host once. This is the loop's one host sync per step, and it cannot wait
+        for a log step: the skip decides on the host whether the optimizer steps and how the loss scale and the
+        skip counters move, and every rank must see a stop at the same step, or one would enter a collective (the
+        next step's gradient all-reduce, a checkpoint barrier) the others have left. The stop flag must be read
+        each step anyway, so the non-finite flag costs nothing more."""
+        stop = torch.full((1,), float(self._stop_signal > 0), device=bad.device)  # a fill, not a host copy
+        flags = torch.cat([bad.reshape(1).float(), stop])
+        if self.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        found, stopped = flags.tolist()
+        return found > 0, stopped > 0
+
+    def _skip_step(self) -> None:
+        """A non-finite loss or gradient on some rank: no update anywhere, counted, the loss scale backs off."""
+        self.skipped += 1
+        self.bad_streak += 1
+        self.scaler.update(True)
+        self._window.end_step(None)
+        _logger.warning(
+            "step %d: non-finite loss or gradient on some rank; step skipped on all ranks (%d in a row, %d in total%s)",
+            self.step + 1,
+            self.bad_streak,
+            self.skipped,
+            f", loss scale now {self.scaler.scale:g}" if self.scaler.enabled else "",
+        )
+
+    def _apply_step(self, trainable: List[nn.Parameter]) -> None:
+        """Clip the backbone's gradients (``optim.clip_grad_norm``) and step; the norm stays on the device."""
+        clip = self.recipe.optim.clip_grad_norm
+        norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(trainable, clip, norm)
+        self.optimizer.step()
+        self.scaler.update(False)
+        self.bad_streak = 0
+        self._window.end_step(norm)
+
+    def _advance(self, mb: MicroBatch) -> bool:
+        """Count the step and move the data position past it; True when that ended an epoch."""
+        self.step += 1
+        self.epoch, self.offset = self.plan.position_after(mb.epoch, mb.offset)
+        return self.epoch != mb.epoch
+
+    def _stop_if_too_many_bad_steps(self) -> None:
+        limit = self.recipe.train.max_bad_steps
+        if self.bad_streak >= limit:
+            raise TrainingError(
+                f"{self.bad_streak} steps in a row had a non-finite loss or gradient (train.max_bad_steps="
+                f"{limit}); stopped at step {self.step}. The last good checkpoint is "
+                f"{ckpt.latest_checkpoint(self.output_dir) or 'none (no checkpoint was written yet)'}; "
+                "lower optim.lr, enable optim.clip_grad_norm, or use bf16 instead of fp16"
+            )
+
+    def _log_if_due(self, bar: Any, epoch: int, epoch_end: bool) -> None:
+        """Every ``train.log_every`` steps, at epoch ends and at the last step: the log line, the progress bar and
+        TensorBoard, with the mean loss of the window's good steps (the loop's only host reads of loss and norm)."""
+        if not (self.step % self.recipe.train.log_every == 0 or self.step == self.total_steps or epoch_end):
+            return
+        mean_loss, grad_norm, speed = self._window.read(self.recipe.data.batch_size)
+        bar.set_postfix(step=self.step, loss=f"{mean_loss:.3f}", lr=f"{self._lr:.3g}")
+        _logger.info(
+            "step %d/%d epoch %d loss %.4f lr %.4g grad_norm %.3g %.1f img/s%s",
+            self.step,
+            self.total_steps,
+            epoch,
+            mean_loss,
+            self._lr,
+            grad_norm,
+            speed,
+            f" loss_scale {self.scaler.scale:g}" if self.scaler.enabled else "",
+        )
+        self._log(
+            {
+                "train/loss": mean_loss,
+                "train/lr": self._lr,
+                "train/samples_per_s": speed,
+                "train/grad_norm": grad_norm,
+                "train/grad_scale": self.scaler.scale,
+                "train/skipped_steps": self.skipped,
+            }
+        )
+        self._last_loss = mean_loss
 
     def _log(self, values: Dict[str, float]) -> None:
         if self.trackers:
             self.accelerator.log({k: v for k, v in values.items() if v == v}, step=self.step)
+
+    def _evaluate_if_due(self) -> None:
+        """Every ``eval.every`` steps before the last (the final evaluation is :meth:`_finish`'s)."""
+        every = self.recipe.eval.every
+        if every and self.step % every == 0 and self.step < self.total_steps:
+            self.evaluate()
+            self._train_mode()
+
+    def _checkpoint_if_due(self, end: int, epoch_end: bool, stop: bool, checkpoint_at_end: bool) -> None:
+        """Every ``train.checkpoint_every`` steps, at epoch ends, on a stop and at ``end``; never at the last step
+        (:meth:`_finish` writes that one)."""
+        every = self.recipe.train.checkpoint_every
+        due = (every and self.step % every == 0) or epoch_end or stop or (self.step == end and checkpoint_at_end)
+        if due and self.step < self.total_steps:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM / SIGINT: stop at the end of the current step (see :meth:`_agree`). A repeat of the stop (a
+        launcher forwarding the signal the process group already got) changes nothing; a second Ctrl-C a moment
+        later stops at once, without a checkpoint."""
+        if self._stop_signal:
+            if signum == signal.SIGINT and time.monotonic() - self._stop_time > _SECOND_CTRL_C_S:
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
+            return
+        self._stop_signal, self._stop_time = signum, time.monotonic()
+        _logger.warning(
+            "%s: finishing step %d, writing a checkpoint, then stopping", signal.Signals(signum).name, self.step + 1
+        )
+
+    def _stop_agreed(self) -> bool:
+        """Whether some rank got a stop signal, the same answer on every rank (one small all-reduce)."""
+        return self._agree(torch.zeros(1, device=self.device))[1]
+
+    def _interrupted(self, rest: str = "") -> TrainingInterrupted:
+        """The error a stop ends the run with; the checkpoint it names was written at this step."""
+        signum = self._stop_signal or int(signal.SIGTERM)
+        return TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} at step {self.step}/{self.total_steps}: checkpoint "
+            f"{self.output_dir / ckpt.CHECKPOINT_DIR / ckpt.step_dir_name(self.step)}; continue with "
+            f"--resume latest{rest}",
+            signum,
+        )
 
     # ------------------------------------------------------------------------------------------------ eval, end
     def evaluate(self) -> Dict[str, Dict[str, Any]]:
@@ -871,12 +991,16 @@ class Trainer:
         os.replace(tmp, path)
 
     def _finish(self) -> Path:
-        """The end: a final checkpoint, the final evaluation (``eval.json``) and the export folder."""
+        """The end: a final checkpoint, the final evaluation (``eval.json``) and the export folder. A stop signal
+        during the last step (or after it) ends the run after the checkpoint; ``--resume latest`` then evaluates
+        and exports."""
         from facezoo.eval import report
 
         latest = ckpt.latest_checkpoint(self.output_dir)
         if self._saved_step != self.step and (latest is None or latest.name != ckpt.step_dir_name(self.step)):
             self.save_checkpoint()
+        if self._stop_agreed():
+            raise self._interrupted(" (it runs the final evaluation and export)")
         skipped_records = self._report_skipped_records()
         results = self.evaluate() if self.eval_sets else {}
         doc = None
