@@ -139,6 +139,11 @@ def test_idiap_checkpoint_loads_by_tag_from_hub_cache(name, hf_offline_cache, of
         want, got = ref(x), model(x)
     assert got.shape == (2, 512)
     assert ((got - want).norm() / want.norm()).item() < 1e-4
+    if name == "edgeface_xxs":  # a new classifier on top: the embedding still loads (timm loads non-strictly)
+        tuned = timm.create_model(f"{name}.idiap", pretrained=True, cache_dir=cache, num_classes=3).eval()
+        with torch.no_grad():
+            assert tuned(x).shape == (2, 3)
+            torch.testing.assert_close(tuned.forward_head(tuned.forward_features(x), pre_logits=True), got)
     # the data config a user resolves from the model is the face convention
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["input_size"] == (3, 112, 112) and data_cfg["mean"] == (0.5, 0.5, 0.5)
