@@ -1,5 +1,6 @@
 """Face backbones registered with timm on import, and the helpers to create and load them."""
 
+from facezoo.models import edgeface  # noqa: F401  (registers the EdgeFace models)
 from facezoo.models.checkpoints import convert_checkpoint, describe_state_dict, load_weights_only
 from facezoo.models.factory import create_model
 from facezoo.models.iresnet import DEPTHS, HEADS, LAYOUTS, IResNet, checkpoint_filter_fn, model_names

@@ -152,8 +152,8 @@ def pretrained_table_markdown(infos: Sequence[PretrainedInfo]) -> str:
     notes = sorted({n for info in infos for n in info.notes})
     lines.append("")
     lines.append(
-        "Accuracies (%) as reported by the source"
-        + (f" ({', '.join(sources)})" if sources else "")
+        "Accuracies (%) as reported by each tag's source"
+        + (f" ({'; '.join(sources)})" if sources else "")
         + ", not measured by facezoo. The first tag of each architecture is its default (`pretrained=True`)."
     )
     for note in notes:
