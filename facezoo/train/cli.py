@@ -36,8 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--resume",
         metavar="latest|PATH",
-        help="continue a run: 'latest' (the newest complete checkpoint in --output-dir; starts fresh when "
-        "there is none) or a checkpoint folder checkpoints/step_<N>",
+        help="continue a run: 'latest' (the newest checkpoint in --output-dir whose manifest verifies; damaged "
+        "newer ones are named and skipped; starts fresh when there is none) or a checkpoint folder "
+        "checkpoints/step_<N>",
     )
     p.add_argument(
         "--stop-at-step",

@@ -64,8 +64,8 @@ class ModelConfig(Section):
     )
     pretrained: Optional[str] = Field(
         None,
-        description="start from these weights: hf-hub:ORG/NAME, local-dir:PATH "
-        "or a checkpoint file (.safetensors/.pth/.ckpt) for model.name",
+        description="start from these weights: a pretrained tag (iresnet100.adaface_webface12m), hf-hub:ORG/NAME, "
+        "local-dir:PATH or a checkpoint file (.safetensors/.pth/.ckpt) for model.name",
     )
     embed_dim: int = Field(512, ge=1, description="embedding size")
     args: Dict[str, Any] = Field(
@@ -116,7 +116,11 @@ class DataConfig(Section):
         "(and over train.grad_accum micro-batches)",
     )
     num_workers: int = Field(2, ge=0)
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="an unreadable sample stops the run (raise) or is replaced by the next readable one (skip); "
+        "skips are summed over data workers and processes and reported once at the end",
+    )
     num_classes: Optional[int] = Field(None, ge=1, description="override the class count the source reports")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
