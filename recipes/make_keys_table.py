@@ -44,7 +44,9 @@ NOTES: Dict[str, str] = {
     "(`facezoo models` lists them with their sizes); other timm models train too, their pooled "
     "features being the embedding. May be left out when `model.pretrained` is `hf-hub:` / "
     "`local-dir:` (their config.json names the architecture; `model.name` is then ignored).",
-    "model.pretrained": "Start from these weights (fine-tuning): `hf-hub:ORG/NAME`, `local-dir:PATH` (a folder with "
+    "model.pretrained": "Start from these weights (fine-tuning): a pretrained tag (`iresnet100.adaface_webface12m`, "
+    "`facezoo models --pretrained` lists them; `model.name` must be its architecture; the export's card names it "
+    "as `base_model` and carries its license terms), `hf-hub:ORG/NAME`, `local-dir:PATH` (a folder with "
     "config.json + model.safetensors, e.g. a run's `export/`), or a checkpoint file "
     "(.safetensors / .pth / .pt / .ckpt; insightface `backbone.pth`, AdaFace `.ckpt` with "
     "`model.args.layout=adaface`, a facezoo `checkpoints/step_N/backbone.safetensors`) for the "
@@ -79,7 +81,9 @@ NOTES: Dict[str, str] = {
     "data.num_workers": "DataLoader worker processes per training process (decoding). Throughput only: the sample "
     "order and the augmentation do not depend on it. insightface 2, AdaFace 16.",
     "data.on_error": "An unreadable image: `raise` stops with an error naming the file and record; `skip` replaces it "
-    "with the next readable one, counts and logs it (many in a row still stop the run).",
+    "with the next readable one, counts and logs it (many in a row still stop the run); the skips of every data "
+    "worker and process are summed and reported once at the end (log, TensorBoard `data/skipped_records`, "
+    "`eval.json`).",
     "data.num_classes": "Class count to use instead of the one the source reports (labels must be 0..N-1).",
     "data.synthetic.identities": "Number of synthetic identities (classes).",
     "data.synthetic.images_per_identity": "Images per synthetic identity.",
