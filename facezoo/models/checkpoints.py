@@ -38,6 +38,8 @@ __all__ = [
     "load_weights_only",
     "convert_checkpoint",
     "short_list",
+    "fill_learnable_pool",
+    "LEARNABLE_POOL_KEYS",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -328,6 +330,30 @@ def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     if head.startswith("_gwp"):
         return f"{depth_name}_gwp{stem}{layout} (or {depth_name}_gap{stem}{layout}: same keys)"
     return f"{depth_name}{head}{stem}{layout}"
+
+
+#: parameter names of the learnable GWP kernels (facezoo.layers.LearnableSigmaGWP / SoftmaxKernelGWP)
+LEARNABLE_POOL_KEYS = ("log_sigma_scale", "logits")
+
+
+def fill_learnable_pool(
+    state_dict: Dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], pool_prefix: str
+) -> Dict[str, torch.Tensor]:
+    """Start a learnable GWP kernel at the model's initial value when the checkpoint has none.
+
+    A GWP (or GAP) checkpoint loaded into a model built with ``global_pool='gwp_sigma'`` / ``'gwp_softmax'`` lacks the
+    kernel's parameter: it gets the model's freshly initialized one (the paper's Gaussian), so fine-tuning a GWP
+    checkpoint with a learnable kernel starts exactly where the checkpoint was. ``expected`` is the model's
+    state_dict (read before loading), ``pool_prefix`` e.g. ``'pool.'``. A checkpoint that stores any key of that
+    pool is left alone (a mismatch is then reported by the caller).
+    """
+    if any(k.startswith(pool_prefix) for k in state_dict):
+        return state_dict
+    for name in LEARNABLE_POOL_KEYS:
+        key = pool_prefix + name
+        if key in expected:
+            state_dict[key] = expected[key].detach().clone()
+    return state_dict
 
 
 def short_list(items: List[str], limit: int = 8) -> str:
