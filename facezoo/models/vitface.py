@@ -292,7 +292,7 @@ class VisionTransformerFace(nn.Module):
         self.num_keep = int(self.num_patches * (1 - self.mask_ratio))  # insightface's len_keep
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, width, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # as insightface (stochastic depth)
         self.blocks = nn.Sequential(
             *[
                 Block(width, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], **dd)
