@@ -3,9 +3,11 @@
 from facezoo.models.checkpoints import convert_checkpoint, describe_state_dict, load_weights_only
 from facezoo.models.factory import create_model
 from facezoo.models.iresnet import DEPTHS, HEADS, LAYOUTS, IResNet, checkpoint_filter_fn, model_names
+from facezoo.models.mobilefacenet import MobileFaceNet
 
 __all__ = [
     "IResNet",
+    "MobileFaceNet",
     "DEPTHS",
     "HEADS",
     "LAYOUTS",
