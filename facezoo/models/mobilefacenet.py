@@ -394,7 +394,7 @@ class MobileFaceNet(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         """The ``layers`` (stem and stages), before ``conv_sep``."""
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(list(self.layers), x, flatten=True)
+            return checkpoint_seq(self.layers, x)
         for layer in self.layers:
             x = layer(x)
         return x
