@@ -34,6 +34,7 @@ __all__ = [
     "LearnableSigmaGWP",
     "SoftmaxKernelGWP",
     "create_face_pool",
+    "check_map_size",
     "POOL_TYPES",
     "VECTOR_POOL_TYPES",
     "count_linear_params",
@@ -264,10 +265,11 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def _check_map_size(name: str, x: torch.Tensor, size: Tuple[int, int]) -> None:
+def check_map_size(name: str, x: torch.Tensor, size: Tuple[int, int]) -> None:
+    """Raise a ValueError when the map ``x`` is not ``size`` (heads whose weights are built for one map size)."""
     if x.shape[-2] != size[0] or x.shape[-1] != size[1]:
         raise ValueError(
-            f"{name} head needs a {size[0]}x{size[1]} feature map (112x112 input for IResNet), got "
+            f"{name} head needs a {size[0]}x{size[1]} feature map (a 112x112 input), got "
             f"{x.shape[-2]}x{x.shape[-1]}; use a '_gap' or '_gwp' model for other input sizes"
         )
 
@@ -281,7 +283,7 @@ class FlattenPool(nn.Module):
         self.size = to_2tuple(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_map_size("flatten", x, self.size)
+        check_map_size("flatten", x, self.size)
         return torch.flatten(x, 1)
 
 
@@ -306,7 +308,7 @@ class GlobalDepthwiseConv(nn.Module):
         self.bn = nn.BatchNorm2d(channels, eps=1e-5, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_map_size("gdc", x, self.size)
+        check_map_size("gdc", x, self.size)
         return torch.flatten(self.bn(self.conv(x)), 1)
 
 

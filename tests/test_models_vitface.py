@@ -252,6 +252,10 @@ def test_checkpoint_of_another_head_or_family_names_what_it_looks_like(tmp_path)
     assert looks_like_vitface(full) == "vitface_t"
     assert looks_like_vitface({k: v for k, v in full.items() if k != "feature.0.weight"}) == "vitface_t_gwp (or _gap)"
     assert looks_like_vitface(timm.create_model("iresnet18", device="meta").state_dict()) is None
+    vit_t = tmp_path / "vit_t.pth"
+    torch.save(full, vit_t)
+    with pytest.raises(CheckpointError, match="looks like vitface_t"):  # another family names the ViT
+        timm.create_model("iresnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(vit_t)))
     iresnet = tmp_path / "r18.pth"
     torch.save(timm.create_model("iresnet18").state_dict(), iresnet)
     with pytest.raises(CheckpointError, match="looks like iresnet18"):

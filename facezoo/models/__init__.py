@@ -3,10 +3,12 @@
 from facezoo.models.checkpoints import convert_checkpoint, describe_state_dict, load_weights_only
 from facezoo.models.factory import create_model
 from facezoo.models.iresnet import DEPTHS, HEADS, LAYOUTS, IResNet, checkpoint_filter_fn, model_names
+from facezoo.models.mobilefacenet import MobileFaceNet
 from facezoo.models.vitface import VisionTransformerFace
 
 __all__ = [
     "IResNet",
+    "MobileFaceNet",
     "VisionTransformerFace",
     "DEPTHS",
     "HEADS",

@@ -161,6 +161,8 @@ class IResNet(nn.Module):
     ``layout='adaface'`` gives the AdaFace / TFace / CVLface "IR" variant of the same network (see ``__init__``).
     """
 
+    family = "iresnet"
+
     def __init__(
         self,
         layers: Sequence[int] = DEPTHS[50],

@@ -48,7 +48,9 @@ from facezoo.layers import VECTOR_POOL_TYPES, create_face_pool, pool_switch_erro
 from facezoo.models.checkpoints import (
     check_checkpoint_file,
     checkpoint_load_error,
+    describe_state_dict,
     fill_learnable_pool,
+    register_checkpoint_detector,
     short_list,
     unwrap_state_dict,
 )
@@ -521,7 +523,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionTransformerFac
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}. The checkpoint looks like {_describe(out)}."
+            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}."
         )
     mismatched = [
         f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
@@ -531,19 +533,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionTransformerFac
     if mismatched:
         raise CheckpointError(
             f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
-            f"The checkpoint looks like {_describe(out)}."
+            f"The checkpoint looks like {describe_state_dict(out)}."
         )
     return out
 
 
-def _describe(state_dict: Dict[str, Any]) -> str:
-    """Which model a state_dict looks like, any family (facezoo's describe_state_dict for the others)."""
-    name = looks_like_vitface(state_dict)
-    if name is not None:
-        return name
-    from facezoo.models.checkpoints import describe_state_dict
-
-    return describe_state_dict(state_dict)
+register_checkpoint_detector(looks_like_vitface)  # describe_state_dict names ViT checkpoints in every family
 
 
 # --- configs and entrypoints ----------------------------------------------------------------------------------------
