@@ -223,6 +223,10 @@ def test_token_masking_in_training_only():
     with torch.no_grad():
         grid = model.eval().forward_features(x)
     assert not (grid.flatten(2).transpose(1, 2) == model.mask_token).all(-1).any()
+    unmasked = timm.create_model("vitface_t_gwp", depth=1, mask_ratio=0.0).train()
+    unmasked(x).mean().backward()  # no masking: mask_token takes part with a zero gradient (DDP needs every param)
+    assert [n for n, p in unmasked.named_parameters() if p.grad is None] == []
+    assert unmasked.mask_token.grad.abs().sum() == 0
     assert timm.create_model("vitface_h", device="meta").mask_ratio == 0.0
     assert timm.create_model("vitface_l", device="meta").mask_ratio == 0.05
 

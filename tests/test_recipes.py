@@ -183,3 +183,47 @@ def test_paper_table_is_current():
     rows = [line for line in block.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 48 and len({r.split("|")[6] for r in rows}) == 24  # 2 losses x 24 distinct models
     assert sum("not reported" not in r for r in rows) == len(table.TARGETS)
+
+
+# --- (e) the model-zoo recipes ------------------------------------------------------------------------------------
+
+# a 1-block ViT of width 32 on a 36x36 input (a 4x4 token grid), replacing TINY's IResNet overrides
+VIT_TINY = [o for o in TINY if not o.startswith("model.")] + [
+    "model.name=vitface_t_gwp",
+    "model.embed_dim=32",
+    "model.args.width=32",
+    "model.args.depth=1",
+    "model.args.num_heads=2",
+    "model.args.img_size=36",
+]
+
+
+def test_vit_recipe_states_insightface_settings():
+    vit = load_recipe(RECIPES / "zoo" / "vit_arcface.yaml")
+    assert (vit.model.name, vit.model.embed_dim, vit.model.args) == (
+        "vitface_t",
+        512,
+        {"drop_path_rate": 0.05, "mask_ratio": 0.0},  # vit_t_dp005_mask0
+    )
+    assert (vit.loss.name, vit.loss.s, vit.loss.args, vit.loss.sample_rate) == (
+        "combined",
+        64.0,
+        {"m1": 1.0, "m2": 0.0, "m3": 0.4},
+        0.3,
+    )
+    assert (vit.optim.name, vit.optim.lr, vit.optim.weight_decay, vit.optim.clip_grad_norm) == ("adamw", 1e-3, 0.1, 5.0)
+    assert (vit.schedule.name, vit.schedule.power, vit.schedule.warmup_epochs) == ("polynomial", 1.0, 4)
+    assert (vit.train.epochs, vit.train.mixed_precision, vit.data.batch_size) == (40, "fp16", 512 * 8)
+    assert vit.eval.targets == []
+
+
+def test_vit_recipe_runs_from_the_command_line(tmp_path, capsys):
+    from facezoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", str(RECIPES / "zoo" / "vit_arcface.yaml"), "--output-dir", str(run), "--quiet", *VIT_TINY]
+    assert main(argv) == 0, capsys.readouterr().err
+    _assert_finished(run)
+    resolved = load_recipe(run / "recipe.yaml")
+    assert resolved.model.name == "vitface_t_gwp" and resolved.model.args["mask_ratio"] == 0.0
+    assert resolved.optim.name == "adamw" and resolved.loss.sample_rate == 0.3

@@ -417,6 +417,10 @@ class VisionTransformerFace(nn.Module):
         x = self.norm(x)
         if masked:
             x = fill_masked(x, keep, self.mask_token, self.num_patches)
+        elif self.training:
+            # no masking (mask_ratio 0): mask_token still joins the graph, with a zero gradient, so every parameter
+            # gets one (DDP without find_unused_parameters, timm's backward check); the values are unchanged
+            x = x + 0.0 * self.mask_token.to(x.dtype)
         return self._to_grid(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -694,8 +698,8 @@ def vitface_l_gwp(pretrained: bool = False, **kwargs: Any) -> VisionTransformerF
 
 @register_model
 def vitface_h(pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
-    """Face ViT-H (insightface vit_h: D 1024, depth 48, no masking, drop path 0.1), flatten head. With no masking
-    ``mask_token`` gets no gradient (insightface keeps it too): pass mask_ratio to fine-tune with masking."""
+    """Face ViT-H (insightface vit_h: D 1024, depth 48, no masking, drop path 0.1; trained with gradient
+    checkpointing), flatten head. With no masking ``mask_token`` is kept (as insightface) with a zero gradient."""
     return _entry("h", "", pretrained, kwargs)
 
 
