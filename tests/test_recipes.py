@@ -91,7 +91,13 @@ def test_every_recipe_key_is_documented():
 def test_every_recipe_file_loads():
     files = sorted(RECIPES.rglob("*.yaml"))
     names = {str(f.relative_to(RECIPES)) for f in files}
-    assert {"quickstart.yaml", "finetune.yaml", "paper/arcface.yaml", "paper/adaface.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "finetune.yaml",
+        "paper/arcface.yaml",
+        "paper/adaface.yaml",
+        "zoo/mbf_arcface.yaml",
+    } <= names
     assert "paper.yaml" not in names  # the old placeholder is gone
     for f in files:
         load_recipe(f)
@@ -142,6 +148,30 @@ def test_recipe_runs(name, tmp_path):
     _assert_finished(tmp_path)
     resolved = load_recipe(tmp_path / "recipe.yaml")  # the recipe's own settings reached the run
     assert resolved.loss == recipe.loss and resolved.optim == recipe.optim and resolved.schedule == recipe.schedule
+
+
+def test_zoo_mbf_recipe_states_insightface_settings_and_runs(tmp_path):
+    """recipes/zoo/mbf_arcface.yaml: insightface's wf4m_mbf values; 3 CPU steps of a width-scale-1 GWP MobileFaceNet
+    at 32x32 (the recipe's fp16 flag stays: it does nothing on a CPU)."""
+    mbf = load_recipe(RECIPES / "zoo" / "mbf_arcface.yaml")
+    assert (mbf.model.name, mbf.model.embed_dim, mbf.model.args) == ("mobilefacenet", 512, {"fp16": True})
+    assert (mbf.loss.name, mbf.loss.s, mbf.loss.args) == ("combined", 64.0, {"m1": 1.0, "m2": 0.0, "m3": 0.4})
+    assert (mbf.optim.name, mbf.optim.lr, mbf.optim.momentum, mbf.optim.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+    assert (mbf.data.batch_size, mbf.train.epochs, mbf.schedule.name, mbf.schedule.warmup_epochs) == (
+        1024,
+        20,
+        "polynomial",
+        0,
+    )
+    tiny = [o for o in TINY if not o.startswith(("model.name", "model.args.widths"))]
+    overrides = tiny + ["model.name=mobilefacenet_gwp", "model.args.scale=1", "model.args.global_pool=gwp_softmax"]
+    recipe = load_recipe(RECIPES / "zoo" / "mbf_arcface.yaml", overrides)
+    Trainer(recipe, tmp_path, progress=False).fit()
+    _assert_finished(tmp_path)
+    weights = load_file(str(list_checkpoints(tmp_path)[-1] / "backbone.safetensors"))
+    assert weights["features.layers.0.logits"].shape == (2, 2)  # the learnable kernel of the 2x2 map was saved
+    initial = timm.create_model("mobilefacenet_gwp", scale=1, img_size=32, global_pool="gwp_softmax")
+    assert not torch.equal(weights["features.layers.0.logits"], initial.state_dict()["features.layers.0.logits"])
 
 
 def test_finetune_runs_from_a_pretrained_file(tmp_path):

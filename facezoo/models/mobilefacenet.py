@@ -263,6 +263,7 @@ class MobileFaceNet(nn.Module):
         drop_rate: float = 0.0,
         img_size: Union[int, Tuple[int, int]] = 112,
         fp16: bool = False,
+        layout: str = "insightface",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -281,10 +282,14 @@ class MobileFaceNet(nn.Module):
             img_size: input size the head is built for (GDC's kernel and GWP's kernel are the map size).
             fp16: insightface's fp16 forward: stages under CUDA fp16 autocast, ``conv_sep`` and the head in float32.
                 Not needed with an outer autocast (facezoo's training engine); no effect on CPU.
+            layout: whose module names the model follows: only 'insightface' (accepted so that every face model
+                takes the face-facts kwargs that export records).
         """
         super().__init__()
         if head not in MBF_POOLS:
             raise ValueError(f"head must be one of {MBF_POOLS}, got {head!r}")
+        if layout != "insightface":
+            raise ValueError(f"MobileFaceNet has only layout='insightface', got {layout!r}")
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must give 4 positive block counts, got {blocks!r}")
         dd = dict(device=device, dtype=dtype)
@@ -297,7 +302,7 @@ class MobileFaceNet(nn.Module):
         self.num_features = NUM_FEATURES
         self.head_hidden_size = embed_dim
         self.stem_kernel = 3
-        self.layout = "insightface"
+        self.layout = layout
         self.fp16 = fp16
         self.pool_type = head  # the pooling the head was built with
         self.global_pool = head  # the pooling in use ('' = none, forward returns the map)
