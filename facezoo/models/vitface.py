@@ -221,7 +221,6 @@ class VisionTransformerFace(nn.Module):
     """
 
     family = "vitface"
-    layout = "insightface"
 
     def __init__(
         self,
@@ -243,6 +242,7 @@ class VisionTransformerFace(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        layout: str = "insightface",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -268,10 +268,14 @@ class VisionTransformerFace(nn.Module):
                 attention output and the MLP); 0 in all its models.
             attn_drop_rate: dropout on the attention weights (0).
             drop_path_rate: stochastic depth, rising linearly to this over the blocks (0.1 or 0.05 in insightface).
+            layout: whose module names the model follows: 'insightface' (the only one; the argument exists so every
+                face family is rebuilt with the same kwargs).
         """
         super().__init__()
         if head != "flatten" and head not in VECTOR_POOL_TYPES:
             raise ValueError(f"head must be 'flatten' or one of {VECTOR_POOL_TYPES}, got {head!r}")
+        if layout != "insightface":
+            raise ValueError(f"layout must be 'insightface' for a face ViT, got {layout!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
         dd = dict(device=device, dtype=dtype)
@@ -286,6 +290,7 @@ class VisionTransformerFace(nn.Module):
         self.stem_kernel = patch_size  # the stem is the patch embedding: its kernel is the patch size
         self.patch_size = patch_size
         self.mask_ratio = float(mask_ratio)
+        self.layout = layout
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, width, **dd)
