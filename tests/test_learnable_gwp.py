@@ -104,6 +104,16 @@ def test_gwp_checkpoint_starts_a_learnable_kernel_at_the_paper(tmp_path):
         torch.testing.assert_close(model(x), gwp(x), rtol=1e-5, atol=1e-6)
 
 
+def test_learned_kernel_checkpoint_into_a_plain_gwp_model_is_named(tmp_path):
+    from facezoo.errors import CheckpointError
+
+    path = tmp_path / "soft.safetensors"
+    soft = timm.create_model("iresnet18_gwp_k7", global_pool="gwp_softmax", **TINY)
+    save_file({k: v.contiguous() for k, v in soft.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[pool\.logits\].*with global_pool='gwp_softmax'"):
+        timm.create_model("iresnet18_gwp_k7", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
+
+
 def test_full_size_create_model_and_switching():
     model = timm.create_model("iresnet50_gwp_k7", global_pool="gwp_softmax", device="meta")
     assert isinstance(model.pool, SoftmaxKernelGWP) and tuple(model.pool.logits.shape) == (7, 7)

@@ -92,12 +92,11 @@ pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (p
 @pytest.mark.parametrize(
     "name, kwargs",
     [
-        ("mobilefacenet", {}),
         ("iresnet18_gwp", dict(global_pool="gwp_sigma", layers=[1, 1, 1, 1], widths=[8, 16, 32, 64])),
         ("iresnet18_gwp", dict(global_pool="gwp_softmax", layers=[1, 1, 1, 1], widths=[8, 16, 32, 64])),
     ],
 )
-def test_onnx_export_of_mobilefacenet_and_learnable_kernels(tmp_path, name, kwargs):
+def test_onnx_export_of_learnable_kernels(tmp_path, name, kwargs):
     from facezoo.export import export_onnx
 
     model = calibrate(small_model(name, **kwargs))
@@ -107,3 +106,14 @@ def test_onnx_export_of_mobilefacenet_and_learnable_kernels(tmp_path, name, kwar
             next(pool.parameters()).add_(0.3)
     info = export_onnx(model, tmp_path / "model.onnx")
     assert info["max_abs_diff"] < 1e-3 and info["max_abs_output"] > 0.1 and info["batch"] == 3
+
+
+def test_cli_export_onnx_mobilefacenet(tmp_path, capsys):
+    """A MobileFaceNet with a learned kernel through ``facezoo export onnx`` (which checks it under onnxruntime)."""
+    model = calibrate(small_model("mobilefacenet_gwp", global_pool="gwp_sigma"))
+    with torch.no_grad():
+        model.features.layers[0].log_sigma_scale.fill_(0.2)
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    args = ["export", "onnx", "mobilefacenet_gwp", "--checkpoint", str(tmp_path / "backbone.pth")]
+    assert main([*args, "--global-pool", "gwp_sigma", "--output", str(tmp_path / "mbf.onnx")]) == 0
+    assert (tmp_path / "mbf.onnx").is_file() and "mbf.onnx" in capsys.readouterr().out
