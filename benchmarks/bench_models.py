@@ -120,13 +120,18 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def activation_peak_cpu(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Peak bytes of tensors allocated during one forward, from the profiler's allocator records.
+    """Peak bytes of tensors allocated during one forward, from the profiler's allocator records."""
+    return peak_live_bytes(lambda: model(x))
+
+
+def peak_live_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensors allocated while ``fn`` runs (CPU), from the profiler's allocator records.
 
     Each op's own allocations count from its start, frees from their time stamps; the running sum's maximum is the
     activation peak. Deterministic (it counts tensors, not pages), unlike RSS.
     """
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(x)
+        fn()
     events = []
     for e in prof.events():
         change = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage

@@ -40,8 +40,9 @@ SECTIONS = {
 
 NOTES: Dict[str, str] = {
     # model
-    "model.name": "timm model name. facezoo's are `iresnet{18,34,50,100,200}[_gap\\|_gwp\\|_gdc][_k7]` "
-    "(`facezoo models` lists them with their sizes); other timm models train too, their pooled "
+    "model.name": "timm model name. facezoo's are `iresnet{18,34,50,100,200}[_gap\\|_gwp\\|_gdc][_k7]`, "
+    "`mobilefacenet[_large][_gwp\\|_gap]` and the other families (`facezoo models` lists them with their sizes); "
+    "other timm models train too, their pooled "
     "features being the embedding. May be left out when `model.pretrained` is `hf-hub:` / "
     "`local-dir:` (their config.json names the architecture; `model.name` is then ignored).",
     "model.pretrained": "Start from these weights (fine-tuning): a pretrained tag (`iresnet100.adaface_webface12m`, "
@@ -56,7 +57,7 @@ NOTES: Dict[str, str] = {
     "`local-dir:` and other timm models only when the recipe sets it.",
     "model.args": "Other `timm.create_model` keyword arguments, a mapping: `drop_rate` (dropout before the embedding "
     'layer; insightface 0, AdaFace 0.4), `layout` (`insightface` or `adaface`, AdaFace\'s "IR" '
-    "variant), "
+    "variant), `global_pool` (`gwp_sigma` / `gwp_softmax`: a learnable GWP kernel for a GWP or GAP model), "
     "`widths`, `layers`, `img_size` (the input side; the training images are resized to the model's "
     "input size on the device). `embed_dim` and `num_classes` are refused here. Set one argument with "
     "`model.args.drop_rate=0.4`; `model.args={...}` replaces the whole mapping.",

@@ -6,8 +6,9 @@
 #   bash scripts/run_timm_upstream_tests.sh                       # the representative set (below)
 #   bash scripts/run_timm_upstream_tests.sh iresnet100_gwp 'iresnet34*'   # exact names or shell patterns
 #
-# The representative set covers every head (flatten, gap, gwp, gdc) and both stems (3x3, 7x7) at depth 18, plus one
-# deeper model: iresnet18 iresnet18_k7 iresnet18_gap iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7. timm's test
+# The representative set covers every IResNet head (flatten, gap, gwp, gdc) and both stems (3x3, 7x7) at depth 18, one
+# deeper model, and the other families' GDC / GWP / flatten models: iresnet18 iresnet18_k7 iresnet18_gap
+# iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7 mobilefacenet mobilefacenet_gwp vitface_t vitface_t_gwp. timm's test
 # functions that collect them (all are run): test_model_forward, test_model_backward, test_model_default_cfgs,
 # test_model_forward_features, test_model_forward_torchscript, test_model_forward_fx, test_model_backward_fx,
 # test_model_forward_fx_torchscript.
@@ -15,7 +16,8 @@ set -euo pipefail
 start=$SECONDS
 python=${PYTHON:-python3}
 if [ "$#" -eq 0 ]; then
-    set -- iresnet18 iresnet18_k7 iresnet18_gap iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7
+    set -- iresnet18 iresnet18_k7 iresnet18_gap iresnet18_gwp iresnet18_gdc iresnet50_gwp_k7 mobilefacenet mobilefacenet_gwp \
+        vitface_t vitface_t_gwp
 fi
 # pytest -k matches substrings (iresnet18 would also select iresnet18_gap_k7): build an expression that selects
 # exactly the named models
@@ -23,9 +25,9 @@ filter=$("$python" - "$@" <<'EOF'
 import fnmatch
 import sys
 
-from facezoo.models import model_names
+from facezoo.models.families import face_model_names
 
-names = model_names()
+names = face_model_names()
 chosen = [n for pattern in sys.argv[1:] for n in names if fnmatch.fnmatchcase(n, pattern)]
 unknown = [p for p in sys.argv[1:] if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 if unknown:

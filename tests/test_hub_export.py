@@ -54,6 +54,7 @@ def test_export_loads_back_through_local_dir_with_identical_embeddings(tmp_path,
     assert cfg["model_args"]["img_size"] == [32, 32]
     assert cfg["facezoo"] == {
         "version": facezoo.__version__,
+        "family": "iresnet",
         "head": model.pool_type,
         "stem_kernel": 7 if stem else 3,
         "layout": layout,

@@ -97,6 +97,16 @@ def _hf_faces(dest: Path, fixture: Fixture) -> None:
     rec_to_hf(dest.parent / "_rec_for_hf", dest, format="arrow", progress=False)
 
 
+def _mbf_backbone_pth(dest: Path, fixture: Fixture) -> None:
+    """A MobileFaceNet state_dict saved as arcface_torch saves an mbf ``backbone.pth``."""
+    import timm
+
+    import facezoo  # noqa: F401
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("mobilefacenet").state_dict(), dest)
+
+
 def _lfw_bin(dest: Path, fixture: Fixture) -> None:
     fixture("make_bins")(dest.parent, bins=[dest.stem], pairs_datasets=[], num_pairs=10)  # 10 folds: 10 pairs
 
@@ -156,6 +166,7 @@ def _recipe(dest: Path, fixture: Fixture) -> None:
 #: what a snippet names (as it spells the path) -> the function that makes it, small, under that path
 FILES: Dict[str, Callable[[Path, Fixture], None]] = {
     "backbone.pth": _backbone_pth,
+    "mbf/backbone.pth": _mbf_backbone_pth,
     "faces_webface4m/": _rec_folder,
     "aligned/": _identity_folders,
     "faces_hf/": _hf_faces,

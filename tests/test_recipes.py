@@ -91,7 +91,13 @@ def test_every_recipe_key_is_documented():
 def test_every_recipe_file_loads():
     files = sorted(RECIPES.rglob("*.yaml"))
     names = {str(f.relative_to(RECIPES)) for f in files}
-    assert {"quickstart.yaml", "finetune.yaml", "paper/arcface.yaml", "paper/adaface.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "finetune.yaml",
+        "paper/arcface.yaml",
+        "paper/adaface.yaml",
+        "zoo/mbf_arcface.yaml",
+    } <= names
     assert "paper.yaml" not in names  # the old placeholder is gone
     for f in files:
         load_recipe(f)
@@ -144,6 +150,30 @@ def test_recipe_runs(name, tmp_path):
     assert resolved.loss == recipe.loss and resolved.optim == recipe.optim and resolved.schedule == recipe.schedule
 
 
+def test_zoo_mbf_recipe_states_insightface_settings_and_runs(tmp_path):
+    """recipes/zoo/mbf_arcface.yaml: insightface's wf4m_mbf values; 3 CPU steps of a width-scale-1 GWP MobileFaceNet
+    at 32x32 (the recipe's fp16 flag stays: it does nothing on a CPU)."""
+    mbf = load_recipe(RECIPES / "zoo" / "mbf_arcface.yaml")
+    assert (mbf.model.name, mbf.model.embed_dim, mbf.model.args) == ("mobilefacenet", 512, {"fp16": True})
+    assert (mbf.loss.name, mbf.loss.s, mbf.loss.args) == ("combined", 64.0, {"m1": 1.0, "m2": 0.0, "m3": 0.4})
+    assert (mbf.optim.name, mbf.optim.lr, mbf.optim.momentum, mbf.optim.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+    assert (mbf.data.batch_size, mbf.train.epochs, mbf.schedule.name, mbf.schedule.warmup_epochs) == (
+        1024,
+        20,
+        "polynomial",
+        0,
+    )
+    tiny = [o for o in TINY if not o.startswith(("model.name", "model.args.widths"))]
+    overrides = tiny + ["model.name=mobilefacenet_gwp", "model.args.scale=1", "model.args.global_pool=gwp_softmax"]
+    recipe = load_recipe(RECIPES / "zoo" / "mbf_arcface.yaml", overrides)
+    Trainer(recipe, tmp_path, progress=False).fit()
+    _assert_finished(tmp_path)
+    weights = load_file(str(list_checkpoints(tmp_path)[-1] / "backbone.safetensors"))
+    assert weights["features.layers.0.logits"].shape == (2, 2)  # the learnable kernel of the 2x2 map was saved
+    initial = timm.create_model("mobilefacenet_gwp", scale=1, img_size=32, global_pool="gwp_softmax")
+    assert not torch.equal(weights["features.layers.0.logits"], initial.state_dict()["features.layers.0.logits"])
+
+
 def test_finetune_runs_from_a_pretrained_file(tmp_path):
     # a "pretrained" tiny model whose weights cannot be mistaken for a fresh initialisation
     src = timm.create_model("iresnet18_gwp", embed_dim=32, widths=[8, 8, 16, 16], img_size=32)
@@ -183,3 +213,47 @@ def test_paper_table_is_current():
     rows = [line for line in block.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 48 and len({r.split("|")[6] for r in rows}) == 24  # 2 losses x 24 distinct models
     assert sum("not reported" not in r for r in rows) == len(table.TARGETS)
+
+
+# --- (e) the model-zoo recipes ------------------------------------------------------------------------------------
+
+# a 1-block ViT of width 32 on a 36x36 input (a 4x4 token grid), replacing TINY's IResNet overrides
+VIT_TINY = [o for o in TINY if not o.startswith("model.")] + [
+    "model.name=vitface_t_gwp",
+    "model.embed_dim=32",
+    "model.args.width=32",
+    "model.args.depth=1",
+    "model.args.num_heads=2",
+    "model.args.img_size=36",
+]
+
+
+def test_vit_recipe_states_insightface_settings():
+    vit = load_recipe(RECIPES / "zoo" / "vit_arcface.yaml")
+    assert (vit.model.name, vit.model.embed_dim, vit.model.args) == (
+        "vitface_t",
+        512,
+        {"drop_path_rate": 0.05, "mask_ratio": 0.0},  # vit_t_dp005_mask0
+    )
+    assert (vit.loss.name, vit.loss.s, vit.loss.args, vit.loss.sample_rate) == (
+        "combined",
+        64.0,
+        {"m1": 1.0, "m2": 0.0, "m3": 0.4},
+        0.3,
+    )
+    assert (vit.optim.name, vit.optim.lr, vit.optim.weight_decay, vit.optim.clip_grad_norm) == ("adamw", 1e-3, 0.1, 5.0)
+    assert (vit.schedule.name, vit.schedule.power, vit.schedule.warmup_epochs) == ("polynomial", 1.0, 4)
+    assert (vit.train.epochs, vit.train.mixed_precision, vit.data.batch_size) == (40, "fp16", 512 * 8)
+    assert vit.eval.targets == []
+
+
+def test_vit_recipe_runs_from_the_command_line(tmp_path, capsys):
+    from facezoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", str(RECIPES / "zoo" / "vit_arcface.yaml"), "--output-dir", str(run), "--quiet", *VIT_TINY]
+    assert main(argv) == 0, capsys.readouterr().err
+    _assert_finished(run)
+    resolved = load_recipe(run / "recipe.yaml")
+    assert resolved.model.name == "vitface_t_gwp" and resolved.model.args["mask_ratio"] == 0.0
+    assert resolved.optim.name == "adamw" and resolved.loss.sample_rate == 0.3

@@ -19,10 +19,14 @@ from timm.models._manipulate import group_parameters
 
 import facezoo  # noqa: F401  (registers the models)
 from facezoo.models import model_names
+from facezoo.models.mobilefacenet import model_names as mbf_model_names
 
 ALL_MODELS = model_names()
 # every head and both stems, at the cheapest depth
 SUBSET = ["iresnet18", "iresnet18_gap", "iresnet18_gwp", "iresnet18_gdc_k7", "iresnet18_gwp_k7"]
+# the other families: every model on the meta device, the numerical checks on a GDC and a GWP model
+OTHER_FAMILIES = mbf_model_names()
+OTHER_SUBSET = ["mobilefacenet", "mobilefacenet_gwp"]
 
 
 def _input_size(model) -> tuple:
@@ -37,7 +41,7 @@ def test_all_40_models_registered():
         assert timm.get_pretrained_cfg(name).architecture == name
 
 
-@pytest.mark.parametrize("model_name", SUBSET)
+@pytest.mark.parametrize("model_name", SUBSET + OTHER_SUBSET)
 def test_model_forward(model_name):
     model = timm.create_model(model_name).eval()
     x = torch.randn(2, *_input_size(model))
@@ -49,7 +53,7 @@ def test_model_forward(model_name):
     torch.testing.assert_close(out, out2, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", SUBSET)
+@pytest.mark.parametrize("model_name", SUBSET + OTHER_SUBSET)
 def test_model_backward(model_name):
     model = timm.create_model(model_name, num_classes=42).train()
     num_params = sum(p.numel() for p in model.parameters())
@@ -71,7 +75,7 @@ def _assert_model_api_contract(model, model_name: str) -> None:
     assert len(set(groups.values())) > 1
 
 
-@pytest.mark.parametrize("model_name", ALL_MODELS)
+@pytest.mark.parametrize("model_name", ALL_MODELS + OTHER_FAMILIES)
 def test_model_default_cfgs(model_name):
     """timm's cfg test, on the meta device (no weights allocated), for every model."""
     with torch.device("meta"):
@@ -123,7 +127,7 @@ def test_model_default_cfgs(model_name):
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize("model_name", SUBSET)
+@pytest.mark.parametrize("model_name", SUBSET + OTHER_SUBSET)
 def test_model_forward_torchscript(model_name):
     with timm.set_scriptable(True):
         model = timm.create_model(model_name).eval()
@@ -149,7 +153,19 @@ def test_model_forward_features(model_name, feature_cls):
         assert not torch.isnan(o).any()
 
 
-@pytest.mark.parametrize("model_name", ["iresnet18_gwp", "iresnet18_gdc_k7"])
+@pytest.mark.parametrize("model_name", OTHER_SUBSET)
+def test_model_forward_features_other_families(model_name):
+    """MobileFaceNet's features_only is timm's getter (forward_intermediates): 4 points, strides 2-16."""
+    model = timm.create_model(model_name, features_only=True).eval()
+    assert isinstance(model, timm.models._features.FeatureGetterNet)
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert channels == [128, 128, 256, 512] and reductions == [2, 4, 8, 16]
+    outputs = model(torch.randn(1, 3, 96, 96))
+    assert [o.shape[1] for o in outputs] == channels
+    assert [o.shape[-1] for o in outputs] == [96 // r for r in reductions]
+
+
+@pytest.mark.parametrize("model_name", ["iresnet18_gwp", "iresnet18_gdc_k7", "mobilefacenet_gwp"])
 def test_features_only_grad_checkpointing_backward(model_name):
     grads = []
     x = torch.randn(2, 3, 48, 48)  # features_only has no head, any size works
@@ -164,7 +180,7 @@ def test_features_only_grad_checkpointing_backward(model_name):
         torch.testing.assert_close(g1, g0)
 
 
-@pytest.mark.parametrize("model_name", SUBSET)
+@pytest.mark.parametrize("model_name", SUBSET + OTHER_SUBSET)
 def test_model_forward_intermediates(model_name):
     model = timm.create_model(model_name).eval()
     info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
@@ -181,7 +197,7 @@ def test_model_forward_intermediates(model_name):
     torch.testing.assert_close(final, final3, rtol=1e-4, atol=1e-5)
     kept = model.prune_intermediate_layers(indices=[2])
     assert kept == [2]
-    assert model.forward_intermediates(x, indices=[2], intermediates_only=True)[0].shape[1] == 128
+    assert model.forward_intermediates(x, indices=[2], intermediates_only=True)[0].shape[1] == info.channels()[2]
 
 
 def _fx_model(model, train: bool = False):
@@ -203,7 +219,7 @@ def _fx_model(model, train: bool = False):
     )
 
 
-@pytest.mark.parametrize("model_name", SUBSET)
+@pytest.mark.parametrize("model_name", SUBSET + OTHER_SUBSET)
 def test_model_forward_fx(model_name):
     model = timm.create_model(model_name).eval()
     x = torch.randn(1, *_input_size(model))
@@ -213,7 +229,7 @@ def test_model_forward_fx(model_name):
     torch.testing.assert_close(fx_out, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["iresnet18_gwp_k7", "iresnet18_gdc"])
+@pytest.mark.parametrize("model_name", ["iresnet18_gwp_k7", "iresnet18_gdc", "mobilefacenet_gwp"])
 def test_model_forward_fx_torchscript(model_name):
     with timm.set_scriptable(True):
         model = timm.create_model(model_name).eval()
@@ -224,7 +240,7 @@ def test_model_forward_fx_torchscript(model_name):
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", SUBSET[:3])
+@pytest.mark.parametrize("model_name", SUBSET[:3] + OTHER_SUBSET[:1])
 def test_model_backward_fx(model_name):
     model = timm.create_model(model_name, num_classes=42).train()
     num_params = sum(p.numel() for p in model.parameters())
@@ -262,3 +278,92 @@ def test_init_weights_after_to_empty_restores_gaussian():
     reference = timm.create_model("iresnet18_gwp")
     torch.testing.assert_close(model.pool.kernel, reference.pool.kernel)
     assert torch.isfinite(model.eval()(torch.randn(1, 3, 112, 112))).all()
+
+
+# --- face ViTs (facezoo.models.vitface): the same checks, on 2-block models (the blocks are all alike) ---------------
+
+VIT_MODELS = ["vitface_t", "vitface_t_gap", "vitface_t_gwp"]
+VIT_SMALL = dict(depth=2)
+
+
+@pytest.mark.parametrize("model_name", VIT_MODELS)
+def test_vit_forward_backward_and_grad_checkpointing(model_name):
+    model = timm.create_model(model_name, **VIT_SMALL).eval()
+    x = torch.randn(2, *_input_size(model))
+    out = model(x)
+    assert out.shape == (2, 512) and not torch.isnan(out).any()
+    model.set_grad_checkpointing()
+    torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
+    model = timm.create_model(model_name, num_classes=42, **VIT_SMALL).train()
+    out = model(x)
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []  # mask_token too (masking in training)
+
+
+@pytest.mark.parametrize("model_name", timm.list_models("vitface_*"))
+def test_vit_default_cfgs(model_name):
+    with torch.device("meta"):
+        model = timm.create_model(model_name, device="meta", dtype=torch.float32).eval()
+    _assert_model_api_contract(model, model_name)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 112, 112) and cfg["mean"] == cfg["std"] == (0.5, 0.5, 0.5)
+    assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear" and cfg["fixed_input_size"]
+    assert model.num_classes == 0 and model.head_hidden_size == model.embed_dim == 512
+    assert model.num_features == model.width and cfg["pool_size"] == (12, 12)
+    x = torch.randn(1, *cfg["input_size"], device="meta")
+    feats = model.forward_features(x)
+    assert feats.shape == (1, model.width, 12, 12)
+    assert model.forward_head(feats, pre_logits=True).shape == (1, 512)
+    model.to(torch.bfloat16)
+    assert model(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    model.to(torch.float32)
+    model.reset_classifier(0, "")
+    assert model(x).shape == (1, model.width, 12, 12)
+    assert cfg["first_conv"] + ".weight" in model.state_dict()
+    model = timm.create_model(model_name, device="meta", dtype=torch.float32)
+    model.requires_grad_(False)
+    model.reset_classifier(0)
+    model.reset_classifier(0, "")
+    assert not [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("model_name", ["vitface_t", "vitface_t_gwp"])
+def test_vit_torchscript_and_fx(model_name):
+    with timm.set_scriptable(True):
+        model = timm.create_model(model_name, **VIT_SMALL).eval()
+    x = torch.randn(1, *_input_size(model))
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.cat(tuple(_fx_model(model)(x).values())), expected, rtol=1e-4, atol=1e-5)
+    model = timm.create_model(model_name, num_classes=42, **VIT_SMALL).train()
+    fx = _fx_model(model, train=True)
+    torch.cat(tuple(fx(torch.randn(2, *_input_size(model))).values())).mean().backward()
+    assert all(p.grad is not None for p in fx.parameters())
+
+
+def test_vit_features_only_and_intermediates():
+    model = timm.create_model("vitface_t_gwp", depth=4).eval()
+    x = torch.randn(1, 3, 112, 112)
+    final, intermediates = model.forward_intermediates(x)
+    assert len(intermediates) == 4 and all(t.shape == (1, 256, 12, 12) for t in intermediates)
+    torch.testing.assert_close(final, model.forward_features(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model.forward_intermediates(x, indices=[1], norm=True, intermediates_only=True)[0],
+        model.norm(intermediates[1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(1, 256, 12, 12),
+    )
+    assert model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)[0].shape == (
+        1,
+        144,
+        256,
+    )
+    assert model.prune_intermediate_layers(indices=[1]) == [1] and len(model.blocks) == 2
+    features = timm.create_model("vitface_t_gwp", depth=4, features_only=True).eval()
+    assert features.feature_info.channels() == [256] * 3 and features.feature_info.reduction() == [9] * 3
+    outs = features(x)
+    assert [tuple(o.shape) for o in outs] == [(1, 256, 12, 12)] * 3
+    features = timm.create_model("vitface_t", depth=3, features_only=True, out_indices=(0, 2)).train()
+    features.model.set_grad_checkpointing()  # FeatureGetterNet runs the model's forward_intermediates
+    sum(o.pow(2).mean() for o in features(torch.randn(2, 3, 112, 112))).backward()

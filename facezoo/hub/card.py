@@ -48,15 +48,29 @@ HEAD_NAMES = {
     "avg": "GAP (global average pooling)",
     "gwp": "GWP (Gaussian Weighted Pooling)",
     "gdc": "GDC (global depthwise convolution)",
+    "gwp_sigma": "GWP with a learnable sigma",
+    "gwp_softmax": "GWP with a learnable softmax-normalized kernel",
 }
-HEAD_TAGS = {"flatten": "flatten-head", "avg": "gap", "gwp": "gwp", "gdc": "gdc"}
+HEAD_TAGS = {
+    "flatten": "flatten-head",
+    "avg": "gap",
+    "gwp": "gwp",
+    "gdc": "gdc",
+    "gwp_sigma": "gwp",
+    "gwp_softmax": "gwp",
+}
 _HEAD_SUMMARY = {
     "flatten": "insightface's baseline head, which flattens the 512x7x7 map into one linear layer",
     "avg": "a global-average-pooling head",
     "gwp": "the Gaussian Weighted Pooling head of the GWP paper, which replaces the flatten layer by a fixed "
     "Gaussian-weighted average and keeps the accuracy",
     "gdc": "MobileFaceNet's global depthwise convolution head",
+    "gwp_sigma": "a Gaussian Weighted Pooling head whose sigma is learned (started at the GWP paper's)",
+    "gwp_softmax": "a Gaussian Weighted Pooling head whose kernel is learned as a softmax over the map positions "
+    "(started at the GWP paper's Gaussian)",
 }
+#: how the card's first sentence names each family
+FAMILY_NAMES = {"iresnet": "IResNet", "mobilefacenet": "MobileFaceNet", "vitface": "face ViT"}
 GWP_CITATION = """@misc{bhatta_gwp,
   title  = {Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone},
   author = {Bhatta, Aman and Wu, Haiyu and Ozturk, Kagan and Bowyer, Kevin W.},
@@ -78,20 +92,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def describe_model(model: nn.Module) -> Dict[str, Any]:
-    """Facts about a facezoo model for its config and card: architecture, head, stem, layout, embed_dim, size.
+    """Facts about a facezoo model for its config and card: architecture, family, head, stem, layout, embed_dim, size.
 
-    Raises :class:`ConfigError` for a model that is not a facezoo IResNet created through timm.
+    The model tells its face facts (:mod:`facezoo.models.families`); ``depth`` is IResNet's (None for the other
+    families). Raises :class:`ConfigError` for a model that is not a facezoo face model created through timm.
     """
     import timm
 
     from facezoo.layers import count_linear_params
-    from facezoo.models.iresnet import DEPTHS, IResNet
+    from facezoo.models.families import face_facts, is_face_model
+    from facezoo.models.iresnet import DEPTHS
     from facezoo.models.profile import count_flops, count_params
 
     model = unwrap_model(model)
-    if not isinstance(model, IResNet):
+    if not is_face_model(model):
         raise ConfigError(
-            f"{type(model).__name__} is not a facezoo IResNet; facezoo publishes its own face "
+            f"{type(model).__name__} is not a facezoo face model; facezoo publishes its own face "
             "backbones (see 'facezoo models')"
         )
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -101,20 +117,24 @@ def describe_model(model: nn.Module) -> Dict[str, Any]:
             "the model has no timm pretrained_cfg naming its architecture; create it with "
             "timm.create_model / facezoo.models.create_model rather than IResNet(...)"
         )
-    blocks = tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5))
-    depth = next((d for d, b in DEPTHS.items() if b == blocks), None)
+    facts = face_facts(model)
+    depth = None
+    if facts["family"] == "iresnet":
+        blocks = tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5))
+        depth = next((d for d, b in DEPTHS.items() if b == blocks), None)
     args, input_size, fixed = _build_args(model)
     meta = timm.create_model(arch, device="meta", **args).eval()  # FLOPs without touching the weights
     params = count_params(model)
     linear = count_linear_params(model)
     return dict(
         architecture=arch,
+        family=facts["family"],
         depth=depth,
-        head=model.pool_type,
-        global_pool=model.global_pool,
-        stem_kernel=int(model.stem_kernel),
-        layout=model.layout,
-        embed_dim=int(model.embed_dim),
+        head=facts["pool_type"],
+        global_pool=facts["global_pool"],
+        stem_kernel=facts["stem_kernel"],
+        layout=facts["layout"],
+        embed_dim=facts["embed_dim"],
         num_classes=int(model.num_classes),
         input_size=input_size,
         fixed_input_size=fixed,
@@ -268,7 +288,9 @@ def card_from_facts(
         eval_results=evals or None,
     )
     _, height, width = facts["input_size"]
-    name = f"An IResNet-{facts['depth']}" if facts["depth"] else "An IResNet"
+    family = FAMILY_NAMES.get(facts.get("family", "iresnet"), facts.get("family", "face"))
+    name = f"{family}-{facts['depth']}" if facts.get("depth") else family
+    name = f"{'An' if name[0] in 'AEIOU' else 'A'} {name}"
     summary = (
         f"{name} face-recognition backbone with {_HEAD_SUMMARY[facts['head']]}, as a "
         f"[timm](https://github.com/huggingface/pytorch-image-models) model through facezoo. It maps an aligned "
@@ -292,7 +314,7 @@ def card_from_facts(
         fixed_input_size=facts["fixed_input_size"],
         head_name=HEAD_NAMES[facts["head"]],
         architecture=facts["architecture"],
-        stem=facts["stem_kernel"],
+        stem=f"{facts['stem_kernel']}x{facts['stem_kernel']} first conv" if facts["stem_kernel"] else "no stem conv",
         layout=facts["layout"],
         embed_dim=facts["embed_dim"],
         params_m=f"{facts['params'] / 1e6:.2f}",
@@ -307,7 +329,7 @@ def card_from_facts(
         eval_details=_eval_details(doc) if doc else None,
         nfolds=(doc or {}).get("nfolds", 10),
         ijb_mode=ijb_card_mode(doc) if doc else None,
-        citation=GWP_CITATION if facts["head"] == "gwp" else None,
+        citation=GWP_CITATION if facts["head"].startswith("gwp") else None,
         facezoo_version=__version__,
     )
     path = Path(template) if template is not None else template_path()

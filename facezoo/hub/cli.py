@@ -28,6 +28,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="architecture variant; 'adaface' for AdaFace / TFace / CVLface IR checkpoints",
     )
     p.add_argument("--embed-dim", type=int, metavar="N", help="embedding size (default: the model's, 512)")
+    p.add_argument(
+        "--global-pool",
+        metavar="POOL",
+        help="pooling the checkpoint was trained with, when not the model name's: e.g. gwp_sigma or gwp_softmax "
+        "(learnable GWP kernels) for a _gwp model",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -121,7 +127,8 @@ def register(subparsers: Any) -> None:
 
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    return {k: v for k, v in (("layout", args.layout), ("embed_dim", args.embed_dim)) if v is not None}
+    given = (("layout", args.layout), ("embed_dim", args.embed_dim), ("global_pool", args.global_pool))
+    return {k: v for k, v in given if v is not None}
 
 
 def _warn_if_random(args: argparse.Namespace) -> None:

@@ -79,6 +79,7 @@ def save_pretrained(
     card = card_from_facts(facts, doc, training, base_model, datasets=datasets, license=license, repo_id=repo_id)
     block: Dict[str, Any] = {
         "version": _version(),
+        "family": facts["family"],
         "head": facts["head"],
         "stem_kernel": facts["stem_kernel"],
         "layout": facts["layout"],
@@ -185,7 +186,7 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     import timm
     from timm.models import PretrainedCfg
 
-    from facezoo.models.iresnet import checkpoint_filter_fn, model_names
+    from facezoo.models.families import checkpoint_filter_for, face_model_names
 
     folder = require_path(path, "export folder", kind="dir")
     config = folder / CONFIG_NAME
@@ -201,12 +202,13 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
         raise ConfigError(f"{config}: no 'architecture' field (expected timm's config.json)")
     arch = cfg["architecture"]
-    if arch not in model_names():
+    model_names = face_model_names()
+    if arch not in model_names:
         from facezoo.errors import did_you_mean
 
         raise UnknownNameError(
             f"{config}: field 'architecture' is {arch!r}, not a facezoo model"
-            f"{did_you_mean(arch, model_names())}; 'facezoo models' lists them"
+            f"{did_you_mean(arch, model_names)}; 'facezoo models' lists them"
         )
     pcfg = cfg.get("pretrained_cfg")
     if not isinstance(pcfg, dict):
@@ -232,7 +234,7 @@ def check_export_folder(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pth")]
         extra = f" (found {', '.join(pickles)}: pickle files are not published)" if pickles else ""
         raise MissingPathError(f"{weights}: no weights in the export folder{extra}; export with 'facezoo export hub'")
-    _check_weights(weights, meta, checkpoint_filter_fn)
+    _check_weights(weights, meta, checkpoint_filter_for(meta))
     return cfg
 
 

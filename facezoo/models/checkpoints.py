@@ -6,7 +6,9 @@
   ``backbone``), DDP / ``torch.compile`` prefixes cleaned by timm's ``clean_state_dict``;
 * :func:`map_adaface_keys` -- AdaFace / TFace / CVLface "IR" checkpoints (``input_layer`` / ``body`` /
   ``output_layer`` keys, Lightning ``model.`` prefix) renamed to facezoo's keys, BGR first conv turned RGB;
-* :func:`describe_state_dict` -- which facezoo model a state_dict looks like, for error messages;
+* :func:`describe_state_dict` -- which facezoo model a state_dict looks like, for error messages: one detector per
+  family (:func:`describe_iresnet` here, the others registered by their model files with
+  :func:`register_checkpoint_detector`);
 * :func:`load_weights_only` / :func:`convert_checkpoint` -- ``torch.load(weights_only=True)`` with refused objects
   left out (never unpickled), and the tensors of a training checkpoint written to a safetensors file.
 """
@@ -19,7 +21,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,10 +38,14 @@ __all__ = [
     "adaface_prefix",
     "map_adaface_keys",
     "describe_state_dict",
+    "describe_iresnet",
+    "register_checkpoint_detector",
     "refused_checkpoint_message",
     "load_weights_only",
     "convert_checkpoint",
     "short_list",
+    "fill_learnable_pool",
+    "LEARNABLE_POOL_KEYS",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -318,14 +324,38 @@ def map_adaface_keys(
 # --- diagnostics ----------------------------------------------------------------------------------------------------
 
 
+#: per-family detectors: each returns the model name a state_dict looks like, or None when it is not of its family;
+#: the model files register theirs at import (:func:`register_checkpoint_detector`)
+_DETECTORS: List[Callable[[Dict[str, torch.Tensor]], Optional[str]]] = []
+
+
+def register_checkpoint_detector(detector: Callable[[Dict[str, torch.Tensor]], Optional[str]]) -> None:
+    """Add a family's detector to :func:`describe_state_dict` (a model file calls this once, at import)."""
+    if detector not in _DETECTORS:
+        _DETECTORS.append(detector)
+
+
 def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
-    """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'."""
+    """Guess which facezoo model a state_dict belongs to (for error messages), e.g. 'iresnet50_gwp_k7'.
+
+    Asks each family's detector in turn (IResNet, then those the other model files registered); a state_dict none
+    of them knows is named by its first keys.
+    """
+    for detector in [describe_iresnet, *_DETECTORS]:
+        name = detector(state_dict)
+        if name is not None:
+            return name
+    return f"no facezoo model (keys {short_list(list(state_dict), 4)})"
+
+
+def describe_iresnet(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The IResNet (insightface or AdaFace layout) a state_dict looks like, or None when it is no IResNet."""
     prefix = adaface_prefix(state_dict)
     if prefix is not None:
         return _describe_adaface([k[len(prefix) :] for k in state_dict if k.startswith(prefix)])
     keys = list(state_dict)
     if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
-        return "no IResNet checkpoint (no 'conv1.weight' / 'fc.weight' keys)"
+        return None
     blocks = []
     for stage in range(1, 5):
         idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
@@ -334,18 +364,41 @@ def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     depth_name = f"iresnet{depth}" if depth else f"an IResNet with blocks {tuple(blocks)}"
     k = state_dict["conv1.weight"].shape[-1]
     fc_in = state_dict["fc.weight"].shape[1]
-    if "pool.conv.weight" in state_dict:
-        head = "_gdc"
-    elif fc_in == 512:
-        head = "_gwp (or _gap: same keys)"
-    else:
-        head = ""
     stem = "_k7" if k == 7 else ""
     adaface = "layer1.0.downsample.0.weight" not in state_dict and "features.weight" not in state_dict
     layout = " with layout='adaface'" if adaface else ""
-    if head.startswith("_gwp"):
+    if "pool.conv.weight" in state_dict:
+        return f"{depth_name}_gdc{stem}{layout}"
+    for key, kind in (("pool.logits", "gwp_softmax"), ("pool.log_sigma_scale", "gwp_sigma")):
+        if key in state_dict:
+            return f"{depth_name}_gwp{stem}{layout} with global_pool={kind!r}"
+    if fc_in == 512:
         return f"{depth_name}_gwp{stem}{layout} (or {depth_name}_gap{stem}{layout}: same keys)"
-    return f"{depth_name}{head}{stem}{layout}"
+    return f"{depth_name}{stem}{layout}"
+
+
+#: parameter names of the learnable GWP kernels (facezoo.layers.LearnableSigmaGWP / SoftmaxKernelGWP)
+LEARNABLE_POOL_KEYS = ("log_sigma_scale", "logits")
+
+
+def fill_learnable_pool(
+    state_dict: Dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor], pool_prefix: str
+) -> Dict[str, torch.Tensor]:
+    """Start a learnable GWP kernel at the model's initial value when the checkpoint has none.
+
+    A GWP (or GAP) checkpoint loaded into a model built with ``global_pool='gwp_sigma'`` / ``'gwp_softmax'`` lacks the
+    kernel's parameter: it gets the model's freshly initialized one (the paper's Gaussian), so fine-tuning a GWP
+    checkpoint with a learnable kernel starts exactly where the checkpoint was. ``expected`` is the model's
+    state_dict (read before loading), ``pool_prefix`` e.g. ``'pool.'``. A checkpoint that stores any key of that
+    pool is left alone (a mismatch is then reported by the caller).
+    """
+    if any(k.startswith(pool_prefix) for k in state_dict):
+        return state_dict
+    for name in LEARNABLE_POOL_KEYS:
+        key = pool_prefix + name
+        if key in expected:
+            state_dict[key] = expected[key].detach().clone()
+    return state_dict
 
 
 def short_list(items: List[str], limit: int = 8) -> str:

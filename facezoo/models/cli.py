@@ -13,7 +13,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the face backbones with parameters, linear-layer share and GFLOPs",
-        description="List facezoo's timm models with total parameters (insightface counting), linear-layer "
+        description="List facezoo's timm models of every family (IResNet, MobileFaceNet, ...) with total parameters "
+        "(insightface counting), linear-layer "
         "parameters and their share, and GFLOPs (2 x MACs) for one 112x112 image.",
         epilog="'facezoo models convert-checkpoint IN OUT.safetensors' writes the tensors of a training checkpoint "
         "(e.g. a Lightning .ckpt) to a safetensors file, loading it with torch.load(weights_only=True) only.",
@@ -22,7 +23,7 @@ def register(subparsers: Any) -> None:
         "patterns",
         nargs="*",
         metavar="PATTERN",
-        help="only models matching these shell patterns, e.g. 'iresnet50*' (default: all)",
+        help="only models matching these shell patterns, e.g. 'iresnet50*' 'mobilefacenet*' (default: all families)",
     )
     p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output format")
     p.add_argument(

@@ -39,13 +39,14 @@ from timm.models._features import feature_take_indices
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
 from facezoo.errors import CheckpointError, HubError
-from facezoo.layers import POOL_TYPES, create_face_pool
+from facezoo.layers import POOL_TYPES, VECTOR_POOL_TYPES, create_face_pool, pool_switch_error
 from facezoo.models.checkpoints import (
     CVLFACE_PREFIX,
     adaface_prefix,
     check_checkpoint_file,
     checkpoint_load_error,
     describe_state_dict,
+    fill_learnable_pool,
     map_adaface_keys,
     short_list,
     strip_wrapper_prefix,
@@ -171,6 +172,8 @@ class IResNet(nn.Module):
     ``layout='adaface'`` gives the AdaFace / TFace / CVLface "IR" variant of the same network (see ``__init__``).
     """
 
+    family = "iresnet"
+
     def __init__(
         self,
         layers: Sequence[int] = DEPTHS[50],
@@ -293,8 +296,9 @@ class IResNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier on top of the embedding; optionally change or remove ('') the pooling.
 
-        The embedding layers (``fc``, ``features``) are kept. Pooling can switch between 'avg' and 'gwp' (same fc
-        shape: the paper's "GWP model without its kernel" ablation), or be removed with '' (forward then returns the
+        The embedding layers (``fc``, ``features``) are kept. Pooling can switch among 'avg', 'gwp', 'gwp_sigma'
+        and 'gwp_softmax' (same fc shape: the paper's "GWP model without its kernel" ablation, or a GWP model given a
+        learnable kernel), or be removed with '' (forward then returns the
         feature map and the whole head, classifier included, is bypassed until a pooling is set again); 'flatten'
         and 'gdc' models keep their own head.
         """
@@ -306,22 +310,19 @@ class IResNet(nn.Module):
         self.classifier.train(self.training)
 
     def _set_global_pool(self, global_pool: str) -> None:
+        """Remove ('') or switch the pooling; only among ``VECTOR_POOL_TYPES``, whose fc input is the same."""
         if global_pool == self.global_pool:
             return
-        interchangeable = {"avg", "gwp"}
         if global_pool == "" or global_pool == self.pool_type:
             self.global_pool = global_pool
             return
-        if global_pool in interchangeable and self.pool_type in interchangeable:
+        if global_pool in VECTOR_POOL_TYPES and self.pool_type in VECTOR_POOL_TYPES:
             dd = get_device_dtype(self)
             self.pool, _ = create_face_pool(global_pool, self.num_features, getattr(self.pool, "size", (7, 7)), **dd)
+            self.pool.train(self.training)
             self.pool_type = self.global_pool = global_pool
             return
-        raise ValueError(
-            f"cannot switch a {self.pool_type!r} head to global_pool={global_pool!r}: the fc layer is built for "
-            f"{self.pool_type!r}; allowed: '', {self.pool_type!r}"
-            + (", 'avg', 'gwp'" if self.pool_type in interchangeable else "")
-        )
+        raise ValueError(pool_switch_error(self.pool_type, global_pool))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prelu(self.bn1(self.conv1(x)))
@@ -484,6 +485,7 @@ def checkpoint_filter_fn(
     if "pool.kernel" not in expected:
         out.pop("pool.kernel", None)  # a GWP kernel some exports store: facezoo recomputes it (other pool.* keys,
         # e.g. a GDC head's learned conv, must fit the model like any weight)
+    out = fill_learnable_pool(out, expected, "pool.")
     for k in expected:  # only for BatchNorms the checkpoint has, so that describe_state_dict still sees its depth
         bn = k[: -len("num_batches_tracked")]
         if k.endswith(".num_batches_tracked") and k not in out and f"{bn}running_mean" in out:

@@ -7,7 +7,6 @@ iresnet200 allocates no weights.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Iterable, List, Optional
 
@@ -17,7 +16,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from facezoo.layers import count_linear_params
-from facezoo.models.iresnet import model_names
+from facezoo.models.families import face_facts, face_model_names, is_face_model
 
 
 @dataclass
@@ -25,6 +24,7 @@ class ModelStats:
     """One row of ``facezoo models``."""
 
     name: str
+    family: str
     head: str
     stem_kernel: int
     params: int
@@ -61,10 +61,13 @@ def model_stats(name: str) -> ModelStats:
     input_size = tuple(cfg["input_size"])
     params = count_params(model)
     linear = count_linear_params(model)
+    # a face model tells its facts; any other timm model is profiled as far as it goes
+    facts = face_facts(model) if is_face_model(model) else {"family": "", "pool_type": "", "stem_kernel": 0}
     return ModelStats(
         name=name,
-        head=getattr(model, "pool_type", getattr(model, "global_pool", "")),
-        stem_kernel=int(getattr(model, "stem_kernel", 0)),
+        family=facts["family"],
+        head=facts["pool_type"],
+        stem_kernel=facts["stem_kernel"],
         params=params,
         linear_params=linear,
         linear_share=linear / params,
@@ -75,13 +78,8 @@ def model_stats(name: str) -> ModelStats:
 
 
 def list_face_models(patterns: Optional[Iterable[str]] = None) -> List[str]:
-    """facezoo's registered models (timm module ``iresnet``), optionally filtered by fnmatch patterns."""
-    order = {n: i for i, n in enumerate(model_names())}
-    names = sorted(timm.list_models(module="iresnet"), key=lambda n: (order.get(n, len(order)), n))
-    if patterns:
-        pats = list(patterns)
-        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in pats)]
-    return names
+    """facezoo's registered models of every family, optionally filtered by fnmatch patterns."""
+    return face_model_names(patterns)
 
 
 def stats_table_markdown(rows: List[ModelStats]) -> str:
@@ -90,8 +88,9 @@ def stats_table_markdown(rows: List[ModelStats]) -> str:
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
+        stem = f"{r.stem_kernel}x{r.stem_kernel}" if r.stem_kernel else "-"  # 0: no stem conv (patch embedding)
         lines.append(
-            f"| {r.name} | {r.head} | {r.stem_kernel}x{r.stem_kernel} | {r.params / 1e6:.2f} | "
+            f"| {r.name} | {r.head} | {stem} | {r.params / 1e6:.2f} | "
             f"{r.linear_params / 1e6:.2f} | {100 * r.linear_share:.2f}% | {r.gflops:.2f} |"
         )
     return "\n".join(lines)
