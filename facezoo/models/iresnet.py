@@ -22,7 +22,6 @@ Follows the shape of timm's own model files: blocks, model class, checkpoint fil
 import logging
 import pickle
 from functools import partial
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,10 +37,9 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
-from facezoo.errors import CheckpointError, HubError
+from facezoo.errors import CheckpointError
 from facezoo.layers import POOL_TYPES, VECTOR_POOL_TYPES, create_face_pool, pool_switch_error
 from facezoo.models.checkpoints import (
-    CVLFACE_PREFIX,
     adaface_prefix,
     check_checkpoint_file,
     checkpoint_load_error,
@@ -54,10 +52,11 @@ from facezoo.models.checkpoints import (
 )
 from facezoo.models.pretrained import (
     PretrainedInfo,
-    check_pretrained_tag,
-    pretrained_info,
-    read_color_space,
+    check_tag_reachable,
     register_pretrained,
+    resolve_tag,
+    source_is_bgr,
+    tag_download_error,
 )
 
 __all__ = ["IResNet", "IBasicBlock", "DEPTHS", "HEADS", "LAYOUTS", "model_names", "checkpoint_filter_fn"]
@@ -402,53 +401,6 @@ class IResNet(nn.Module):
 # --- checkpoint filter ----------------------------------------------------------------------------------------------
 
 
-#: where a CVLface repository states the channel order its weights expect (``color_space: 'RGB'|'BGR'``)
-CVLFACE_MODEL_YAML = "pretrained_model/model.yaml"
-
-
-def _source_is_bgr(wrapper: str, model: nn.Module, cache_dir: Optional[str]) -> Optional[bool]:
-    """Whether a checkpoint saved by the wrapper of prefix ``wrapper`` expects BGR input, as its source states it;
-    None when the checkpoint is no wrapper's (the caller keeps its layout's rule).
-
-    A CVLface ``model.safetensors`` (keys ``model.net.*``) states it in its repository's ``pretrained_model/
-    model.yaml``: read from the Hub cache of the model's ``hf_hub_id`` (a tag), or beside a local weights file (a
-    downloaded repository). Neither there is a :class:`CheckpointError`: the channel order is never guessed.
-    """
-    if wrapper != CVLFACE_PREFIX:
-        return None
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    file = cfg.get("file")
-    if file:
-        yaml_path = Path(file).parent / CVLFACE_MODEL_YAML
-        if not yaml_path.is_file():
-            raise CheckpointError(
-                f"{file}: a CVLface model.safetensors (keys model.net.*), but no {CVLFACE_MODEL_YAML} beside it "
-                "states its input channel order (RGB or BGR); keep the repository's files together, or load it "
-                "by its facezoo tag (facezoo models --pretrained)"
-            )
-        return _local_color_space(yaml_path) == "BGR"
-    hub_id = cfg.get("hf_hub_id")
-    if not hub_id:
-        raise CheckpointError(
-            "a CVLface checkpoint (keys model.net.*) from no Hub repository or file: its input channel order "
-            f"(stated in the repository's {CVLFACE_MODEL_YAML}) is unknown"
-        )
-    return read_color_space(hub_id, CVLFACE_MODEL_YAML, cache_dir=cache_dir) == "BGR"
-
-
-def _local_color_space(path: Path) -> str:
-    import yaml
-
-    try:
-        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path}: not readable YAML ({' '.join(str(exc).split())[:120]})") from None
-    value = conf.get("color_space") if isinstance(conf, dict) else None
-    if value not in ("RGB", "BGR"):
-        raise CheckpointError(f"{path}: color_space {value!r}; expected 'RGB' or 'BGR'")
-    return value
-
-
 def checkpoint_filter_fn(
     state_dict: Dict[str, Any], model: IResNet, cache_dir: Optional[str] = None
 ) -> Dict[str, torch.Tensor]:
@@ -464,7 +416,7 @@ def checkpoint_filter_fn(
     looks like when it does not fit ``model``.
     """
     state_dict, wrapper = strip_wrapper_prefix(state_dict)
-    bgr = _source_is_bgr(wrapper, model, cache_dir)
+    bgr = source_is_bgr(wrapper, model, cache_dir)
     state_dict = unwrap_state_dict(state_dict)
     prefix = adaface_prefix(state_dict)
     if prefix is not None:
@@ -517,12 +469,12 @@ def checkpoint_filter_fn(
 
 
 def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
-    info = _resolve_tag(variant, pretrained, kwargs)
+    info = resolve_tag(variant, pretrained, kwargs, _PLAIN_CFGS)
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
     if pretrained and file:
         check_checkpoint_file(file)
     elif pretrained and info is not None:
-        _check_tag_reachable(info, kwargs.get("cache_dir"))
+        check_tag_reachable(info, kwargs.get("cache_dir"))
     try:
         return build_model_with_cfg(
             IResNet,
@@ -535,66 +487,10 @@ def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IR
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # OSError: the Hub's lookup errors
         error = checkpoint_load_error(file, e) if pretrained and file else None
         if error is None and pretrained and info is not None and not file:
-            error = _tag_download_error(info, e)
+            error = tag_download_error(info, e)
         if error is None:
             raise
         raise error from e
-
-
-def _resolve_tag(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Optional[PretrainedInfo]:
-    """The facts of the pretrained tag whose weights this model is built for, or None; sets up ``kwargs`` for it.
-
-    A tag named explicitly (``iresnet100.adaface_webface12m``: timm passes ``pretrained_cfg='adaface_webface12m'``),
-    or the architecture's default tag when its weights are loaded (``pretrained=True``, no file of the user's), adds
-    the tag's model args (``layout``) unless given. An unknown tag is an error listing the architecture's tags. A
-    model built without a tag's weights (from scratch, or from the user's file) gets the plain cfg of its
-    architecture, so that its ``pretrained_cfg`` (license, Hub id) does not claim weights it does not have.
-    """
-    from timm.models import get_pretrained_cfg
-
-    cfg_arg = kwargs.get("pretrained_cfg")
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if isinstance(cfg_arg, str) and cfg_arg:
-        name = f"{variant}.{cfg_arg}"
-        check_pretrained_tag(name)
-        info = pretrained_info(name)
-    elif cfg_arg is None:
-        default = get_pretrained_cfg(variant)
-        info = pretrained_info(f"{variant}.{default.tag}") if default is not None and default.tag else None
-        if info is not None and not (pretrained and not overlay.get("file") and not overlay.get("state_dict")):
-            kwargs["pretrained_cfg"] = dict(_PLAIN_CFGS[variant], architecture=variant)
-            return None
-    else:
-        return None
-    for key, value in (info.model_args if info is not None else {}).items():
-        kwargs.setdefault(key, value)
-    return info
-
-
-def _check_tag_reachable(info: PretrainedInfo, cache_dir: Optional[str]) -> None:
-    """Fail within seconds (:class:`HubError`) when a tag's weights are neither cached nor downloadable."""
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models._hub import hf_split
-
-    from facezoo.models.factory import check_hub_reachable
-
-    repo, revision = hf_split(info.hub_id)
-    cached = try_to_load_from_cache(repo, info.filename, cache_dir=cache_dir, revision=revision)
-    if not isinstance(cached, str):
-        check_hub_reachable(info.hub_id)
-
-
-def _tag_download_error(info: PretrainedInfo, exc: BaseException) -> Optional[Exception]:
-    """The facezoo error for a failed download of a tag's weights (one line naming the repository and the file)."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
-        return HubError(
-            f"{info.hub_id}: {info.filename} (weights of {info.name}) is not in the local Hugging Face cache and the "
-            "Hub cannot be asked (HF_HUB_OFFLINE=1 or no network); unset HF_HUB_OFFLINE or connect to download it"
-        )
-    if "EntryNotFoundError" in names:
-        return HubError(f"{info.hub_id}: no file {info.filename} in this repository (weights of {info.name})")
-    return None
 
 
 def _cfg(fixed_input_size: bool, **kwargs: Any) -> Dict[str, Any]:

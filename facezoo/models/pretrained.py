@@ -26,6 +26,11 @@ __all__ = [
     "check_pretrained_tag",
     "is_pretrained_tag",
     "print_pretrained",
+    "CVLFACE_MODEL_YAML",
+    "source_is_bgr",
+    "resolve_tag",
+    "check_tag_reachable",
+    "tag_download_error",
 ]
 
 
@@ -218,3 +223,122 @@ def read_color_space(hub_id: str, filename: str, cache_dir: Optional[str] = None
     if value not in ("RGB", "BGR"):
         raise CheckpointError(f"{repo}: {filename} gives color_space {value!r}; expected 'RGB' or 'BGR'")
     return value
+
+
+#: where a CVLface repository states the channel order its weights expect (``color_space: 'RGB'|'BGR'``)
+CVLFACE_MODEL_YAML = "pretrained_model/model.yaml"
+
+
+def source_is_bgr(wrapper: str, model: Any, cache_dir: Optional[str] = None) -> Optional[bool]:
+    """Whether a checkpoint saved by the wrapper of prefix ``wrapper`` expects BGR input, as its source states it;
+    None when the checkpoint is no wrapper's (the caller keeps its layout's rule).
+
+    A CVLface ``model.safetensors`` (keys ``model.net.*``) states it in its repository's ``pretrained_model/
+    model.yaml``: read from the Hub cache of the model's ``hf_hub_id`` (a tag), or beside a local weights file (a
+    downloaded repository). Neither there is a :class:`CheckpointError`: the channel order is never guessed.
+    Shared by every model file with CVLface tags.
+    """
+    from pathlib import Path
+
+    from facezoo.errors import CheckpointError
+    from facezoo.models.checkpoints import CVLFACE_PREFIX
+
+    if wrapper != CVLFACE_PREFIX:
+        return None
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    file = cfg.get("file")
+    if file:
+        yaml_path = Path(file).parent / CVLFACE_MODEL_YAML
+        if not yaml_path.is_file():
+            raise CheckpointError(
+                f"{file}: a CVLface model.safetensors (keys model.net.*), but no {CVLFACE_MODEL_YAML} beside it "
+                "states its input channel order (RGB or BGR); keep the repository's files together, or load it "
+                "by its facezoo tag (facezoo models --pretrained)"
+            )
+        return _local_color_space(yaml_path) == "BGR"
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        raise CheckpointError(
+            "a CVLface checkpoint (keys model.net.*) from no Hub repository or file: its input channel order "
+            f"(stated in the repository's {CVLFACE_MODEL_YAML}) is unknown"
+        )
+    return read_color_space(hub_id, CVLFACE_MODEL_YAML, cache_dir=cache_dir) == "BGR"
+
+
+def _local_color_space(path: Any) -> str:
+    import yaml
+
+    from facezoo.errors import CheckpointError
+
+    try:
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path}: not readable YAML ({' '.join(str(exc).split())[:120]})") from None
+    value = conf.get("color_space") if isinstance(conf, dict) else None
+    if value not in ("RGB", "BGR"):
+        raise CheckpointError(f"{path}: color_space {value!r}; expected 'RGB' or 'BGR'")
+    return value
+
+
+# --- what a model file's ``_create_*`` does with a tag --------------------------------------------------------------
+
+
+def resolve_tag(
+    variant: str, pretrained: bool, kwargs: Dict[str, Any], plain_cfgs: Dict[str, Dict[str, Any]]
+) -> Optional[PretrainedInfo]:
+    """The facts of the pretrained tag whose weights this model is built for, or None; sets up ``kwargs`` for it.
+
+    A tag named explicitly (``iresnet100.adaface_webface12m``: timm passes ``pretrained_cfg='adaface_webface12m'``),
+    or the architecture's default tag when its weights are loaded (``pretrained=True``, no file of the user's), adds
+    the tag's model args (e.g. ``layout``) unless given. An unknown tag is an error listing the architecture's tags.
+    A model built without a tag's weights (from scratch, or from the user's file) gets the plain cfg of its
+    architecture (``plain_cfgs[variant]``), so that its ``pretrained_cfg`` (license, Hub id) does not claim weights
+    it does not have.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg_arg = kwargs.get("pretrained_cfg")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(cfg_arg, str) and cfg_arg:
+        name = f"{variant}.{cfg_arg}"
+        check_pretrained_tag(name)
+        info = pretrained_info(name)
+    elif cfg_arg is None:
+        default = get_pretrained_cfg(variant)
+        info = pretrained_info(f"{variant}.{default.tag}") if default is not None and default.tag else None
+        if info is not None and not (pretrained and not overlay.get("file") and not overlay.get("state_dict")):
+            kwargs["pretrained_cfg"] = dict(plain_cfgs[variant], architecture=variant)
+            return None
+    else:
+        return None
+    for key, value in (info.model_args if info is not None else {}).items():
+        kwargs.setdefault(key, value)
+    return info
+
+
+def check_tag_reachable(info: PretrainedInfo, cache_dir: Optional[str]) -> None:
+    """Fail within seconds (:class:`HubError`) when a tag's weights are neither cached nor downloadable."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._hub import hf_split
+
+    from facezoo.models.factory import check_hub_reachable
+
+    repo, revision = hf_split(info.hub_id)
+    cached = try_to_load_from_cache(repo, info.filename, cache_dir=cache_dir, revision=revision)
+    if not isinstance(cached, str):
+        check_hub_reachable(info.hub_id)
+
+
+def tag_download_error(info: PretrainedInfo, exc: BaseException) -> Optional[Exception]:
+    """The facezoo error for a failed download of a tag's weights (one line naming the repository and the file)."""
+    from facezoo.errors import HubError
+
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
+        return HubError(
+            f"{info.hub_id}: {info.filename} (weights of {info.name}) is not in the local Hugging Face cache and the "
+            "Hub cannot be asked (HF_HUB_OFFLINE=1 or no network); unset HF_HUB_OFFLINE or connect to download it"
+        )
+    if "EntryNotFoundError" in names:
+        return HubError(f"{info.hub_id}: no file {info.filename} in this repository (weights of {info.name})")
+    return None
