@@ -25,6 +25,7 @@ Follows the shape of timm's own model files: blocks, model class, checkpoint fil
 
 import pickle
 import re
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -52,10 +53,28 @@ from facezoo.models.checkpoints import (
     fill_learnable_pool,
     register_checkpoint_detector,
     short_list,
+    strip_wrapper_prefix,
     unwrap_state_dict,
 )
+from facezoo.models.pretrained import (
+    PretrainedInfo,
+    check_tag_reachable,
+    register_pretrained,
+    resolve_tag,
+    source_is_bgr,
+    tag_download_error,
+)
 
-__all__ = ["VisionTransformerFace", "SIZES", "HEADS", "model_names", "checkpoint_filter_fn", "looks_like_vitface"]
+__all__ = [
+    "VisionTransformerFace",
+    "SIZES",
+    "ARCHS",
+    "CVLFACE_B_P8",
+    "HEADS",
+    "model_names",
+    "checkpoint_filter_fn",
+    "looks_like_vitface",
+]
 
 #: size letter -> insightface's settings: (width D, depth, drop_path_rate, mask_ratio); all have patch 9, 8 heads,
 #: MLP ratio 4 (backbones/__init__.py: vit_t, vit_s, vit_b, vit_l_dp005_mask_005, vit_h)
@@ -66,6 +85,12 @@ SIZES: Dict[str, Tuple[int, int, float, float]] = {
     "l": (768, 24, 0.05, 0.05),
     "h": (1024, 48, 0.1, 0.0),
 }
+#: CVLface's ViT-B (``models/vit``: ``VisionTransformer`` for ``name: 'base'``, configs/v1_base.yaml), the network of
+#: its ``cvlface_adaface_vit_base_webface4m`` weights: patch 8 (a 14x14 grid of 196 tokens at 112x112), D 512,
+#: depth 24, 16 heads, MLP ratio 3, drop path 0.1, no masking and so (as CVLface builds it) no ``mask_token``
+CVLFACE_B_P8: Dict[str, Any] = dict(
+    patch_size=8, width=512, depth=24, num_heads=16, mlp_ratio=3.0, drop_path_rate=0.1, mask_ratio=0.0, mask_token=False
+)
 #: insightface's name of each size
 INSIGHTFACE_NAMES = {"t": "vit_t", "s": "vit_s", "b": "vit_b", "l": "vit_l_dp005_mask_005", "h": "vit_h"}
 #: model-name suffix -> head (global_pool type)
@@ -74,9 +99,30 @@ _LN_EPS = 1e-5  # nn.LayerNorm's default, as insightface
 _BN_EPS = 2e-5  # the head's BatchNorm1d, as insightface
 
 
+def _arch_args() -> Dict[str, Dict[str, Any]]:
+    """Each architecture (``vitface_{arch}``: 't', ..., 'h', 'b_p8') -> its model args, the head excepted."""
+    archs: Dict[str, Dict[str, Any]] = {}
+    for size, (width, depth, drop_path_rate, mask_ratio) in SIZES.items():
+        archs[size] = dict(
+            patch_size=9,
+            width=width,
+            depth=depth,
+            num_heads=8,
+            mlp_ratio=4.0,
+            drop_path_rate=drop_path_rate,
+            mask_ratio=mask_ratio,
+        )
+    archs["b_p8"] = dict(CVLFACE_B_P8)
+    return archs
+
+
+#: architecture -> model args (insightface's five sizes, then CVLface's ViT-B)
+ARCHS: Dict[str, Dict[str, Any]] = _arch_args()
+
+
 def model_names() -> List[str]:
-    """All registered face ViT names, ordered by size, then head."""
-    return [f"vitface_{s}{h}" for s in SIZES for h in HEADS]
+    """All registered face ViT names, ordered by architecture, then head."""
+    return [f"vitface_{a}{h}" for a in ARCHS for h in HEADS]
 
 
 # --- blocks ---------------------------------------------------------------------------------------------------------
@@ -237,6 +283,7 @@ class VisionTransformerFace(nn.Module):
         num_classes: int = 0,
         in_chans: int = 3,
         mask_ratio: float = 0.1,
+        mask_token: bool = True,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -263,6 +310,8 @@ class VisionTransformerFace(nn.Module):
             num_classes: 0 (default) outputs the embedding; N > 0 adds ``Linear(E, N)`` on top.
             in_chans: input channels.
             mask_ratio: share of tokens masked in training (insightface: 0.1 t / s / b, 0.05 l, 0 h).
+            mask_token: whether the model has the learned ``mask_token`` (insightface's always do, even with no
+                masking; CVLface's ViT has one only when it masks: False needs ``mask_ratio=0``).
             drop_rate: dropout before the head's ``feature`` layers (insightface has none: 0).
             pos_drop_rate, proj_drop_rate: insightface's ``drop_rate`` (after the position embedding; in the
                 attention output and the MLP); 0 in all its models.
@@ -278,6 +327,8 @@ class VisionTransformerFace(nn.Module):
             raise ValueError(f"layout must be 'insightface' for a face ViT, got {layout!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
+        if mask_ratio > 0 and not mask_token:
+            raise ValueError(f"mask_ratio {mask_ratio!r} needs a mask_token to refill the masked tokens")
         dd = dict(device=device, dtype=dtype)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
@@ -320,7 +371,7 @@ class VisionTransformerFace(nn.Module):
             nn.Linear(width, embed_dim, bias=False, **dd),
             nn.BatchNorm1d(embed_dim, eps=_BN_EPS, **dd),
         )
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width, **dd))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width, **dd)) if mask_token else None
         self.classifier = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
         if global_pool is not None:
@@ -342,7 +393,8 @@ class VisionTransformerFace(nn.Module):
         if self.pos_embed.device.type == "meta":
             return
         trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
         for m in self.modules():
             if m is self:
                 continue
@@ -420,12 +472,14 @@ class VisionTransformerFace(nn.Module):
         else:
             x = self.blocks(x)
         x = self.norm(x)
-        if masked:
-            x = fill_masked(x, keep, self.mask_token, self.num_patches)
-        elif self.training:
-            # no masking (mask_ratio 0): mask_token still joins the graph, with a zero gradient, so every parameter
-            # gets one (DDP without find_unused_parameters, timm's backward check); the values are unchanged
-            x = x + 0.0 * self.mask_token.to(x.dtype)
+        mask_token = self.mask_token
+        if mask_token is not None:
+            if masked:
+                x = fill_masked(x, keep, mask_token, self.num_patches)
+            elif self.training:
+                # no masking (mask_ratio 0): mask_token still joins the graph, with a zero gradient, so every
+                # parameter gets one (DDP without find_unused_parameters, timm's backward check); values unchanged
+                x = x + 0.0 * mask_token.to(x.dtype)
         return self._to_grid(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -492,6 +546,11 @@ class VisionTransformerFace(nn.Module):
 _BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
 
 
+def _arch_shape(args: Dict[str, Any]) -> Tuple[int, int, int, int]:
+    """(patch, tokens at 112x112, width, depth) of an architecture's model args: what its checkpoints show."""
+    return args["patch_size"], (112 // args["patch_size"]) ** 2, args["width"], args["depth"]
+
+
 def looks_like_vitface(state_dict: Dict[str, Any]) -> Optional[str]:
     """The facezoo ViT a state_dict's keys and shapes look like (e.g. 'vitface_b', 'vitface_t_gwp (or _gap)'), a
     description of an unregistered face ViT, or None when it is no insightface-style ViT."""
@@ -503,8 +562,8 @@ def looks_like_vitface(state_dict: Dict[str, Any]) -> Optional[str]:
     blocks = {int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))}
     depth = max(blocks) + 1 if blocks else 0
     head = "" if "feature.0.weight" in state_dict else "_gwp (or _gap)"
-    size = next((s for s, v in SIZES.items() if v[:2] == (width, depth)), None)
-    if size is None or patch != 9 or tokens != 144:
+    size = next((a for a, v in ARCHS.items() if _arch_shape(v) == (patch, tokens, width, depth)), None)
+    if size is None:
         return (
             f"a face ViT with width {width}, depth {depth}, patch {patch} and {tokens} tokens, which no registered "
             f"vitface size has (build one with model args, e.g. vitface_t{head.split(' ')[0]}(width={width}, "
@@ -513,16 +572,24 @@ def looks_like_vitface(state_dict: Dict[str, Any]) -> Optional[str]:
     return f"vitface_{size}{head}"
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VisionTransformerFace) -> Dict[str, torch.Tensor]:
-    """Make insightface arcface_torch ViT checkpoints (and facezoo's) loadable, and explain mismatches.
+def checkpoint_filter_fn(
+    state_dict: Dict[str, Any], model: VisionTransformerFace, cache_dir: Optional[str] = None
+) -> Dict[str, torch.Tensor]:
+    """Make insightface arcface_torch and CVLface ViT checkpoints (and facezoo's) loadable, and explain mismatches.
 
+    Strips CVLface's ``model.net.`` prefix (its ``model.safetensors``; the names inside are facezoo's) and turns a
+    BGR patch embedding into an RGB one only where the source says BGR (``pretrained_model/model.yaml``).
     Unwraps training containers and DDP / ``torch.compile`` / ``backbone.`` prefixes, drops a stored GWP kernel
     (facezoo recomputes it), and raises a :class:`facezoo.errors.CheckpointError` naming the missing and unexpected
     keys (or mismatched shapes) and the model the checkpoint looks like when it does not fit ``model``.
     """
+    state_dict, wrapper = strip_wrapper_prefix(state_dict)
+    bgr = source_is_bgr(wrapper, model, cache_dir)
     state_dict = unwrap_state_dict(state_dict)
     expected = model.state_dict()
     out = {k: v for k, v in state_dict.items() if not (k == "pool.kernel" and k not in expected)}
+    if bgr and "patch_embed.proj.weight" in out:
+        out["patch_embed.proj.weight"] = out["patch_embed.proj.weight"].flip(1)  # BGR -> RGB: facezoo takes RGB
     out = fill_learnable_pool(out, expected, "pool.")  # a GWP checkpoint starts a learnable kernel at the paper's
     if model.num_classes > 0 and "classifier.weight" not in out:
         # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
@@ -554,32 +621,38 @@ register_checkpoint_detector(looks_like_vitface)  # describe_state_dict names Vi
 
 
 def _create_vitface(variant: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
+    info = resolve_tag(variant, pretrained, kwargs, _PLAIN_CFGS)
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
     if pretrained and file:
         check_checkpoint_file(file)
+    elif pretrained and info is not None:
+        check_tag_reachable(info, kwargs.get("cache_dir"))
     out_indices = kwargs.pop("out_indices", 3)
     try:
         return build_model_with_cfg(
             VisionTransformerFace,
             variant,
             pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_filter_fn=partial(checkpoint_filter_fn, cache_dir=kwargs.get("cache_dir")),
             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
             **kwargs,
         )
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # OSError: the Hub's lookup errors
         error = checkpoint_load_error(file, e) if pretrained and file else None
+        if error is None and pretrained and info is not None and not file:
+            error = tag_download_error(info, e)
         if error is None:
             raise
         raise error from e
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
+def _cfg(patch_size: int = 9, **kwargs: Any) -> Dict[str, Any]:
+    grid = FACE_INPUT_SIZE[-1] // patch_size
     return {
         "url": "",
         "num_classes": 0,
         "input_size": FACE_INPUT_SIZE,
-        "pool_size": (12, 12),  # the token grid: 112 // 9
+        "pool_size": (grid, grid),  # the token grid: 112 // 9 (12), 112 // 8 (14)
         "crop_pct": 1.0,
         "crop_mode": "center",
         "interpolation": FACE_INTERPOLATION,
@@ -587,7 +660,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         "std": FACE_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "classifier",
-        "fixed_input_size": True,  # the position embedding is learned for the 12x12 grid
+        "fixed_input_size": True,  # the position embedding is learned for the token grid
         "license": "mit",
         **kwargs,
     }
@@ -599,32 +672,69 @@ _PAPERS = {
     "gwp": ("GWP", "Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone (GWP on face ViT)"),
 }
 
-default_cfgs = generate_default_cfgs(
-    {
-        f"vitface_{size}{suffix}": _cfg(paper_ids=_PAPERS[head][0], paper_name=_PAPERS[head][1])
-        for size in SIZES
-        for suffix, head in HEADS.items()
-    }
-)
+#: every architecture's cfg without weights (what a model built from scratch carries)
+_PLAIN_CFGS: Dict[str, Dict[str, Any]] = {
+    f"vitface_{arch}{suffix}": _cfg(
+        patch_size=args["patch_size"], paper_ids=_PAPERS[head][0], paper_name=_PAPERS[head][1]
+    )
+    for arch, args in ARCHS.items()
+    for suffix, head in HEADS.items()
+}
+
+# --- pretrained tags: CVLface's ViT weights on the Hub --------------------------------------------------------------
+
+_CVLFACE_BOARD = "https://github.com/mk-minchul/CVLface/blob/main/cvlface/pretrained_models/README.md"
+#: the columns of CVLface's performance board, in its order (its "CPFLW" is CPLFW, "IJBB@0.01" the IJB-B column)
+_BOARD_COLUMNS = ("AVG", "LFW", "CPLFW", "CFP-FP", "CALFW", "AgeDB-30", "IJB-B@0.01", "IJB-C@0.01", "TinyFace R1",
+                  "TinyFace R5")  # fmt: skip
+_HUB_ID = "minchul/cvlface_adaface_vit_base_webface4m"
+
+_TAGS = [
+    PretrainedInfo(
+        name="vitface_b_p8.adaface_webface4m",
+        hub_id=_HUB_ID,
+        filename="model.safetensors",
+        dataset="WebFace4M",
+        loss="AdaFace",
+        license="other",
+        license_note="code MIT; weights follow WebFace260M's terms: non-commercial research only",
+        source="CVLface (mk-minchul/CVLface)",
+        url=f"https://huggingface.co/{_HUB_ID}",
+        # the board's row "ViT [1] | AdaFace [2] | WebFace4M"
+        reported=dict(zip(_BOARD_COLUMNS, (92.48, 99.80, 94.97, 98.94, 96.03, 97.48, 95.60, 97.14, 74.79, 77.58))),
+        reported_by="CVLface's performance board",
+        notes=[
+            "CVLface's board (" + _CVLFACE_BOARD + ") labels the IJB columns 'IJBB@0.01' / 'IJBC@0.01' (TAR at "
+            "FAR 0.01) without saying whether 0.01 is a fraction or a percentage.",
+            'CVLface\'s model cards say "license: mit" and "follow the license of the training dataset"; the '
+            "datasets' terms are non-commercial research.",
+        ],
+    )
+]
+register_pretrained(*_TAGS)
 
 
-def _size_args(size: str, head: str) -> Dict[str, Any]:
-    width, depth, drop_path_rate, mask_ratio = SIZES[size]
+def _tag_cfg(info: PretrainedInfo) -> Dict[str, Any]:
+    arch = info.name.split(".", 1)[0]
     return dict(
-        patch_size=9,
-        width=width,
-        depth=depth,
-        num_heads=8,
-        mlp_ratio=4.0,
-        drop_path_rate=drop_path_rate,
-        mask_ratio=mask_ratio,
-        head=head,
+        _PLAIN_CFGS[arch],
+        hf_hub_id=info.hub_id,
+        hf_hub_filename=info.filename,
+        license=info.license,
+        origin_url=info.url,
+        paper_ids="arXiv:2204.00964",
+        paper_name="AdaFace: Quality Adaptive Margin for Face Recognition",
+        description=f"{info.loss} on {info.dataset}, from {info.source}",
     )
 
 
-def _entry(size: str, suffix: str, pretrained: bool, kwargs: Dict[str, Any]) -> VisionTransformerFace:
-    variant = f"vitface_{size}{suffix}"
-    return _create_vitface(variant, pretrained, **dict(_size_args(size, HEADS[suffix]), **kwargs))
+# the tags first: each is its architecture's default (timm's ``pretrained=True``)
+default_cfgs = generate_default_cfgs({**{t.name: _tag_cfg(t) for t in _TAGS}, **_PLAIN_CFGS})
+
+
+def _entry(arch: str, suffix: str, pretrained: bool, kwargs: Dict[str, Any]) -> VisionTransformerFace:
+    variant = f"vitface_{arch}{suffix}"
+    return _create_vitface(variant, pretrained, **dict(ARCHS[arch], head=HEADS[suffix], **kwargs))
 
 
 @register_model
@@ -718,3 +828,24 @@ def vitface_h_gap(pretrained: bool = False, **kwargs: Any) -> VisionTransformerF
 def vitface_h_gwp(pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
     """Face ViT-H, Gaussian Weighted Pooling head over the 12x12 token grid (no flatten Linear)."""
     return _entry("h", "_gwp", pretrained, kwargs)
+
+
+@register_model
+def vitface_b_p8(pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
+    """Face ViT-B/8 (CVLface's ViT-B: patch 8, a 14x14 grid of 196 tokens, D 512, depth 24, 16 heads, MLP ratio 3,
+    no masking and no mask_token, drop path 0.1), flatten head. Pretrained: ``vitface_b_p8.adaface_webface4m``
+    (CVLface's AdaFace weights on WebFace4M, the default)."""
+    return _entry("b_p8", "", pretrained, kwargs)
+
+
+@register_model
+def vitface_b_p8_gap(pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
+    """Face ViT-B/8 (CVLface's ViT-B), token-average head (no flatten Linear)."""
+    return _entry("b_p8", "_gap", pretrained, kwargs)
+
+
+@register_model
+def vitface_b_p8_gwp(pretrained: bool = False, **kwargs: Any) -> VisionTransformerFace:
+    """Face ViT-B/8 (CVLface's ViT-B), Gaussian Weighted Pooling head over the 14x14 token grid (no flatten
+    Linear)."""
+    return _entry("b_p8", "_gwp", pretrained, kwargs)
