@@ -273,4 +273,4 @@ def test_face_facts_and_names():
     assert model.embed_dim == 512 and model.width == 512 and model.stem_kernel == 9  # stem_kernel: the patch size
     assert timm.create_model("vitface_t", embed_dim=128, device="meta").embed_dim == 128
     assert timm.create_model("vitface_t", embed_dim=128, device="meta").width == 256
-    assert len(timm.list_models("vitface_*")) == 15
+    assert len(timm.list_models("vitface_*")) == 18  # 5 insightface sizes and CVLface's ViT-B/8, 3 heads each

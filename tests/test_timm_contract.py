@@ -310,16 +310,17 @@ def test_vit_default_cfgs(model_name):
     assert cfg["input_size"] == (3, 112, 112) and cfg["mean"] == cfg["std"] == (0.5, 0.5, 0.5)
     assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear" and cfg["fixed_input_size"]
     assert model.num_classes == 0 and model.head_hidden_size == model.embed_dim == 512
-    assert model.num_features == model.width and cfg["pool_size"] == (12, 12)
+    grid = model.grid_size  # 12x12 for patch 9, 14x14 for vitface_b_p8's patch 8
+    assert model.num_features == model.width and cfg["pool_size"] == grid == (112 // model.patch_size,) * 2
     x = torch.randn(1, *cfg["input_size"], device="meta")
     feats = model.forward_features(x)
-    assert feats.shape == (1, model.width, 12, 12)
+    assert feats.shape == (1, model.width, *grid)
     assert model.forward_head(feats, pre_logits=True).shape == (1, 512)
     model.to(torch.bfloat16)
     assert model(x.to(torch.bfloat16)).dtype == torch.bfloat16
     model.to(torch.float32)
     model.reset_classifier(0, "")
-    assert model(x).shape == (1, model.width, 12, 12)
+    assert model(x).shape == (1, model.width, *grid)
     assert cfg["first_conv"] + ".weight" in model.state_dict()
     model = timm.create_model(model_name, device="meta", dtype=torch.float32)
     model.requires_grad_(False)

@@ -20,6 +20,12 @@ facezoo's naming across families: ``embed_dim`` is the OUTPUT embedding size E (
 the token width D is ``width`` (insightface's and timm's ``embed_dim``). forward_features returns the token grid as
 an NCHW map (B, D, 12, 12), as IResNet returns its 7x7 map, so the heads and the timm contract are the same.
 
+``vitface_b_p8[_gap|_gwp]`` is CVLface's ViT-B (``models/vit``, ``name: 'base'``): 8x8 patches (a 14x14 grid of
+196 tokens), D 512, depth 24, 16 heads, MLP ratio 3, no masking and no ``mask_token`` (``mask_token=False``); the
+rest is the same network under the same names. Its tag ``vitface_b_p8.adaface_webface4m`` loads CVLface's
+``model.safetensors`` (keys under ``model.net.``) from the Hub, the input channel order read from the repository's
+``pretrained_model/model.yaml``.
+
 Follows the shape of timm's own model files: blocks, model class, checkpoint filter, cfgs, entrypoints.
 """
 
