@@ -5,6 +5,7 @@ bad image or record."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -157,6 +158,8 @@ def test_train_with_workers_fails_with_the_same_line(recipe, tmp_path, capsys):
     lines = []
     for workers in (0, 2):
         assert main([*argv, "--output-dir", str(tmp_path / f"w{workers}"), f"data.num_workers={workers}"]) == 2
+        # the failed run shut its workers down: they ignore SIGTERM, so one left alive would hang the exit
+        assert multiprocessing.active_children() == []
         err = _error_lines(capsys)
         assert len(err) == 1, err
         lines.append(err[0])

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 import facezoo  # noqa: F401  (registers the models)
 from facezoo.errors import CheckpointError
+from facezoo.models.edgeface import VARIANTS
 from facezoo.models.pretrained import pretrained_info
 
 # name -> (EdgeNeXt trunk, gamma, Hub repo, MPARAMS in Idiap's README table)
@@ -232,3 +233,25 @@ def test_classifier_training_reaches_every_parameter():
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
     model.set_grad_checkpointing()
     model(torch.randn(2, 3, 112, 112)).mean().backward()
+
+
+def test_edgeface_takes_part_in_the_zoo_plumbing(tmp_path):
+    """EdgeFace is a family like the others: listed by `facezoo models`, named by describe_state_dict, exported to a
+    folder timm reloads with identical embeddings and a card naming EdgeFace."""
+    from facezoo.hub import save_pretrained
+    from facezoo.models.checkpoints import describe_state_dict
+    from facezoo.models.families import face_model_names
+
+    assert face_model_names(["edgeface*"]) == list(VARIANTS)
+    for name in ("edgeface_s_gamma_05", "edgeface_xxs"):
+        assert describe_state_dict(timm.create_model(name, device="meta").state_dict()) == name
+    model = timm.create_model("edgeface_xxs").eval()
+    folder = save_pretrained(model, tmp_path / "pub", overwrite=True)
+    again = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    card = (folder / "README.md").read_text()
+    assert "An EdgeFace face-recognition backbone" in card and "| layout | edgeface |" in card
+    with pytest.raises(ValueError, match="layout must be 'edgeface'"):
+        timm.create_model("edgeface_xxs", layout="adaface", device="meta")

@@ -97,7 +97,7 @@ def _randomize(model: nn.Module) -> None:
     "name, blocks, scale, n_params",
     [
         ("mobilefacenet", (1, 4, 6, 2), 2, 2_059_520),
-        pytest.param("mobilefacenet_large", (2, 8, 12, 4), 4, 6_314_880, marks=pytest.mark.slow),
+        ("mobilefacenet_large", (2, 8, 12, 4), 4, 6_314_880),
     ],
 )
 def test_insightface_mbf_checkpoint_loads_strictly_and_reproduces(tmp_path, name, blocks, scale, n_params):

@@ -70,7 +70,7 @@ _HEAD_SUMMARY = {
     "(started at the GWP paper's Gaussian)",
 }
 #: how the card's first sentence names each family
-FAMILY_NAMES = {"iresnet": "IResNet", "mobilefacenet": "MobileFaceNet", "vitface": "face ViT"}
+FAMILY_NAMES = {"iresnet": "IResNet", "mobilefacenet": "MobileFaceNet", "vitface": "face ViT", "edgeface": "EdgeFace"}
 GWP_CITATION = """@misc{bhatta_gwp,
   title  = {Revisiting Linearization of Spatial Maps in SoTA Face Recognition Backbone},
   author = {Bhatta, Aman and Wu, Haiyu and Ozturk, Kagan and Bowyer, Kevin W.},

@@ -32,7 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
 from facezoo.errors import CheckpointError
-from facezoo.models.checkpoints import short_list, unwrap_state_dict
+from facezoo.models.checkpoints import register_checkpoint_detector, short_list, unwrap_state_dict
 from facezoo.models.pretrained import PretrainedInfo, register_pretrained
 
 __all__ = ["EdgeFace", "LoRaLin", "low_rank", "replace_linear_with_low_rank", "VARIANTS", "checkpoint_filter_fn"]
@@ -44,6 +44,11 @@ VARIANTS: Dict[str, Tuple[str, Optional[float]]] = {
     "edgeface_xs_gamma_06": ("edgenext_x_small", 0.6),
     "edgeface_xxs": ("edgenext_xx_small", None),
 }
+
+
+def model_names() -> List[str]:
+    """The registered EdgeFace models, largest first (the order ``facezoo models`` lists them)."""
+    return list(VARIANTS)
 
 
 # --- blocks ---------------------------------------------------------------------------------------------------------
@@ -120,6 +125,7 @@ class EdgeFace(nn.Module):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        layout: str = "edgeface",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         **trunk_kwargs: Any,
@@ -136,10 +142,14 @@ class EdgeFace(nn.Module):
             in_chans: input channels.
             drop_rate: dropout before the embedding layer (timm EdgeNeXt's ``drop_rate``).
             drop_path_rate: stochastic depth of the trunk.
+            layout: whose module names the model follows: 'edgeface' (the only one; the argument exists so every
+                family's export config, which records ``layout``, rebuilds the model).
             trunk_kwargs: more EdgeNeXt arguments (e.g. ``depths``, ``dims`` for tiny test nets); unknown ones raise
                 a TypeError, as timm models do.
         """
         super().__init__()
+        if layout != "edgeface":
+            raise ValueError(f"layout must be 'edgeface' for an EdgeFace model, got {layout!r}")
         if global_pool not in (None, "", "avg"):
             raise ValueError(f"global_pool must be 'avg' or '' for EdgeFace, got {global_pool!r}")
         dd = dict(device=device, dtype=dtype)
@@ -285,6 +295,22 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: EdgeFace) -> Dict[st
     if mismatched:
         raise CheckpointError(f"checkpoint shapes do not fit this model ({model.trunk}): {short_list(mismatched)}")
     return out
+
+
+def looks_like_edgeface(state_dict: Dict[str, Any]) -> Optional[str]:
+    """The EdgeFace model a state_dict's keys look like (Idiap's ``model.<edgenext>`` names), or None."""
+    if "model.stem.0.weight" not in state_dict or not any(k.startswith("model.head.fc") for k in state_dict):
+        return None
+    width = int(state_dict["model.stem.0.weight"].shape[0])
+    low_rank_keys = any(k.endswith(".linear1.weight") for k in state_dict)
+    widths = {"edgenext_base": 80, "edgenext_small": 48, "edgenext_x_small": 32, "edgenext_xx_small": 24}
+    for name, (trunk, ratio) in VARIANTS.items():
+        if widths[trunk] == width and (ratio is not None) == low_rank_keys:
+            return name
+    return f"an EdgeFace model (stem width {width}, {'low-rank' if low_rank_keys else 'full-rank'} linears)"
+
+
+register_checkpoint_detector(looks_like_edgeface)  # describe_state_dict names EdgeFace checkpoints in every family
 
 
 # --- configs and entrypoints ----------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ Each family is one model file (``facezoo/models/<module>.py``) whose entrypoints
 name. Every face model class carries the same attributes, so that ``facezoo models``, model cards, Hub export and
 ONNX export ask the model instead of assuming one architecture:
 
-* ``family`` -- 'iresnet', 'mobilefacenet', 'vitface';
+* ``family`` -- 'iresnet', 'mobilefacenet', 'vitface', 'edgeface';
 * ``pool_type`` -- the head the embedding layer is built for ('flatten', 'gdc', 'avg', 'gwp', 'gwp_sigma', ...);
 * ``global_pool`` -- the pooling in use ('' = none: forward returns the map);
 * ``embed_dim`` -- the output embedding size;
-* ``layout`` -- whose checkpoints the module names follow ('insightface' by default, 'adaface');
-* ``stem_kernel`` -- the first conv's kernel side, 0 when the model has no stem conv (a patch embedding).
+* ``layout`` -- whose checkpoints the module names follow ('insightface' by default, 'adaface', 'edgeface');
+* ``stem_kernel`` -- the first conv's kernel side (a ViT's patch size), 0 when there is no such choice
+  (EdgeNeXt's fixed 4x4 patchify stem).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FAMILIES: Dict[str, str] = {
     "iresnet": "iresnet",
     "mobilefacenet": "mobilefacenet",
     "vitface": "vitface",
+    "edgeface": "edgeface",
 }
 #: the attributes every face model class has (see the module docstring)
 FACE_FACTS = ("family", "pool_type", "global_pool", "embed_dim", "layout", "stem_kernel")

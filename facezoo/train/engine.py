@@ -761,9 +761,18 @@ class Trainer:
     def _micro_batches(self, end: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor, MicroBatch]]:
         """``(images, labels, micro-batch)`` from the loader, in the plan's order, labels checked."""
         plan = self.plan.iterate(self.step, end, self.epoch, self.offset)
-        for (images, labels), mb in zip(self._loader(end), plan):
-            self._check_labels(labels, mb.indices)
-            yield images, labels, mb
+        batches = self._loader(end)
+        try:
+            for (images, labels), mb in zip(batches, plan):
+                self._check_labels(labels, mb.indices)
+                yield images, labels, mb
+        finally:
+            # Shut the workers down here, whatever ended the loop: they ignore SIGTERM, so a worker left to the
+            # garbage collector (an error's traceback keeps the iterator alive) would hang multiprocessing's exit
+            # handler, which can only terminate() it.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _check_labels(self, labels: torch.Tensor, indices: List[int]) -> None:
         lo, hi = int(labels.min()), int(labels.max())  # the loader's host tensor: no device sync
