@@ -576,7 +576,6 @@ def _cfg(head: str, **kwargs: Any) -> Dict[str, Any]:
         "first_conv": "layers.0.layers.0",
         "classifier": "classifier",
         "fixed_input_size": head == "gdc",
-        "license": "mit",
         "paper_ids": papers[head][0],
         "paper_name": papers[head][1],
         **kwargs,

@@ -667,7 +667,6 @@ def _cfg(patch_size: int = 9, **kwargs: Any) -> Dict[str, Any]:
         "first_conv": "patch_embed.proj",
         "classifier": "classifier",
         "fixed_input_size": True,  # the position embedding is learned for the token grid
-        "license": "mit",
         **kwargs,
     }
 
