@@ -65,7 +65,7 @@ def save_pretrained(
         training: the resolved training recipe, shown in the card as YAML.
         base_model: Hub id (or path) of the model this one was fine-tuned from.
         datasets: training datasets for the card (Hub ids or names).
-        license: the card's license (default: the model's pretrained_cfg license).
+        license: the card's license (default: derived from the training data and base model: facezoo.hub.licenses).
         repo_id: the Hub id the card's usage names, when already known (``facezoo push`` fills it in otherwise).
 
     Returns the folder. Everything is checked (model, results, recipe, destination) before anything is written.
