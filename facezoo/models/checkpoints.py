@@ -30,6 +30,7 @@ from timm.models import clean_state_dict
 from facezoo.errors import CheckpointError, require_path
 
 __all__ = [
+    "check_state_dict_fits",
     "check_checkpoint_file",
     "checkpoint_load_error",
     "unwrap_state_dict",
@@ -407,6 +408,33 @@ def short_list(items: List[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return f"[{shown}{more}]"
+
+
+def check_state_dict_fits(
+    state_dict: Dict[str, torch.Tensor], model: nn.Module, hint: Optional[str] = None
+) -> Dict[str, torch.Tensor]:
+    """Return ``state_dict`` when its keys and shapes are exactly ``model``'s (a checkpoint without a classifier
+    fits a model with a new one: timm loads the head non-strictly), else raise a :class:`CheckpointError` naming
+    the missing, unexpected or mis-shaped keys and ``hint`` (default: the model the checkpoint looks like)."""
+    expected = model.state_dict()
+    if getattr(model, "num_classes", 0) > 0 and "classifier.weight" not in state_dict:
+        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
+    hint = hint if hint is not None else f"The checkpoint looks like {describe_state_dict(state_dict)}."
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
+            f"{short_list(unexpected)}. {hint}"
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"checkpoint shapes do not fit this model: {short_list(mismatched)}. {hint}")
+    return state_dict
 
 
 def refused_checkpoint_message(path: Optional[str], refused: Optional[Sequence[str]] = None) -> str:

@@ -31,8 +31,7 @@ from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
-from facezoo.errors import CheckpointError
-from facezoo.models.checkpoints import register_checkpoint_detector, short_list, unwrap_state_dict
+from facezoo.models.checkpoints import check_state_dict_fits, register_checkpoint_detector, unwrap_state_dict
 from facezoo.models.pretrained import PretrainedInfo, register_pretrained
 
 __all__ = ["EdgeFace", "LoRaLin", "low_rank", "replace_linear_with_low_rank", "VARIANTS", "checkpoint_filter_fn"]
@@ -271,30 +270,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: EdgeFace) -> Dict[st
     :class:`facezoo.errors.CheckpointError` naming the missing and unexpected keys.
     """
     out = unwrap_state_dict(state_dict)
-    expected = model.state_dict()
-    if model.num_classes > 0 and "classifier.weight" not in out:
-        # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
-        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    if missing or unexpected:
-        low_rank_keys = any(".linear1.weight" in k for k in out)
-        hint = (
-            f" The checkpoint has {'low-rank (LoRaLin)' if low_rank_keys else 'full-rank'} linear layers; "
-            f"this model is {model.trunk} with rank_ratio={model.rank_ratio}."
-        )
-        raise CheckpointError(
-            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}.{hint}"
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(out[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        raise CheckpointError(f"checkpoint shapes do not fit this model ({model.trunk}): {short_list(mismatched)}")
-    return out
+    low_rank_keys = any(".linear1.weight" in k for k in out)
+    hint = (
+        f"The checkpoint has {'low-rank (LoRaLin)' if low_rank_keys else 'full-rank'} linear layers; "
+        f"this model is {model.trunk} with rank_ratio={model.rank_ratio}."
+    )
+    return check_state_dict_fits(out, model, hint)
 
 
 def looks_like_edgeface(state_dict: Dict[str, Any]) -> Optional[str]:

@@ -42,11 +42,11 @@ from facezoo.layers import POOL_TYPES, VECTOR_POOL_TYPES, create_face_pool, pool
 from facezoo.models.checkpoints import (
     adaface_prefix,
     check_checkpoint_file,
+    check_state_dict_fits,
     checkpoint_load_error,
     describe_state_dict,
     fill_learnable_pool,
     map_adaface_keys,
-    short_list,
     strip_wrapper_prefix,
     unwrap_state_dict,
 )
@@ -442,27 +442,7 @@ def checkpoint_filter_fn(
         bn = k[: -len("num_batches_tracked")]
         if k.endswith(".num_batches_tracked") and k not in out and f"{bn}running_mean" in out:
             out[k] = torch.zeros((), dtype=torch.long)
-    if model.num_classes > 0 and "classifier.weight" not in out:
-        # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
-        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}."
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in out and tuple(out[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
-            f"The checkpoint looks like {describe_state_dict(out)}."
-        )
-    return out
+    return check_state_dict_fits(out, model)
 
 
 # --- configs and entrypoints ----------------------------------------------------------------------------------------

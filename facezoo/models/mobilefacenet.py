@@ -36,15 +36,13 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
-from facezoo.errors import CheckpointError
 from facezoo.layers import VECTOR_POOL_TYPES, check_map_size, create_face_pool, pool_switch_error
 from facezoo.models.checkpoints import (
     check_checkpoint_file,
+    check_state_dict_fits,
     checkpoint_load_error,
-    describe_state_dict,
     fill_learnable_pool,
     register_checkpoint_detector,
-    short_list,
     unwrap_state_dict,
 )
 
@@ -492,26 +490,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: MobileFaceNet) -> Di
     out = dict(unwrap_state_dict(state_dict))
     expected = model.state_dict()
     out = fill_learnable_pool(out, expected, "features.layers.0.")
-    if model.num_classes > 0 and "classifier.weight" not in out:
-        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}."
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(out[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
-            f"The checkpoint looks like {describe_state_dict(out)}."
-        )
-    return out
+    return check_state_dict_fits(out, model)
 
 
 def describe_mobilefacenet(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:

@@ -50,15 +50,13 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
-from facezoo.errors import CheckpointError
 from facezoo.layers import VECTOR_POOL_TYPES, create_face_pool, pool_switch_error
 from facezoo.models.checkpoints import (
     check_checkpoint_file,
+    check_state_dict_fits,
     checkpoint_load_error,
-    describe_state_dict,
     fill_learnable_pool,
     register_checkpoint_detector,
-    short_list,
     strip_wrapper_prefix,
     unwrap_state_dict,
 )
@@ -597,27 +595,7 @@ def checkpoint_filter_fn(
     if bgr and "patch_embed.proj.weight" in out:
         out["patch_embed.proj.weight"] = out["patch_embed.proj.weight"].flip(1)  # BGR -> RGB: facezoo takes RGB
     out = fill_learnable_pool(out, expected, "pool.")  # a GWP checkpoint starts a learnable kernel at the paper's
-    if model.num_classes > 0 and "classifier.weight" not in out:
-        # a pure backbone checkpoint for a model with a new classifier: timm loads it non-strictly for the head
-        expected = {k: v for k, v in expected.items() if not k.startswith("classifier.")}
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not fit this model: missing keys {short_list(missing)}, unexpected keys "
-            f"{short_list(unexpected)}. The checkpoint looks like {describe_state_dict(out)}."
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(out[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"checkpoint shapes do not fit this model: {short_list(mismatched)}. "
-            f"The checkpoint looks like {describe_state_dict(out)}."
-        )
-    return out
+    return check_state_dict_fits(out, model)
 
 
 register_checkpoint_detector(looks_like_vitface)  # describe_state_dict names ViT checkpoints in every family
