@@ -117,3 +117,26 @@ def test_cli_export_onnx_mobilefacenet(tmp_path, capsys):
     args = ["export", "onnx", "mobilefacenet_gwp", "--checkpoint", str(tmp_path / "backbone.pth")]
     assert main([*args, "--global-pool", "gwp_sigma", "--output", str(tmp_path / "mbf.onnx")]) == 0
     assert (tmp_path / "mbf.onnx").is_file() and "mbf.onnx" in capsys.readouterr().out
+
+
+def test_readme_headline_table_is_what_facezoo_models_counts():
+    """Every row of the README's per-family headline table: the parameter counts `facezoo models` gives."""
+    import re
+    from pathlib import Path
+
+    from facezoo.models.profile import count_params
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### The headline per family") :]
+    row = r"^\| [^|]+ \| (\w+) \| [^|]+ \| ([\d,]+) \| ([\d.]+)% \| (\w+) \| ([\d,]+) \| ([\d,]+) \|$"
+    rows = re.findall(row, section, re.M)
+    assert len(rows) >= 8, "README: the headline table per family is missing rows"
+
+    def params(name: str) -> int:
+        return count_params(timm.create_model(name, device="meta"))
+
+    for base, head, share, gwp, gwp_params, removes in rows:
+        n_base, n_gwp = params(base), params(gwp)
+        assert n_gwp == int(gwp_params.replace(",", "")), gwp
+        assert n_base - n_gwp == int(removes.replace(",", "")), base
+        assert f"{100 * int(head.replace(',', '')) / n_base:.2f}" == share, base
