@@ -140,6 +140,11 @@ def test_idiap_checkpoint_loads_by_tag_from_hub_cache(name, hf_offline_cache, of
         want, got = ref(x), model(x)
     assert got.shape == (2, 512)
     assert ((got - want).norm() / want.norm()).item() < 1e-4
+    if name == "edgeface_xxs":  # the tag is the default: pretrained=True alone loads the same weights
+        default = timm.create_model(name, pretrained=True, cache_dir=cache).eval()
+        assert default.pretrained_cfg["tag"] == "idiap" and default.pretrained_cfg["license"] == "cc-by-nc-sa-4.0"
+        with torch.no_grad():
+            torch.testing.assert_close(default(x), got)
     if name == "edgeface_xxs":  # a new classifier on top: the embedding still loads (timm loads non-strictly)
         tuned = timm.create_model(f"{name}.idiap", pretrained=True, cache_dir=cache, num_classes=3).eval()
         with torch.no_grad():

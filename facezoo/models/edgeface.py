@@ -32,7 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from facezoo.constants import EMBED_DIM, FACE_INPUT_SIZE, FACE_INTERPOLATION, FACE_MEAN, FACE_STD
 from facezoo.models.checkpoints import check_state_dict_fits, register_checkpoint_detector, unwrap_state_dict
-from facezoo.models.pretrained import PretrainedInfo, register_pretrained
+from facezoo.models.pretrained import PretrainedInfo, register_pretrained, resolve_tag
 
 __all__ = ["EdgeFace", "LoRaLin", "low_rank", "replace_linear_with_low_rank", "VARIANTS", "checkpoint_filter_fn"]
 
@@ -299,6 +299,7 @@ register_checkpoint_detector(looks_like_edgeface)  # describe_state_dict names E
 
 def _create_edgeface(variant: str, pretrained: bool = False, **kwargs: Any) -> EdgeFace:
     trunk, rank_ratio = VARIANTS[variant]
+    resolve_tag(variant, pretrained, kwargs, _PLAIN_CFGS)  # no Idiap weights: the plain cfg, without their license
     return build_model_with_cfg(
         EdgeFace,
         variant,
@@ -319,10 +320,8 @@ _HUB_REPOS = {
 TAG = "idiap"
 
 
-def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
-        "hf_hub_id": _HUB_REPOS[variant],
-        "hf_hub_filename": f"{variant}.pt",  # a plain state_dict: timm loads it with torch.load(weights_only=True)
         "num_classes": 0,
         "input_size": FACE_INPUT_SIZE,
         "pool_size": (3, 3),
@@ -333,7 +332,6 @@ def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
         "std": FACE_STD,
         "first_conv": "model.stem.0",
         "classifier": "classifier",
-        "license": "cc-by-nc-sa-4.0",
         "paper_ids": "arXiv:2307.01838",
         "paper_name": "EdgeFace: Efficient Face Recognition Model for Edge Devices",
         "origin_url": "https://github.com/otroshi/edgeface",
@@ -341,7 +339,18 @@ def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{variant}.{TAG}": _cfg(variant) for variant in VARIANTS})
+#: every architecture's cfg without weights (what a model built from scratch carries)
+_PLAIN_CFGS: Dict[str, Dict[str, Any]] = {variant: _cfg() for variant in VARIANTS}
+_TAG_CFGS = {
+    f"{variant}.{TAG}": _cfg(
+        hf_hub_id=_HUB_REPOS[variant],
+        hf_hub_filename=f"{variant}.pt",  # a plain state_dict: timm loads it with torch.load(weights_only=True)
+        license="cc-by-nc-sa-4.0",
+    )
+    for variant in VARIANTS
+}
+# the tags first: each is its architecture's default (timm's ``pretrained=True``)
+default_cfgs = generate_default_cfgs({**_TAG_CFGS, **_PLAIN_CFGS})
 
 #: accuracies (%) in the README of ``otroshi/edgeface`` ("Performance benchmarks of different variants"), mean of
 #: their 10-fold protocol (the README gives "mean +- std")
