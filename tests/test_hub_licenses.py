@@ -193,7 +193,9 @@ def test_random_init_pretrained_cfg_claims_no_license():
     assert "license" not in timm.create_model("iresnet18", pretrained=False).pretrained_cfg
 
 
-@pytest.mark.parametrize("name", ["iresnet18_gwp", "iresnet50", "mobilefacenet_gwp", "vitface_t_gwp", "vitface_b_p8", "edgeface_xxs"])
+@pytest.mark.parametrize(
+    "name", ["iresnet18_gwp", "iresnet50", "mobilefacenet_gwp", "vitface_t_gwp", "vitface_b_p8", "edgeface_xxs"]
+)
 def test_no_family_claims_a_license_for_weights_it_does_not_have(name):
     """A model built without a tag's weights has no license in its pretrained cfg (random weights have none)."""
     assert timm.create_model(name, device="meta").pretrained_cfg.get("license") is None
