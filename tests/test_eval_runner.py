@@ -34,7 +34,8 @@ def ijb_root(tmp_path_factory, make_ijb_release):
 def test_extract_matches_manual_flip_tta(tiny_model):
     images, _ = synthetic_pairs(6, seed=1)
     emb = extract.extract_embeddings(tiny_model, images, batch_size=5, progress=False)
-    x = torch.nn.functional.interpolate(images.float() / 255, size=(160, 160), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(images.float(), size=(160, 160), mode="bilinear", antialias=True)
+    x = x.round().clamp(0, 255) / 255  # resized as uint8, as training's in-memory cache is
     cfg = timm.data.resolve_data_config({}, model=tiny_model)
     x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -42,6 +43,38 @@ def test_extract_matches_manual_flip_tta(tiny_model):
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(emb, ref, atol=1e-5)
     assert emb.dtype == np.float64 and emb.shape == (12, tiny_model.num_features)
+
+
+def test_evaluation_feeds_the_pixels_training_fed():
+    """A 32x32 model sees the same input for 112x112 faces in training (the synthetic cache + DeviceAugment) and in
+    evaluation. Resizing 112 -> 32 without antialiasing (what evaluation once did) gives other pixels."""
+    from facezoo.data import SyntheticFaces
+    from facezoo.train.augment import DeviceAugment
+    from facezoo.train.config import AugmentConfig
+    from facezoo.train.data import render_synthetic
+
+    model = create_model(  # as the engine builds a 32x32 model (the quickstart's)
+        "iresnet18_gwp",
+        layers=[1, 1, 1, 1],
+        widths=[8, 8, 8, 8],
+        img_size=32,
+        pretrained_cfg_overlay=dict(input_size=(3, 32, 32)),
+    ).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    faces = SyntheticFaces(3, 2, seed=4)
+    cache = render_synthetic(faces, (32, 32), workers=0, progress=False)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    train_input = DeviceAugment(AugmentConfig(), (3, 32, 32), mean, std, seed=0, training=False)(
+        cache, torch.arange(len(faces)), epoch=0
+    )
+    raw = torch.stack([faces[i][0] for i in range(len(faces))])
+    assert raw.shape[-1] == 112
+    extract.extract_features(model, raw, batch_size=len(faces), flip=False, progress=False)
+    torch.testing.assert_close(seen[0], train_input, atol=1e-5, rtol=0)
+    aliased = torch.nn.functional.interpolate(raw.float() / 255, size=(32, 32), mode="bilinear")
+    aliased = (aliased - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert (aliased - train_input).abs().mean() > 0.01  # 0.03 here: about 4 grey levels on average
 
 
 def test_non_2d_model_output_is_a_clear_error():

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, encode_jpeg, encode_png
 
@@ -46,7 +47,7 @@ with warnings.catch_warnings():
 
 _RGB = ImageReadMode.RGB.value
 
-__all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw", "cell_bytes"]
+__all__ = ["DataError", "decode_rgb", "encode_image", "to_uint8_chw", "cell_bytes", "resize_faces"]
 
 
 def _is_jpeg(data: Union[bytes, bytearray, memoryview]) -> bool:
@@ -108,6 +109,22 @@ def to_uint8_chw(image: Union[torch.Tensor, np.ndarray, Image.Image]) -> torch.T
             raise ValueError(f"expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
         return image
     raise TypeError(f"unsupported image type {type(image).__name__}")
+
+
+def resize_faces(images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(N, C, H, W) images resized to ``size`` as every facezoo path resizes them: bilinear with antialiasing.
+
+    Training (the in-memory synthetic cache, the device augmentation), evaluation and ``facezoo embed`` all go
+    through here, so a model sees the same pixels when it is tested as when it was trained: without antialiasing a
+    112 -> 32 downscale aliases (a different image than the model learnt from). uint8 in gives uint8 out (rounded);
+    float in gives float out. Images already at ``size`` are returned as they are.
+    """
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    y = F.interpolate(images.float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    if images.dtype == torch.uint8:
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+    return y.to(images.dtype)
 
 
 def encode_image(image: Union[torch.Tensor, np.ndarray, Image.Image], format: str = "jpeg", quality: int = 95) -> bytes:

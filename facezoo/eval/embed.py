@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from facezoo.data.image import resize_faces
 from facezoo.errors import ConfigError, DataError, MissingPathError
 
 __all__ = ["EmbedItems", "open_embed_source", "embed_to_parquet"]
@@ -96,10 +97,7 @@ def _collate(size: Tuple[int, int]) -> Callable[[List[Any]], Tuple[List[int], to
 
 
 def _resized(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    x = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-    return x[0].round().clamp(0, 255).to(torch.uint8)
+    return resize_faces(image[None], size)[0]
 
 
 @torch.no_grad()

@@ -11,11 +11,11 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from facezoo.constants import FACE_INPUT_SIZE, FACE_MEAN, FACE_STD
+from facezoo.data.image import resize_faces
 from facezoo.eval._arrays import l2_normalize
 
 Images = Union[torch.Tensor, np.ndarray, Dataset]
@@ -96,9 +96,7 @@ def extract_features(
     outs, flips = [], []
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress or rank != 0):
-            x = batch.to(device, non_blocking=True).float().div_(255)
-            if tuple(x.shape[-2:]) != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = resize_faces(batch.to(device, non_blocking=True), size).float().div_(255)  # as training resizes
             x = (x - mean) / std
             for inp, store in ((x, outs), (x.flip(3), flips)) if flip else ((x, outs),):
                 y = model(inp)

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from facezoo.data.image import resize_faces
 from facezoo.train.config import AugmentConfig
 
 __all__ = ["uniforms", "DeviceAugment"]
@@ -92,8 +93,7 @@ class DeviceAugment:
 
     def __call__(self, images: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
         x = images.float()
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        x = resize_faces(x, self.size)
         if self.training:
             u = uniforms(self.seed, epoch, ids.to(x.device), _SLOTS).to(torch.float32)
             c = self.cfg

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from facezoo.data.image import resize_faces
 from facezoo.errors import DataError, MissingPathError
 from facezoo.train.config import Recipe
 
@@ -72,13 +72,6 @@ def stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _resize_uint8(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    y = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
-
-
 def render_synthetic(ds: Dataset, size: Tuple[int, int], workers: int, progress: bool) -> torch.Tensor:
     """Every image of a ``SyntheticFaces`` set, rendered once (``workers`` processes) and resized to ``size``."""
     from tqdm.auto import tqdm
@@ -87,7 +80,7 @@ def render_synthetic(ds: Dataset, size: Tuple[int, int], workers: int, progress:
     out = torch.empty((len(ds), 3, *size), dtype=torch.uint8)
     at = 0
     for images, _ in tqdm(loader, desc="render synthetic faces", unit="batch", disable=not progress):
-        out[at : at + len(images)] = _resize_uint8(images, size)
+        out[at : at + len(images)] = resize_faces(images, size)
         at += len(images)
     return out
 
